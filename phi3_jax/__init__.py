@@ -1,0 +1,1 @@
+"""phi3_jax: pretraining the Phi-3 family in JAX/Flax."""

@@ -1,0 +1,184 @@
+"""The configuration schema: defaults for every key, and validation with one-line errors.
+
+A run's configuration is one `ml_collections.ConfigDict`. `default_config()` defines every key (the
+schema: overriding a key that is not here is an error); `configs/*.py` fill in a model variant;
+`validate()` checks the values once, before anything is built, and names the key at fault.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+ROPE_SCALINGS = ("none", "longrope")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """Architecture keys, with the values of the tiny test model."""
+    m = ml_collections.ConfigDict()
+    # Human-readable name of the variant (informational).
+    m.name = "tiny"
+    # Token embedding rows (Phi-3 mini/medium: 32000 sentencepiece pieces padded to 32064).
+    m.vocab_size = 512
+    # Width of the residual stream.
+    m.hidden_size = 64
+    # Width of each half of the SwiGLU MLP (gate and up).
+    m.intermediate_size = 128
+    # Number of decoder blocks.
+    m.num_layers = 2
+    # Query heads; head_dim = hidden_size // num_heads.
+    m.num_heads = 4
+    # Key/value heads (GQA when fewer than num_heads; must divide num_heads).
+    m.num_kv_heads = 4
+    # Longest sequence the model is meant for (LongRoPE: 131072 for mini-128k).
+    m.max_position_embeddings = 256
+    # LongRoPE: the pretraining context; longer sequences switch to the long factors.
+    m.original_max_position_embeddings = 256
+    # RoPE base.
+    m.rope_theta = 10000.0
+    # "none" (plain RoPE) or "longrope" (Phi-3 128K: per-frequency short/long factors).
+    m.rope_scaling = "none"
+    # LongRoPE rescale factors, head_dim // 2 each (empty when rope_scaling is "none").
+    m.rope_short_factor = ()
+    m.rope_long_factor = ()
+    # LongRoPE cos/sin scale; 0 derives HF's default sqrt(1 + ln(max/orig) / ln(orig)).
+    m.rope_attention_factor = 0.0
+    # RMSNorm epsilon.
+    m.rms_norm_eps = 1e-5
+    # Keys visible to a query, itself included (HF semantics: j > i - window); 0 disables.
+    m.sliding_window = 0
+    # Std of the normal initialiser (HF's initializer_range).
+    m.initializer_range = 0.02
+    # Special token ids (Phi-3 mini/medium: <s>=1, <|endoftext|>=32000).
+    m.bos_token_id = 1
+    m.eos_token_id = 2
+    m.pad_token_id = 0
+    # Storage dtype of parameters (master weights).
+    m.param_dtype = "float32"
+    # Compute dtype of activations and matmuls; norms, softmax and logits stay in float32.
+    m.dtype = "bfloat16"
+    # True: layers under nn.scan (one compiled block); False: fully unrolled (same parameters).
+    m.scan_layers = True
+    # Rematerialisation of each block: none, full, dots (save all matmul outputs),
+    # dots_no_batch (save matmuls without batch dimensions, i.e. the projections).
+    m.remat = "none"
+    return m
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a run may set, with its default."""
+    config = ml_collections.ConfigDict()
+    # Which named variant of configs/ this came from (tiny|mini|mini_128k|small|medium|hf).
+    config.variant = "tiny"
+    config.model = default_model_config()
+    return config
+
+
+def head_dim(model: ml_collections.ConfigDict) -> int:
+    """Per-head width, hidden_size // num_heads (Phi-3 has no separate head_dim key)."""
+    return model.hidden_size // model.num_heads
+
+
+def longrope_attention_factor(model: ml_collections.ConfigDict) -> float:
+    """The cos/sin scale of LongRoPE: as configured, else sqrt(1 + ln(max/orig) / ln(orig))."""
+    if model.rope_attention_factor:
+        return model.rope_attention_factor
+    factor = model.max_position_embeddings / model.original_max_position_embeddings
+    if factor <= 1.0:
+        return 1.0
+    return math.sqrt(1.0 + math.log(factor) / math.log(model.original_max_position_embeddings))
+
+
+def _fail(key: str, value, why: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> None:
+    """Raise ConfigError naming the first invalid model key."""
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "max_position_embeddings",
+        "original_max_position_embeddings",
+    ):
+        value = model[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            _fail(f"{prefix}.{key}", value, "must be a positive integer")
+    if model.rope_attention_factor < 0:
+        _fail(f"{prefix}.rope_attention_factor", model.rope_attention_factor, "must be >= 0")
+    for key in ("rope_theta", "rms_norm_eps", "initializer_range"):
+        if not model[key] > 0:
+            _fail(f"{prefix}.{key}", model[key], "must be positive")
+    if model.hidden_size % model.num_heads:
+        _fail(
+            f"{prefix}.num_heads",
+            model.num_heads,
+            f"must divide {prefix}.hidden_size={model.hidden_size}",
+        )
+    if model.num_heads % model.num_kv_heads:
+        _fail(
+            f"{prefix}.num_kv_heads",
+            model.num_kv_heads,
+            f"must divide {prefix}.num_heads={model.num_heads}",
+        )
+    if head_dim(model) % 2:
+        _fail(
+            f"{prefix}.num_heads",
+            model.num_heads,
+            f"gives an odd head_dim {head_dim(model)}; rotary embeddings need an even one",
+        )
+    if model.sliding_window < 0:
+        _fail(f"{prefix}.sliding_window", model.sliding_window, "must be >= 0 (0 disables it)")
+    for key, allowed in (
+        ("dtype", MODEL_DTYPES),
+        ("param_dtype", MODEL_DTYPES),
+        ("rope_scaling", ROPE_SCALINGS),
+        ("remat", REMAT_POLICIES),
+    ):
+        if model[key] not in allowed:
+            _fail(f"{prefix}.{key}", model[key], f"must be one of {', '.join(allowed)}")
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if not 0 <= model[key] < model.vocab_size:
+            _fail(f"{prefix}.{key}", model[key], f"must lie in [0, {model.vocab_size})")
+    _validate_rope_scaling(model, prefix)
+
+
+def _validate_rope_scaling(model: ml_collections.ConfigDict, prefix: str) -> None:
+    if model.original_max_position_embeddings > model.max_position_embeddings:
+        _fail(
+            f"{prefix}.original_max_position_embeddings",
+            model.original_max_position_embeddings,
+            f"exceeds {prefix}.max_position_embeddings={model.max_position_embeddings}",
+        )
+    want = head_dim(model) // 2
+    for key in ("rope_short_factor", "rope_long_factor"):
+        factors = tuple(model[key])
+        if model.rope_scaling == "none":
+            if factors:
+                _fail(f"{prefix}.{key}", f"<{len(factors)} values>", "set but rope_scaling is none")
+            continue
+        if len(factors) != want:
+            _fail(
+                f"{prefix}.{key}",
+                f"<{len(factors)} values>",
+                f"needs head_dim // 2 = {want} values",
+            )
+        if any(not f > 0 for f in factors):
+            _fail(f"{prefix}.{key}", factors, "every factor must be positive")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Validate a whole run configuration; returns it for chaining."""
+    validate_model(config.model)
+    return config

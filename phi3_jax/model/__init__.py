@@ -1,0 +1,12 @@
+"""The Phi-3 model: a Flax linen decoder used as a pure function of a plain parameter pytree."""
+
+from phi3_jax.model.transformer import (
+    Phi3,
+    abstract_params,
+    init_params,
+    logical_axes,
+    logits,
+    param_count,
+)
+
+__all__ = ["Phi3", "abstract_params", "init_params", "logical_axes", "logits", "param_count"]

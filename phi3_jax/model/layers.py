@@ -1,0 +1,167 @@
+"""Phi-3 building blocks: RMSNorm, rotary embeddings (default and LongRoPE), attention, SwiGLU MLP.
+
+Every parameter is created with its logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`); the sharding rules that map them onto a device mesh live outside the model.
+Numerics follow Hugging Face's `modeling_phi3.py`: norms, softmax and rotary tables in float32.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from phi3_jax import config as config_lib
+
+Array = jax.Array
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    """A config dtype string ("bfloat16", ...) as a JAX dtype."""
+    return jnp.dtype(name)
+
+
+def normal_init(model: ml_collections.ConfigDict, axes: tuple[str, ...]):
+    """HF's initialiser, N(0, initializer_range), tagged with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.normal(model.initializer_range), axes)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as in HF Phi-3: normalise in float32, cast back, then scale."""
+
+    model: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            dtype_of(self.model.param_dtype),
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.model.rms_norm_eps)
+        return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rotary_inverse_frequencies(model: ml_collections.ConfigDict, extension: Array | None = None):
+    """inv_freq[i] = 1 / (extension[i] * theta ** (2i / head_dim)), in float32 as HF computes it."""
+    dim = config_lib.head_dim(model)
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    base = np.float32(model.rope_theta) ** exponents
+    if extension is not None:
+        base = jnp.asarray(extension, jnp.float32) * base
+    return 1.0 / jnp.asarray(base, jnp.float32)
+
+
+def rotary_cos_sin(model: ml_collections.ConfigDict, positions: Array) -> tuple[Array, Array]:
+    """cos and sin tables [batch, seq, head_dim] (float32) for the given positions.
+
+    LongRoPE picks, per call, the long factors when the largest position + 1 exceeds
+    original_max_position_embeddings and the short ones otherwise (HF's rule), and always scales
+    cos/sin by the attention factor.
+    """
+    if model.rope_scaling == "longrope":
+        use_long = jnp.max(positions) + 1 > model.original_max_position_embeddings
+        inv_freq = jnp.where(
+            use_long,
+            rotary_inverse_frequencies(model, model.rope_long_factor),
+            rotary_inverse_frequencies(model, model.rope_short_factor),
+        )
+        scale = config_lib.longrope_attention_factor(model)
+    else:
+        inv_freq = rotary_inverse_frequencies(model)
+        scale = 1.0
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate-half RoPE over the full head dim; x is [batch, seq, heads, head_dim]."""
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return x * cos + rotated * sin
+
+
+def attention_mask(segment_ids: Array, sliding_window: int) -> Array:
+    """Boolean [batch, q, k]: causal, within one segment, and inside the sliding window if any.
+
+    Segment 0 marks padding; padded positions only see other padding, so no real token attends to
+    them. HF's window semantics: key j is visible to query i iff i - window < j <= i.
+    """
+    length = segment_ids.shape[-1]
+    query = jnp.arange(length)[:, None]
+    key = jnp.arange(length)[None, :]
+    visible = key <= query
+    if sliding_window:
+        visible &= query - key < sliding_window
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return visible[None] & same_segment
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary embeddings (MHA when kv heads == heads)."""
+
+    model: ml_collections.ConfigDict
+
+    def projection(self, features, axes, name, axis=-1) -> nn.DenseGeneral:
+        return nn.DenseGeneral(
+            features=features,
+            axis=axis,
+            use_bias=False,
+            dtype=dtype_of(self.model.dtype),
+            param_dtype=dtype_of(self.model.param_dtype),
+            kernel_init=normal_init(self.model, axes),
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+        m = self.model
+        head_dim = config_lib.head_dim(m)
+        q = self.projection((m.num_heads, head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
+        k = self.projection((m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "k_proj")(x)
+        v = self.projection((m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "v_proj")(x)
+        q = nn.with_logical_constraint(apply_rotary(q, cos, sin), ("batch", "length", "heads", None))
+        k = nn.with_logical_constraint(apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None))
+
+        batch, length = x.shape[:2]
+        # Query head h uses kv head h // group (HF's repeat_kv), so split heads into (kv, group).
+        group = m.num_heads // m.num_kv_heads
+        q = q.reshape(batch, length, m.num_kv_heads, group, head_dim)
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+        scores = scores * head_dim**-0.5
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, length, m.num_heads, head_dim)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
+        return self.projection(m.hidden_size, ("heads", "head_dim", "embed"), "o_proj", (-2, -1))(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); HF fuses gate and up as [gate | up]."""
+
+    model: ml_collections.ConfigDict
+
+    def projection(self, features, axes, name) -> nn.Dense:
+        return nn.Dense(
+            features,
+            use_bias=False,
+            dtype=dtype_of(self.model.dtype),
+            param_dtype=dtype_of(self.model.param_dtype),
+            kernel_init=normal_init(self.model, axes),
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        m = self.model
+        gate = self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+        up = self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return self.projection(m.hidden_size, ("mlp", "embed"), "down_proj")(hidden)

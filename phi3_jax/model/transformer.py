@@ -1,0 +1,144 @@
+"""The Phi-3 decoder (embed -> scan(blocks) -> norm -> lm_head), used as a pure function of params.
+
+`init_params` and `logits` are the stable entry points; parameters are a plain pytree (no Flax
+boxes). Their logical axis names come from `logical_axes`, computed with `jax.eval_shape`, so
+nothing is allocated to learn the layout.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from phi3_jax.model import layers
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); y = h + mlp(norm(h))."""
+
+    model: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> tuple[Array, None]:
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        attn_in = layers.RMSNorm(self.model, name="input_layernorm")(x)
+        h = x + layers.Attention(self.model, name="self_attn")(attn_in, cos, sin, mask)
+        mlp_in = layers.RMSNorm(self.model, name="post_attention_layernorm")(h)
+        y = h + layers.MLP(self.model, name="mlp")(mlp_in)
+        return y, None  # (carry, per-layer output) for nn.scan
+
+
+def _block_class(model: ml_collections.ConfigDict):
+    """The block, rematerialised per the config's policy."""
+    if model.remat == "none":
+        return DecoderBlock
+    # prevent_cse is unnecessary under scan and only slows the unrolled loop's compile otherwise.
+    return nn.remat(DecoderBlock, policy=REMAT_POLICIES[model.remat], prevent_cse=False)
+
+
+class Phi3(nn.Module):
+    """The Phi-3 causal language model (mini, mini-128K, medium)."""
+
+    model: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+        m = self.model
+        embed = nn.Embed(
+            m.vocab_size,
+            m.hidden_size,
+            dtype=layers.dtype_of(m.dtype),
+            param_dtype=layers.dtype_of(m.param_dtype),
+            embedding_init=layers.normal_init(m, ("vocab", "embed")),
+            name="embed_tokens",
+        )
+        x = embed(tokens)
+        cos, sin = layers.rotary_cos_sin(m, positions)
+        mask = layers.attention_mask(segment_ids, m.sliding_window)
+        # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
+        # the same loop fully, so both modes share one parameter layout.
+        blocks = nn.scan(
+            _block_class(m),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=m.num_layers,
+            unroll=1 if m.scan_layers else m.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = blocks(m, name="layers")(x, cos, sin, mask)
+        x = layers.RMSNorm(m, name="norm")(x)
+        out = nn.DenseGeneral(
+            m.vocab_size,
+            use_bias=False,
+            dtype=layers.dtype_of(m.dtype),
+            param_dtype=layers.dtype_of(m.param_dtype),
+            kernel_init=layers.normal_init(m, ("embed", "vocab")),
+            name="lm_head",
+        )(x)
+        return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def _dummy_inputs() -> tuple[Array, Array, Array]:
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return tokens, tokens, jnp.ones((1, 1), jnp.int32)
+
+
+def boxed_init(config: ml_collections.ConfigDict, rng: Array):
+    """Initial parameters still wrapped in nn.LogicallyPartitioned (for eval_shape and specs)."""
+    return Phi3(config.model).init(rng, *_dummy_inputs())["params"]
+
+
+def init_params(config: ml_collections.ConfigDict, rng: Array):
+    """Initial parameters as a plain pytree of arrays."""
+    return nn.meta.unbox(boxed_init(config, rng))
+
+
+def _abstract_boxed(config: ml_collections.ConfigDict):
+    return jax.eval_shape(lambda rng: boxed_init(config, rng), jax.random.key(0))
+
+
+def abstract_params(config: ml_collections.ConfigDict):
+    """Shapes and dtypes of the parameters (jax.ShapeDtypeStruct), allocating nothing."""
+    return nn.meta.unbox(_abstract_boxed(config))
+
+
+def logical_axes(config: ml_collections.ConfigDict):
+    """Each parameter's logical axis names, as a pytree of PartitionSpec."""
+    return nn.get_partition_spec(_abstract_boxed(config))
+
+
+def param_count(config: ml_collections.ConfigDict) -> int:
+    """Total number of parameters, from shapes alone."""
+    return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
+
+
+def logits(
+    config: ml_collections.ConfigDict,
+    params,
+    tokens: Array,
+    *,
+    positions: Array | None = None,
+    segment_ids: Array | None = None,
+) -> Array:
+    """float32 logits [batch, seq, vocab] for int tokens [batch, seq].
+
+    positions default to 0..seq-1 and segment_ids to one document per row; packed rows pass both
+    (positions restarting per document, segment 0 for padding).
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    if segment_ids is None:
+        segment_ids = jnp.ones_like(tokens)
+    return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)
