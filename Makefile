@@ -25,6 +25,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check phi3_jax tests configs bench launch
+	$(VENV)/bin/ruff format --check phi3_jax tests configs bench launch
 
 bench: $(STAMP)
 	$(PY) -m bench

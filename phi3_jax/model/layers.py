@@ -42,7 +42,9 @@ class RMSNorm(nn.Module):
             dtype_of(self.model.param_dtype),
         )
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.model.rms_norm_eps)
+        normed = x32 * jax.lax.rsqrt(
+            jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.model.rms_norm_eps
+        )
         return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
@@ -125,10 +127,18 @@ class Attention(nn.Module):
         m = self.model
         head_dim = config_lib.head_dim(m)
         q = self.projection((m.num_heads, head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
-        k = self.projection((m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "k_proj")(x)
-        v = self.projection((m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "v_proj")(x)
-        q = nn.with_logical_constraint(apply_rotary(q, cos, sin), ("batch", "length", "heads", None))
-        k = nn.with_logical_constraint(apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None))
+        k = self.projection(
+            (m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "k_proj"
+        )(x)
+        v = self.projection(
+            (m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "v_proj"
+        )(x)
+        q = nn.with_logical_constraint(
+            apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
+        )
+        k = nn.with_logical_constraint(
+            apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
+        )
 
         batch, length = x.shape[:2]
         # Query head h uses kv head h // group (HF's repeat_kv), so split heads into (kv, group).
@@ -138,9 +148,13 @@ class Attention(nn.Module):
         scores = scores * head_dim**-0.5
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(batch, length, m.num_heads, head_dim)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(
+            batch, length, m.num_heads, head_dim
+        )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        return self.projection(m.hidden_size, ("heads", "head_dim", "embed"), "o_proj", (-2, -1))(out)
+        return self.projection(m.hidden_size, ("heads", "head_dim", "embed"), "o_proj", (-2, -1))(
+            out
+        )
 
 
 class MLP(nn.Module):
