@@ -1,0 +1,1 @@
+"""Data: offline shard preparation (datatrove), quality classifier, synthetic text, tokenizer."""
