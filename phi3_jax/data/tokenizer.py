@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import glob
 import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -116,19 +115,6 @@ def load_tokenizer(path: str) -> Tokenizer:
     )
 
 
-def expand_globs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted files matching comma-separated globs; a glob matching nothing is an error."""
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p]
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(glob.glob(pattern, recursive=True))
-        if not matched:
-            raise FileNotFoundError(f"glob {pattern!r} matches no file")
-        files.extend(matched)
-    return files
-
-
 def train_sentencepiece(
     sentences: Iterator[str], vocab_size: int, out_prefix: str, max_sentence_length: int = 16384
 ) -> str:
@@ -159,12 +145,12 @@ def train_sentencepiece(
     return out_prefix + ".model"
 
 
-def _lines_of_text_shards(files: Sequence[str]) -> Iterator[str]:
+def _lines_of_text_shards(patterns: str) -> Iterator[str]:
     # Lazy import: reading shards needs datatrove, loading a tokenizer does not.
-    from phi3_jax.data.shards import iter_texts
+    from phi3_jax.data.readers import iter_documents
 
-    for text in iter_texts(files):
-        yield from (line for line in text.split("\n") if line.strip())
+    for doc in iter_documents(patterns):
+        yield from (line for line in doc.text.split("\n") if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -174,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--vocab_size", type=int, default=32000, help="pieces; specials on top")
     parser.add_argument("--out", required=True, help="output prefix: PREFIX.model, PREFIX.vocab")
     args = parser.parse_args(argv)
-    path = train_sentencepiece(
-        _lines_of_text_shards(expand_globs(args.input)), args.vocab_size, args.out
-    )
+    path = train_sentencepiece(_lines_of_text_shards(args.input), args.vocab_size, args.out)
     tok = load_tokenizer(path)
     print(f"wrote {path}: {tok.num_pieces} pieces, embedding vocabulary {tok.vocab_size}")
 
