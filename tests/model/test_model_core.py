@@ -1,0 +1,174 @@
+"""The model on its own: parameter counts, packed segments, scan/unroll and remat equivalence,
+config validation, and the summary CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base, phi3_medium, phi3_mini, phi3_mini_128k
+from phi3_jax import config as config_lib
+from phi3_jax import model as phi3
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [(phi3_mini, 3_821_079_552), (phi3_mini_128k, 3_821_079_552), (phi3_medium, 13_960_238_080)],
+)
+def test_parameter_counts(module, expected):
+    assert phi3.param_count(module.get_config()) == expected
+
+
+def small_config(**model_overrides):
+    config = base.get_config("tiny")
+    small = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4)
+    config.model.update(
+        dict(small, num_kv_heads=2, dtype="float32", eos_token_id=2, pad_token_id=0)
+    )
+    config.model.update(model_overrides)
+    config.train.seq_len = 16
+    return config_lib.validate(config)
+
+
+def test_packed_documents_equal_documents_alone():
+    config = small_config()
+    params = phi3.init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 96, 7), rng.integers(0, 96, 5)
+    padding = 4
+    tokens = np.concatenate([first, second, np.zeros(padding, int)])[None]
+    positions = np.concatenate([np.arange(7), np.arange(5), np.zeros(padding, int)])[None]
+    segments = np.concatenate([np.full(7, 1), np.full(5, 2), np.zeros(padding, int)])[None]
+    packed = np.asarray(
+        phi3.logits(config, params, tokens, positions=positions, segment_ids=segments)
+    )
+    alone_first = np.asarray(phi3.logits(config, params, first[None]))
+    alone_second = np.asarray(phi3.logits(config, params, second[None]))
+    np.testing.assert_allclose(packed[0, :7], alone_first[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(packed[0, 7:12], alone_second[0], rtol=0, atol=1e-5)
+
+
+def loss_and_grads(config, params, tokens):
+    def loss(p):
+        logits = phi3.logits(config, p, tokens)
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize(
+    "scan_layers, remat",
+    [(False, "none")]
+    + [(True, policy) for policy in config_lib.REMAT_POLICIES if policy != "none"],
+)
+def test_scan_unroll_and_remat_policies_agree(scan_layers, remat):
+    reference = small_config()
+    params = phi3.init_params(reference, jax.random.key(1))
+    tokens = np.random.default_rng(1).integers(0, 96, (2, 10))
+    want_logits = np.asarray(phi3.logits(reference, params, tokens))
+    want_loss, want_grads = loss_and_grads(reference, params, tokens)
+
+    config = small_config(scan_layers=scan_layers, remat=remat)
+    assert jax.tree.structure(phi3.abstract_params(config)) == jax.tree.structure(params)
+    got_logits = np.asarray(phi3.logits(config, params, tokens))
+    got_loss, got_grads = loss_and_grads(config, params, tokens)
+    np.testing.assert_allclose(got_logits, want_logits, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=0, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_unrolled_has_no_layer_loop():
+    """scan_layers=False really unrolls: the compiled forward holds no while loop."""
+    tokens = jnp.zeros((1, 4), jnp.int32)
+
+    def hlo(config):
+        params = phi3.abstract_params(config)
+        return jax.jit(lambda p: phi3.logits(config, p, tokens)).lower(params).as_text()
+
+    assert "while" in hlo(small_config(scan_layers=True))
+    assert "while" not in hlo(small_config(scan_layers=False))
+
+
+def test_compute_dtype_separate_from_param_dtype():
+    config = small_config(dtype="bfloat16")
+    params = phi3.init_params(config, jax.random.key(0))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    out = phi3.logits(config, params, np.zeros((1, 4), int))
+    assert out.dtype == jnp.float32
+    fp32 = np.asarray(phi3.logits(small_config(), params, np.zeros((1, 4), int)))
+    assert 0 < np.abs(np.asarray(out) - fp32).max() < 0.05  # bf16 compute, close to fp32
+
+
+INVALID = [
+    ("hidden_size", 0, "model.hidden_size=0: must be a positive integer"),
+    ("num_layers", -2, "model.num_layers=-2: must be a positive integer"),
+    ("num_heads", 3, "model.num_heads=3: must divide model.hidden_size=128"),
+    ("num_kv_heads", 3, "model.num_kv_heads=3: must divide model.num_heads=4"),
+    ("dtype", "float8", "model.dtype='float8': must be one of"),
+    ("remat", "some", "model.remat='some': must be one of"),
+    ("rope_scaling", "yarn", "model.rope_scaling='yarn': must be one of"),
+    ("sliding_window", -1, "model.sliding_window=-1: must be >= 0"),
+    ("eos_token_id", 40000, "model.eos_token_id=40000: must lie in [0, 32064)"),
+    ("rms_norm_eps", 0.0, "model.rms_norm_eps=0.0: must be positive"),
+    ("original_max_position_embeddings", 1024, "model.original_max_position_embeddings=1024:"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", INVALID, ids=[case[0] for case in INVALID])
+def test_invalid_model_configs(key, value, message):
+    config = base.get_config("tiny")
+    config.model[key] = value
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
+
+
+def test_longrope_factor_lists_of_wrong_length():
+    config = base.get_config("mini_128k")
+    config.model.rope_long_factor = config.model.rope_long_factor[:-1]
+    with pytest.raises(config_lib.ConfigError, match=r"^model\.rope_long_factor=.*needs .* 48"):
+        config_lib.validate(config)
+
+
+def test_unknown_variant():
+    with pytest.raises(config_lib.ConfigError, match=r"^variant='huge': unknown"):
+        base.get_config("huge")
+
+
+def test_config_json_round_trip():
+    config = base.get_config("mini_128k")
+    again = config_lib.from_json(config_lib.to_json(config))
+    assert again.model.rope_long_factor == base.LONGROPE_LONG_FACTOR
+    assert config_lib.to_json(again) == config_lib.to_json(config)
+    with pytest.raises(config_lib.ConfigError, match=r"^model\.num_experts=8: unknown key"):
+        config_lib.from_json('{"model": {"num_experts": 8}}')
+
+
+def test_summary_cli():
+    result = subprocess.run(
+        [sys.executable, "-m", "phi3_jax.model.summary", "--config=configs/phi3_medium.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "total: 13,960,238,080 parameters"
+    assert any(
+        line.split()[0] == "layers/self_attn/k_proj/kernel"
+        and "(40, 5120, 10, 128)" in line
+        and "('layers', 'embed', 'kv_heads', 'head_dim')" in line
+        for line in lines
+    )
