@@ -1,0 +1,339 @@
+"""The online input pipeline: shards → mix by phase → tokenize → pack → batch → per-process batches.
+
+Per phase, each named source (`sources.ShardSource`, tokenizing as it reads) is mixed with grain's
+mixing by the phase's weights; documents become next-token pairs (`tokens` = ids[:-1], `targets` =
+ids[1:], BOS/EOS framed) and are packed with grain's first-fit or concat-then-split packing into
+rows of `seq_len`, then batched per process. The two Phi-3 phases are two such pipelines, each
+prefetched by its own grain worker processes; `_PhasedIterDataset` takes batches 0..start-1 from
+phase 1 and the rest from phase 2, so the switch happens at the same batch whatever the number of
+workers. The iterator's state (grain's, JSON) saves and restores through orbax with
+`grain.checkpoint.CheckpointSave/CheckpointRestore`, and carries the per-source counters
+(`source_counters`). `global_batch` is the one JAX step: per-process numpy batches to global arrays.
+
+Batch format, per process: `tokens`, `targets`, `segment_ids` (1, 2, ... per document in a row, 0
+on padding), `positions` (restart at 0 per document) as int32 [batch, seq_len], and `loss_mask`
+float32 (1 where `targets` is a real next token of the same document, 0 on padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import grain
+import ml_collections
+import numpy as np
+
+from phi3_jax.config import PACKINGS
+from phi3_jax.data.sources import ReadOptions, ShardSource, SourceSpec, counters
+
+BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
+
+
+class Tokenizer(Protocol):
+    """What the pipeline needs of `phi3_jax.data.tokenizer.Tokenizer`."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """Everything the pipeline needs, resolved from the config (explicit for tests and tools)."""
+
+    # Every source that a phase names, by name.
+    sources: Mapping[str, SourceSpec]
+    # Source name -> mixing weight, for phase 1 and (empty: no phase 2) phase 2.
+    phase1: Mapping[str, float]
+    phase2: Mapping[str, float]
+    # Index of the first batch drawn from phase 2.
+    phase2_start_step: int
+    # Tokens per packed row.
+    seq_len: int
+    # Rows per batch of this process.
+    batch_size: int
+    packing: str = "first_fit"
+    # First-fit: rows packed together (more: less padding, more reordering).
+    packing_bins: int = 16
+    # grain worker processes per phase (0: in the main process).
+    num_workers: int = 0
+    # Batches buffered per worker.
+    prefetch: int = 2
+    on_bad_record: str = "raise"
+    eval_fraction: float = 0.0
+    # Batches per evaluation, from each source's held-out documents.
+    eval_batches: int = 1
+    seed: int = 0
+    add_bos: bool = True
+    process_index: int = 0
+    process_count: int = 1
+
+
+def _process_index_and_count() -> tuple[int, int]:
+    # Imported here only: grain workers import this module and need no JAX.
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def options_from_config(
+    config: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> PipelineOptions:
+    """PipelineOptions of a validated run config; the process defaults to JAX's."""
+    if process_index is None or process_count is None:
+        process_index, process_count = _process_index_and_count()
+    data = config.data
+    sources = {
+        name: SourceSpec(
+            name=name,
+            globs=tuple(g for g in src.globs.split(",") if g),
+            format=src.format,
+            text_field=src.text_field,
+        )
+        for name, src in data.sources.items()
+    }
+    return PipelineOptions(
+        sources=sources,
+        phase1=dict(data.phase1),
+        phase2=dict(data.phase2),
+        phase2_start_step=data.phase2_start_step,
+        seq_len=config.train.seq_len,
+        batch_size=config.train.global_batch_size // process_count,
+        packing=data.packing,
+        packing_bins=data.packing_bins,
+        num_workers=data.num_workers,
+        prefetch=data.prefetch,
+        on_bad_record=data.on_bad_record,
+        eval_fraction=data.eval_fraction,
+        eval_batches=data.eval_batches,
+        seed=data.seed,
+        add_bos=data.add_bos,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentIds:
+    """A document's ids: [BOS] + encode(text) + EOS; pre-tokenized ids get the same framing."""
+
+    tokenizer: Tokenizer
+    add_bos: bool
+
+    def __call__(self, payload: str | np.ndarray) -> np.ndarray:
+        body = self.tokenizer.encode(payload) if isinstance(payload, str) else payload.tolist()
+        head = [self.tokenizer.bos_id] if self.add_bos else []
+        return np.asarray(head + body + [self.tokenizer.eos_id], dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenPieces(grain.experimental.FlatMapTransform):
+    """ids → next-token pairs, split into pieces of at most `max_len` (None: whole)."""
+
+    max_len: int | None
+    # Only MapDatasets need a bound; this transform runs on IterDatasets.
+    max_fan_out: int = 1
+
+    def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        ids = element["ids"]
+        tokens, targets = ids[:-1], ids[1:]
+        step = self.max_len or len(tokens)
+        return [
+            {"tokens": tokens[i : i + step], "targets": targets[i : i + step]}
+            for i in range(0, len(tokens), step)
+        ]
+
+
+def train_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A packed row in the train step's format (segment ids/positions are those of `tokens`)."""
+    segment_ids = row["tokens_segment_ids"]
+    return {
+        "tokens": row["tokens"].astype(np.int32),
+        "targets": row["targets"].astype(np.int32),
+        "segment_ids": segment_ids.astype(np.int32),
+        "positions": row["tokens_positions"].astype(np.int32),
+        "loss_mask": (segment_ids > 0).astype(np.float32),
+    }
+
+
+def _pack(examples: grain.IterDataset, opts: PipelineOptions, pad_id: int) -> grain.IterDataset:
+    lengths = {"tokens": opts.seq_len, "targets": opts.seq_len}
+    if opts.packing == "first_fit":
+        return grain.experimental.FirstFitPackIterDataset(
+            examples,
+            length_struct=lengths,
+            num_packing_bins=opts.packing_bins,
+            seed=opts.seed,
+            padding_struct={"tokens": pad_id, "targets": pad_id},
+        )
+    if opts.packing == "concat_split":
+        return grain.experimental.ConcatThenSplitIterDataset(examples, length_struct=lengths)
+    raise ValueError(f"packing {opts.packing!r} is not one of {PACKINGS}")
+
+
+def _batches(
+    documents: grain.IterDataset, opts: PipelineOptions, tokenizer: Tokenizer
+) -> grain.IterDataset:
+    # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
+    max_len = opts.seq_len if opts.packing == "first_fit" else None
+    examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
+    rows = _pack(examples, opts, tokenizer.pad_id).map(train_row)
+    return rows.batch(opts.batch_size, drop_remainder=True)
+
+
+def _source(
+    opts: PipelineOptions, name: str, tokenizer: Tokenizer, split: str, repeat: bool = True
+) -> ShardSource:
+    return ShardSource(
+        opts.sources[name],
+        DocumentIds(tokenizer, opts.add_bos),
+        ReadOptions(
+            on_bad=opts.on_bad_record,
+            split=split,
+            eval_fraction=opts.eval_fraction,
+            repeat=repeat,
+            seed=opts.seed,
+        ),
+        process_index=opts.process_index,
+        process_count=opts.process_count,
+    )
+
+
+def mixed_documents(
+    opts: PipelineOptions, weights: Mapping[str, float], tokenizer: Tokenizer
+) -> grain.IterDataset:
+    """One phase's training documents (`{"ids"}`), mixed by `weights` with grain's mixing."""
+    names = sorted(weights)
+    return grain.IterDataset.mix(
+        [_source(opts, name, tokenizer, "train") for name in names],
+        [weights[name] for name in names],
+    )
+
+
+def _phase_batches(
+    opts: PipelineOptions, weights: Mapping[str, float], tokenizer: Tokenizer
+) -> grain.IterDataset:
+    batches = _batches(mixed_documents(opts, weights, tokenizer), opts, tokenizer)
+    return batches.mp_prefetch(
+        grain.MultiprocessingOptions(
+            num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
+        )
+    )
+
+
+def train_dataset(opts: PipelineOptions, tokenizer: Tokenizer) -> grain.IterDataset:
+    """The endless training batches of this process: phase 1, then phase 2 from its start step."""
+    phase1 = _phase_batches(opts, opts.phase1, tokenizer)
+    if not opts.phase2:
+        return phase1
+    phase2 = _phase_batches(opts, opts.phase2, tokenizer)
+    return _PhasedIterDataset(phase1, phase2, opts.phase2_start_step)
+
+
+def eval_datasets(opts: PipelineOptions, tokenizer: Tokenizer) -> dict[str, grain.IterDataset]:
+    """Per source, `eval_batches` batches of its held-out documents (the same ones every time)."""
+    names = sorted({*opts.phase1, *opts.phase2})
+    return {
+        name: grain.experimental.LimitIterDataset(
+            _batches(_source(opts, name, tokenizer, "eval"), opts, tokenizer), opts.eval_batches
+        )
+        for name in names
+    }
+
+
+def train_iterator(
+    config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+    """The training iterator of a run config (save/restore it with grain.checkpoint.*)."""
+    return iter(train_dataset(options_from_config(config, process_index, process_count), tokenizer))
+
+
+def source_counters(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]]:
+    """Per source: documents, tokens, bad_records, bad_shards read so far by this process.
+
+    Counted into the packer as of its last packed group (up to `packing_bins` rows behind the
+    batch just returned), summed over workers and phases; exact across save/restore.
+    """
+    return counters(iterator.get_state())
+
+
+def global_batch(batch: Mapping[str, np.ndarray], sharding: Any) -> dict[str, Any]:
+    """Per-process numpy batches → global jax.Arrays laid out by `sharding` (batch on dim 0)."""
+    import jax  # Only here: see `_process_index_and_count`.
+
+    return {
+        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for key, value in batch.items()
+    }
+
+
+class _PhasedIterDataset(grain.IterDataset):
+    """Batches 0..start-1 from `phase1`, then `phase2`; each keeps its own workers and state."""
+
+    def __init__(self, phase1: grain.IterDataset, phase2: grain.IterDataset, start: int):
+        super().__init__([phase1, phase2])
+        self._start = start
+
+    def __iter__(self) -> grain.DatasetIterator:
+        phase1, phase2 = self.parents
+        return _PhasedIterator(iter(phase1), iter(phase2), self._start)
+
+    def __str__(self) -> str:
+        return f"PhasedIterDataset(phase2_start_step={self._start})"
+
+
+class _PhasedIterator(grain.DatasetIterator):
+    def __init__(self, phase1: grain.DatasetIterator, phase2: grain.DatasetIterator, start: int):
+        super().__init__([phase1, phase2])
+        self._phase1, self._phase2 = phase1, phase2
+        self._start = start
+        self._step = 0
+        # Phase 1's state when it ended (None while it runs): kept for its counters.
+        self._phase1_final: dict[str, Any] | None = None
+
+    def _switch(self) -> None:
+        self._phase1_final = self._phase1.get_state()
+        # Its workers are no longer needed.
+        self._phase1.close()
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._phase1_final is None and self._step >= self._start:
+            self._switch()
+        active = self._phase1 if self._phase1_final is None else self._phase2
+        batch = next(active)
+        self._step += 1
+        return batch
+
+    def start_prefetch(self) -> None:
+        # Only the running phase: starting the other would spawn idle workers.
+        (self._phase1 if self._phase1_final is None else self._phase2).start_prefetch()
+
+    def get_state(self) -> dict[str, Any]:
+        in_phase2 = self._phase1_final is not None
+        return {
+            "step": self._step,
+            "phase1": self._phase1_final if in_phase2 else self._phase1.get_state(),
+            "phase2": self._phase2.get_state() if in_phase2 else None,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._step = state["step"]
+        if state["phase2"] is None:
+            self._phase1_final = None
+            self._phase1.set_state(state["phase1"])
+        else:
+            self._phase1_final = state["phase1"]
+            self._phase1.close()
+            self._phase2.set_state(state["phase2"])
+
+    def __str__(self) -> str:
+        return f"PhasedIterator(step={self._step}, phase2_start_step={self._start})"

@@ -1,0 +1,432 @@
+"""Streaming shard sources: documents read shard by shard, with exact resumable state.
+
+A source is a named list of globs over shards of one format: jsonl (plain, .gz or .zst) with a text
+field, parquet with a text column (read one row group at a time), or ArrayRecord holding UTF-8 text
+or pre-tokenized int32 ids. `ShardSource` is a grain `IterDataset`: its shards are divided among
+processes (constructor arguments) and among grain workers (`set_slice`, called by `mp_prefetch`),
+so no two readers share a record. Its iterator's state is (epoch, shard position, record index)
+plus per-source counters, all small JSON values, so a restored iterator re-opens the shard and
+skips to the record. Bad input raises `BadInputError` naming file and record, or with
+`on_bad="skip"` is dropped and counted (`bad_records`, `bad_shards`); nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import itertools
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+from array_record.python.array_record_module import ArrayRecordReader
+
+from phi3_jax.config import DATA_FORMATS, ON_BAD_RECORD
+
+SPLITS = ("train", "eval")
+# The keys of a source iterator's state that count what it has read (see `counters`).
+COUNTER_KEYS = ("documents", "tokens", "bad_records", "bad_shards")
+# Compressed bytes read per step: bounds memory per open shard, whatever the shard size.
+_CHUNK_BYTES = 1 << 20
+# ArrayRecord records fetched per read call.
+_ARRAY_RECORD_BATCH = 256
+
+
+class BadInputError(ValueError):
+    """A shard or a record cannot be used; the message names the source, file and record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One named source: the globs of its shards, their format and the text field/column."""
+
+    name: str
+    globs: tuple[str, ...]
+    format: str = "jsonl"
+    text_field: str = "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    """Why a record is unusable; `ends_shard`: nothing from here to the end of the shard is."""
+
+    reason: str
+    ends_shard: bool = False
+
+
+def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
+    """The source's files in a deterministic order, and a message for each glob/path giving none."""
+    files: list[str] = []
+    problems: list[str] = []
+    for pattern in spec.globs:
+        if glob.has_magic(pattern):
+            matched = sorted(glob.glob(pattern, recursive=True))
+            if not matched:
+                problems.append(f"glob {pattern!r} matches no file")
+        elif os.path.isfile(pattern):
+            matched = [pattern]
+        else:
+            matched = []
+            problems.append(f"{pattern}: missing file")
+        files.extend(f for f in matched if f not in files)
+    return files, problems
+
+
+def eval_fraction_of(payload: str | np.ndarray) -> float:
+    """A stable pseudo-random number in [0, 1) from the document's content (not Python's hash)."""
+    data = (
+        payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload.tobytes()
+    )
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") / 2.0**64
+
+
+def _text_value(value: Any) -> str | Bad:
+    if not isinstance(value, str):
+        return Bad(f"text is {type(value).__name__}, not a string")
+    if not value:
+        return Bad("empty text")
+    return value
+
+
+# Record readers: they yield (record index, payload or Bad) from record `start` on, streaming.
+
+
+def _decompressed_chunks(path: str, new_decompressor: Callable[[], Any]) -> Iterator[bytes]:
+    """Decompress a (multi-frame/member) file chunk by chunk; a stream cut short is an error."""
+    with open(path, "rb") as fh:
+        decompressor, fed = new_decompressor(), False
+        while chunk := fh.read(_CHUNK_BYTES):
+            while chunk:
+                fed = True
+                yield decompressor.decompress(chunk)
+                if decompressor.eof:
+                    # Concatenated frames/members: the rest belongs to the next one.
+                    chunk, decompressor, fed = decompressor.unused_data, new_decompressor(), False
+                else:
+                    chunk = b""
+        # zstandard's stream readers return a truncated frame's prefix without complaint, hence eof.
+        if fed and not decompressor.eof:
+            raise EOFError("compressed stream ends before its end marker (truncated file)")
+
+
+def _raw_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK_BYTES):
+            yield chunk
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    if path.endswith(".zst"):
+        return _decompressed_chunks(path, lambda: zstandard.ZstdDecompressor().decompressobj())
+    if path.endswith(".gz"):
+        return _decompressed_chunks(path, lambda: zlib.decompressobj(wbits=31))
+    return _raw_chunks(path)
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    tail = b""
+    for chunk in chunks:
+        *complete, tail = (tail + chunk).split(b"\n")
+        yield from complete
+    if tail:
+        yield tail
+
+
+def _json_text(line: bytes, field: str) -> str | Bad:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Bad(f"invalid UTF-8 at byte {e.start}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Bad(f"invalid JSON: {e.msg}")
+    if not isinstance(obj, dict) or field not in obj:
+        return Bad(f"no field {field!r}")
+    return _text_value(obj[field])
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
+
+
+def _jsonl_records(path: str, field: str, start: int) -> Iterator[tuple[int, Any]]:
+    lines = _lines(_file_chunks(path))
+    for index in itertools.count():
+        # Only the read is guarded: a generator closed at its yield must not run an except clause.
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except _READ_ERRORS as e:
+            yield index, Bad(f"unreadable: {e}", ends_shard=True)
+            return
+        # Blank lines are separators, not records; they still count for the record index.
+        if index >= start and line.strip():
+            yield index, _json_text(line, field)
+
+
+def _parquet_records(path: str, field: str, start: int) -> Iterator[tuple[int, Any]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except _READ_ERRORS as e:
+        yield start, Bad(f"cannot open parquet: {e}", ends_shard=True)
+        return
+    if field not in pf.schema_arrow.names:
+        names = ", ".join(pf.schema_arrow.names)
+        yield start, Bad(f"no column {field!r} (columns: {names})", ends_shard=True)
+        return
+    offset = 0
+    for group in range(pf.num_row_groups):
+        rows = pf.metadata.row_group(group).num_rows
+        if offset + rows > start:
+            try:
+                values = pf.read_row_group(group, columns=[field]).column(0).to_pylist()
+            except _READ_ERRORS as e:
+                yield max(offset, start), Bad(f"unreadable row group {group}: {e}", ends_shard=True)
+                return
+            for i in range(max(start - offset, 0), rows):
+                yield offset + i, _text_value(values[i])
+        offset += rows
+
+
+def _decode_text(record: bytes) -> str | Bad:
+    try:
+        return _text_value(record.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Bad(f"invalid UTF-8 at byte {e.start}")
+
+
+def _decode_tokens(record: bytes) -> np.ndarray | Bad:
+    if not record or len(record) % 4:
+        return Bad(f"{len(record)} bytes is not a non-empty int32 array")
+    return np.frombuffer(record, dtype="<i4").astype(np.int32)
+
+
+def _arrayrecord_records(
+    path: str, decode: Callable[[bytes], Any], start: int
+) -> Iterator[tuple[int, Any]]:
+    try:
+        reader = ArrayRecordReader(path)
+        count = reader.num_records()
+    except (RuntimeError, *_READ_ERRORS) as e:
+        yield start, Bad(f"cannot open ArrayRecord: {e}", ends_shard=True)
+        return
+    try:
+        for first in range(start, count, _ARRAY_RECORD_BATCH):
+            try:
+                batch = reader.read(first, min(first + _ARRAY_RECORD_BATCH, count))
+            except (RuntimeError, *_READ_ERRORS) as e:
+                yield first, Bad(f"unreadable: {e}", ends_shard=True)
+                return
+            for i, record in enumerate(batch):
+                yield first + i, decode(record)
+    finally:
+        reader.close()
+
+
+def read_records(spec: SourceSpec, path: str, start: int = 0) -> Iterator[tuple[int, Any]]:
+    """(record index, text | int32 ids | Bad) of one shard from record `start`, streamed."""
+    if spec.format == "jsonl":
+        return _jsonl_records(path, spec.text_field, start)
+    if spec.format == "parquet":
+        return _parquet_records(path, spec.text_field, start)
+    if spec.format == "arrayrecord_text":
+        return _arrayrecord_records(path, _decode_text, start)
+    if spec.format == "arrayrecord_tokens":
+        return _arrayrecord_records(path, _decode_tokens, start)
+    raise ValueError(f"source {spec.name}: format {spec.format!r} is not one of {DATA_FORMATS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """How a source is read: split, error policy, repetition and file-order seed."""
+
+    # raise: the first bad record/shard is an error; skip: it is dropped and counted.
+    on_bad: str = "raise"
+    # train: documents outside the held-out split; eval: only the held-out ones.
+    split: str = "train"
+    # Fraction of documents held out for evaluation (by content hash), 0 for none.
+    eval_fraction: float = 0.0
+    # Loop over the shards forever (training) or stop after one pass.
+    repeat: bool = True
+    # Seeds the per-epoch shard order.
+    seed: int = 0
+
+
+class ShardSource(grain.IterDataset):
+    """Documents of one source as `{"ids": int32 array}`, `to_ids` applied to each payload."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        to_ids: Callable[[str | np.ndarray], np.ndarray],
+        options: ReadOptions = ReadOptions(),
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        super().__init__()
+        if options.on_bad not in ON_BAD_RECORD or options.split not in SPLITS:
+            raise ValueError(f"source {spec.name}: invalid {options}")
+        files, problems = resolve_shards(spec)
+        for problem in problems:
+            if options.on_bad == "raise":
+                raise BadInputError(f"source {spec.name}: {problem}")
+            logging.warning("source %s: skipping %s", spec.name, problem)
+        if not files:
+            raise BadInputError(f"source {spec.name}: no shard in {list(spec.globs)}")
+        if len(files) < process_count:
+            raise BadInputError(
+                f"source {spec.name}: {len(files)} shards cannot be divided among "
+                f"{process_count} processes"
+            )
+        self._spec = spec
+        self._to_ids = to_ids
+        self._options = options
+        self._files = files[process_index::process_count]
+        self._missing = len(problems)
+        self._worker_slice = slice(None)
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """grain's hook dividing a source among `mp_prefetch` workers: by shard, not by record."""
+        del sequential_slice  # Whole shards go to one worker, so there is no order to keep.
+        self._worker_slice = sl
+
+    def __iter__(self) -> grain.DatasetIterator:
+        files = self._files[self._worker_slice]
+        if not files:
+            raise BadInputError(
+                f"source {self._spec.name}: this process has {len(self._files)} shards, "
+                f"too few for the workers ({self._worker_slice}); use fewer workers or more shards"
+            )
+        # Each process reports the globs/paths that gave no shard once, from its first worker.
+        first_worker = self._worker_slice.start in (None, 0)
+        return _ShardSourceIterator(
+            self._spec, files, self._to_ids, self._options, self._missing if first_worker else 0
+        )
+
+    def __str__(self) -> str:
+        return f"ShardSource({self._spec.name}, {len(self._files)} shards)"
+
+
+class _ShardSourceIterator(grain.DatasetIterator):
+    def __init__(
+        self,
+        spec: SourceSpec,
+        files: list[str],
+        to_ids: Callable[[str | np.ndarray], np.ndarray],
+        options: ReadOptions,
+        missing_shards: int,
+    ):
+        super().__init__()
+        self._spec = spec
+        self._files = files
+        self._to_ids = to_ids
+        self._options = options
+        self._state = {
+            "source": spec.name,
+            "epoch": 0,
+            "shard": 0,
+            "record": 0,
+            # Documents at the start of this epoch: an epoch that adds none would loop forever.
+            "epoch_start_documents": 0,
+            **dict.fromkeys(COUNTER_KEYS, 0),
+            "bad_shards": missing_shards,
+        }
+        self._records: Iterator[tuple[int, Any]] | None = None
+        self._path = ""
+        self._shard_has_records = False
+
+    def _open_shard(self) -> bool:
+        """Open the shard at the state's position; False at the end of a single pass."""
+        state = self._state
+        if state["shard"] == len(self._files):
+            if not self._options.repeat:
+                return False
+            if state["documents"] == state["epoch_start_documents"]:
+                raise BadInputError(
+                    f"source {self._spec.name}: no usable {self._options.split} document in "
+                    f"{self._files}"
+                )
+            state.update(
+                epoch=state["epoch"] + 1, shard=0, epoch_start_documents=state["documents"]
+            )
+        order = np.random.default_rng([self._options.seed, state["epoch"]])
+        self._path = self._files[order.permutation(len(self._files))[state["shard"]]]
+        self._records = read_records(self._spec, self._path, state["record"])
+        self._shard_has_records = state["record"] > 0
+        return True
+
+    def _bad(self, index: int, bad: Bad) -> None:
+        if bad.ends_shard:
+            message = f"{self._path}: {bad.reason} (at record {index})"
+        else:
+            message = f"{self._path}: record {index}: {bad.reason}"
+        if self._options.on_bad == "raise":
+            raise BadInputError(f"source {self._spec.name}: {message}")
+        logging.warning("source %s: skipping %s", self._spec.name, message)
+        self._state["bad_shards" if bad.ends_shard else "bad_records"] += 1
+
+    def _in_split(self, payload: str | np.ndarray) -> bool:
+        if not self._options.eval_fraction:
+            return self._options.split == "train"
+        held_out = eval_fraction_of(payload) < self._options.eval_fraction
+        return held_out == (self._options.split == "eval")
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        state = self._state
+        while True:
+            if self._records is None and not self._open_shard():
+                raise StopIteration
+            item = next(self._records, None)
+            if item is None:
+                if not self._shard_has_records:
+                    self._bad(0, Bad("empty shard: no records", ends_shard=True))
+                self._records = None
+                state.update(shard=state["shard"] + 1, record=0)
+                continue
+            index, payload = item
+            self._shard_has_records = True
+            state["record"] = index + 1
+            if isinstance(payload, Bad):
+                self._bad(index, payload)
+            elif self._in_split(payload):
+                ids = self._to_ids(payload)
+                state["documents"] += 1
+                state["tokens"] += len(ids)
+                return {"ids": ids}
+
+    def get_state(self) -> dict[str, Any]:
+        return dict(self._state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._state = dict(state)
+        self._records = None
+
+    def __str__(self) -> str:
+        return f"ShardSourceIterator({self._spec.name}, {len(self._files)} shards)"
+
+
+def counters(state: Any) -> dict[str, dict[str, int]]:
+    """Per-source counters summed over every reader found in an iterator state tree."""
+    totals: dict[str, dict[str, int]] = {}
+    stack = [state]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict) and "source" in node and "epoch_start_documents" in node:
+            total = totals.setdefault(node["source"], dict.fromkeys(COUNTER_KEYS, 0))
+            for key in COUNTER_KEYS:
+                total[key] += node[key]
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return totals
