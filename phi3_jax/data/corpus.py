@@ -1,10 +1,9 @@
 """The raw bundled corpus: English prose from Python's own standard library (PSF licence).
 
 Python is distributed under the PSF License Agreement, which allows redistribution of its source,
-docstrings included. One document per source: each stdlib module's docstrings (module, classes,
-functions, in source order) joined into one text, and each topic of `pydoc_data.topics` (the
-language reference sections that `help()` shows). This stands in for web text; `prepare` filters it
-like any web shard.
+docstrings included. Documents: each stdlib module's docstrings cut into pages like those of the
+library reference, and each topic of `pydoc_data.topics` (the language reference sections that
+`help()` shows). This stands in for web text; `prepare` filters it like any web shard.
 
     python -m phi3_jax.data.corpus --out=FILE.jsonl.zst
 """
@@ -18,29 +17,40 @@ import pathlib
 import sysconfig
 from collections.abc import Iterator, Sequence
 
-import orjson
-import zstandard
+from phi3_jax.data.shards import write_jsonl_zst
 
 LICENSE = "PSF-2.0"
 # Tests, demos and vendored third-party code are left out.
+_DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
 
 
-def module_text(source: str) -> str:
-    """Docstrings of a module's source, in order, with a heading naming each class or function."""
+def _docstrings(node: ast.AST) -> Iterator[str]:
+    """Docstrings of a class or function and of everything public defined inside it."""
+    for sub in ast.walk(node):
+        if (
+            isinstance(sub, _DEFS)
+            and not sub.name.startswith("_")
+            and (doc := ast.get_docstring(sub))
+        ):
+            yield f"{sub.name}\n\n{doc}"
+
+
+def module_pages(source: str) -> Iterator[str]:
+    """A module's documentation as pages: its docstring, each public top-level class with its
+    methods, and its public top-level functions together."""
     tree = ast.parse(source)
-    parts = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        doc = ast.get_docstring(node)
-        if not doc:
-            continue
-        if isinstance(node, ast.Module):
-            parts.append(doc)
-        elif not node.name.startswith("_"):
-            parts.append(f"{node.name}\n\n{doc}")
-    return "\n\n".join(parts)
+    if doc := ast.get_docstring(tree):
+        yield doc
+    functions = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            if page := "\n\n".join(_docstrings(node)):
+                yield page
+        elif isinstance(node, _DEFS):
+            functions.extend(_docstrings(node))
+    if functions:
+        yield "\n\n".join(functions)
 
 
 def stdlib_modules(root: pathlib.Path) -> Iterator[pathlib.Path]:
@@ -59,21 +69,13 @@ def documents(root: pathlib.Path | None = None) -> Iterator[dict]:
     meta = {"source": "python-stdlib", "license": LICENSE}
     for path in stdlib_modules(root):
         try:
-            text = module_text(path.read_text(encoding="utf-8"))
+            pages = list(module_pages(path.read_text(encoding="utf-8")))
         except (SyntaxError, UnicodeDecodeError):
             continue  # a few stdlib files are templates or in other encodings: not prose
-        if text:
-            yield {"id": f"stdlib/{path.relative_to(root)}", "text": text, "metadata": meta}
+        for i, text in enumerate(pages):
+            yield {"id": f"stdlib/{path.relative_to(root)}/{i}", "text": text, "metadata": meta}
     for name, text in sorted(topics.topics.items()):
         yield {"id": f"pydoc-topics/{name}", "text": inspect.cleandoc(text), "metadata": meta}
-
-
-def write_jsonl_zst(records: Iterator[dict], path: str) -> int:
-    """Write records as one zstd-compressed JSON line each; return how many."""
-    lines = [orjson.dumps(record) + b"\n" for record in records]
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(path).write_bytes(zstandard.ZstdCompressor(level=19).compress(b"".join(lines)))
-    return len(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,7 +9,6 @@ zstd stream reader ends silently, is detected by checking that its last frame is
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Literal
@@ -18,23 +17,12 @@ import zstandard
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 
+from phi3_jax.data.shards import expand_globs
+
 OnBadRecord = Literal["raise", "skip"]
 ON_BAD_RECORD = ("raise", "skip")
 # Compressed bytes read at a time from a .zst file.
 _CHUNK = 1 << 20
-
-
-def expand_globs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted files matching comma-separated globs; a glob matching nothing is an error."""
-    if isinstance(patterns, str):
-        patterns = [p for p in patterns.split(",") if p]
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(glob.glob(pattern, recursive=True))
-        if not matched:
-            raise FileNotFoundError(f"glob {pattern!r} matches no file")
-        files.extend(matched)
-    return files
 
 
 class BadRecordError(ValueError):

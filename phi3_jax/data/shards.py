@@ -1,0 +1,31 @@
+"""Shard files: expanding input globs, and writing records as zstd-compressed JSON lines."""
+
+from __future__ import annotations
+
+import glob
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import orjson
+import zstandard
+
+
+def expand_globs(patterns: str | Sequence[str]) -> list[str]:
+    """Sorted files matching comma-separated globs; a glob matching nothing is an error."""
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p]
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern, recursive=True))
+        if not matched:
+            raise FileNotFoundError(f"glob {pattern!r} matches no file")
+        files.extend(matched)
+    return files
+
+
+def write_jsonl_zst(records: Iterable[dict], path: str) -> int:
+    """Write records as one JSON object a line, zstd-compressed (same input, same bytes)."""
+    lines = [orjson.dumps(record) + b"\n" for record in records]
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_bytes(zstandard.ZstdCompressor(level=19).compress(b"".join(lines)))
+    return len(lines)
