@@ -3,6 +3,8 @@ dtype and logical axes, and the total count, from `jax.eval_shape` (nothing is a
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import ml_collections
 from absl import app, flags
@@ -33,7 +35,11 @@ def summary_lines(config: ml_collections.ConfigDict) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    print("\n".join(summary_lines(config_lib.validate(_CONFIG.value))))
+    try:
+        config = config_lib.validate(_CONFIG.value)
+    except config_lib.ConfigError as e:
+        sys.exit(f"error: {e}")
+    print("\n".join(summary_lines(config)))
 
 
 if __name__ == "__main__":
