@@ -18,6 +18,7 @@ float32 (1 where `targets` is a real next token of the same document, 0 on paddi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -150,46 +151,43 @@ class NextTokenPieces(grain.experimental.FlatMapTransform):
         ]
 
 
-def train_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def train_row(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
     """A packed row in the train step's format (segment ids/positions are those of `tokens`)."""
-    segment_ids = row["tokens_segment_ids"]
+    segment_ids = row["tokens_segment_ids"].astype(np.int32)
+    real = segment_ids > 0
     return {
-        "tokens": row["tokens"].astype(np.int32),
-        "targets": row["targets"].astype(np.int32),
-        "segment_ids": segment_ids.astype(np.int32),
+        # Both packers pad with zeros; padding shows as pad_id, masked out of the loss.
+        "tokens": np.where(real, row["tokens"], pad_id).astype(np.int32),
+        "targets": np.where(real, row["targets"], pad_id).astype(np.int32),
+        "segment_ids": segment_ids,
         "positions": row["tokens_positions"].astype(np.int32),
-        "loss_mask": (segment_ids > 0).astype(np.float32),
+        "loss_mask": real.astype(np.float32),
     }
 
 
-def _pack(examples: grain.IterDataset, opts: PipelineOptions, pad_id: int) -> grain.IterDataset:
+def _pack(examples: grain.IterDataset, opts: PipelineOptions) -> grain.IterDataset:
     lengths = {"tokens": opts.seq_len, "targets": opts.seq_len}
     if opts.packing == "first_fit":
         return grain.experimental.FirstFitPackIterDataset(
-            examples,
-            length_struct=lengths,
-            num_packing_bins=opts.packing_bins,
-            seed=opts.seed,
-            padding_struct={"tokens": pad_id, "targets": pad_id},
+            examples, length_struct=lengths, num_packing_bins=opts.packing_bins, seed=opts.seed
         )
     if opts.packing == "concat_split":
         return grain.experimental.ConcatThenSplitIterDataset(examples, length_struct=lengths)
     raise ValueError(f"packing {opts.packing!r} is not one of {PACKINGS}")
 
 
-def _batches(
-    documents: grain.IterDataset, opts: PipelineOptions, tokenizer: Tokenizer
+def pack_and_batch(
+    documents: grain.IterDataset, opts: PipelineOptions, pad_id: int
 ) -> grain.IterDataset:
+    """Documents (`{"ids"}`) → next-token pairs → packed rows → batches of `opts.batch_size`."""
     # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
     max_len = opts.seq_len if opts.packing == "first_fit" else None
     examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
-    rows = _pack(examples, opts, tokenizer.pad_id).map(train_row)
+    rows = _pack(examples, opts).map(functools.partial(train_row, pad_id=pad_id))
     return rows.batch(opts.batch_size, drop_remainder=True)
 
 
-def _source(
-    opts: PipelineOptions, name: str, tokenizer: Tokenizer, split: str, repeat: bool = True
-) -> ShardSource:
+def _source(opts: PipelineOptions, name: str, tokenizer: Tokenizer, split: str) -> ShardSource:
     return ShardSource(
         opts.sources[name],
         DocumentIds(tokenizer, opts.add_bos),
@@ -197,7 +195,6 @@ def _source(
             on_bad=opts.on_bad_record,
             split=split,
             eval_fraction=opts.eval_fraction,
-            repeat=repeat,
             seed=opts.seed,
         ),
         process_index=opts.process_index,
@@ -219,7 +216,7 @@ def mixed_documents(
 def _phase_batches(
     opts: PipelineOptions, weights: Mapping[str, float], tokenizer: Tokenizer
 ) -> grain.IterDataset:
-    batches = _batches(mixed_documents(opts, weights, tokenizer), opts, tokenizer)
+    batches = pack_and_batch(mixed_documents(opts, weights, tokenizer), opts, tokenizer.pad_id)
     return batches.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
@@ -241,7 +238,8 @@ def eval_datasets(opts: PipelineOptions, tokenizer: Tokenizer) -> dict[str, grai
     names = sorted({*opts.phase1, *opts.phase2})
     return {
         name: grain.experimental.LimitIterDataset(
-            _batches(_source(opts, name, tokenizer, "eval"), opts, tokenizer), opts.eval_batches
+            pack_and_batch(_source(opts, name, tokenizer, "eval"), opts, tokenizer.pad_id),
+            opts.eval_batches,
         )
         for name in names
     }
