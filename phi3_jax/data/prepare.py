@@ -16,7 +16,8 @@ One pipeline definition, four datatrove stages chained by `depends`, runs on any
 and writes `DIR/phase2/` (Phi-3's phase-2 web set is a subset of its phase-1 set). Shards hold one
 JSON object per line: `text`, `id`, `metadata` (source file, fastText `__label__hq` score).
 
-Every stage logs to `DIR/logs/<stage>/`; datatrove's completion markers there make a rerun skip
+Intermediate files go to `--work_dir` (default `DIR/work`), and every stage logs to
+`WORK/logs/<stage>/`; datatrove's completion markers there make a rerun skip
 finished tasks, and an unfinished task rewrites its own output file, so a killed job resumes
 without duplicates. `DIR/manifest.json` lists inputs, settings, counts kept/dropped per filter and
 reason, bad records, and the output files with sizes and SHA-256.
@@ -185,14 +186,14 @@ class Stage:
 def stages(
     files: Sequence[str],
     output: str,
+    work: str,
     quality_model: str,
     tasks: int,
     phase: int,
     on_bad_record: OnBadRecord,
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
-    out = pathlib.Path(output)
-    work = out / "work"
+    out, work = pathlib.Path(output), pathlib.Path(work)
     root, paths = write_paths_files(files, work)
     p1 = PHASES[1]
     result = [
@@ -240,7 +241,7 @@ def stages(
 
 
 def make_executors(
-    stage_list: Sequence[Stage], output: str, executor: str, workers: int, slurm: dict | None = None
+    stage_list: Sequence[Stage], work: str, executor: str, workers: int, slurm: dict | None = None
 ) -> list[PipelineExecutor]:
     """One executor per stage, each depending on the previous one."""
     executors: list[PipelineExecutor] = []
@@ -248,7 +249,7 @@ def make_executors(
         common = dict(
             pipeline=stage.pipeline,
             tasks=stage.tasks,
-            logging_dir=os.path.join(output, "logs", stage.name),
+            logging_dir=os.path.join(work, "logs", stage.name),
             depends=executors[-1] if executors else None,
         )
         if executor == "local":
@@ -300,10 +301,10 @@ def is_complete(logging_dir: str, tasks: int) -> bool:
 
 
 def manifest(
-    files: Sequence[str], output: str, stage_list: Sequence[Stage], settings: dict
+    files: Sequence[str], output: str, work: str, stage_list: Sequence[Stage], settings: dict
 ) -> dict:
     """What a finished run read, how it filtered, what it dropped and what it wrote."""
-    steps = {s.name: stage_counts(os.path.join(output, "logs", s.name)) for s in stage_list}
+    steps = {s.name: stage_counts(os.path.join(work, "logs", s.name)) for s in stage_list}
     bad = {
         k.removeprefix("bad_"): v
         for step in steps["filter"]
@@ -333,6 +334,7 @@ def run(
     input: str,
     output: str,
     quality_model: str,
+    work_dir: str | None = None,
     executor: str = "local",
     tasks: int = 1,
     workers: int | None = None,
@@ -348,12 +350,13 @@ def run(
     if not os.path.isfile(quality_model):
         raise FileNotFoundError(f"quality model {quality_model!r} does not exist")
     files = expand_globs(input)
-    stage_list = stages(files, output, quality_model, tasks, phase, on_bad_record)
+    work = work_dir or os.path.join(output, "work")
+    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record)
     executors = make_executors(
-        stage_list, output, executor, workers or min(tasks, os.cpu_count() or 1), slurm
+        stage_list, work, executor, workers or min(tasks, os.cpu_count() or 1), slurm
     )
     executors[-1].run()
-    if not all(is_complete(os.path.join(output, "logs", s.name), s.tasks) for s in stage_list):
+    if not all(is_complete(os.path.join(work, "logs", s.name), s.tasks) for s in stage_list):
         return None
     settings = {
         "executor": executor,
@@ -366,7 +369,7 @@ def run(
             k: getattr(MINHASH, k) for k in ("n_grams", "num_buckets", "hashes_per_bucket", "seed")
         },
     }
-    result = manifest(files, output, stage_list, settings)
+    result = manifest(files, output, work, stage_list, settings)
     pathlib.Path(output, "manifest.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -377,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
         "--quality_model", required=True, help="fastText model from phi3_jax.data.quality"
+    )
+    parser.add_argument(
+        "--work_dir", default=None, help="intermediate files and logs (default: OUTPUT/work)"
     )
     parser.add_argument("--executor", choices=EXECUTORS, default="local")
     parser.add_argument(
@@ -401,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.input,
         args.output,
         args.quality_model,
+        args.work_dir,
         args.executor,
         args.tasks,
         args.workers,
