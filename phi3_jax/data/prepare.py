@@ -68,7 +68,7 @@ SHARD_NAME = "${rank}.jsonl.zst"
 _FORMATS = {
     "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst"),
     "parquet": (".parquet",),
-    "warc": (".warc", ".warc.gz", ".wet", ".wet.gz", ".warc.zst"),
+    "warc": (".warc", ".warc.gz", ".wet", ".wet.gz"),
 }
 
 
@@ -144,11 +144,15 @@ def quality_filters(phase: PhaseFilters, quality_model: str) -> list[PipelineSte
             max_symbol_word_ratio=phase.max_symbol_word_ratio,
             max_non_alpha_words_ratio=phase.min_alpha_words_ratio,
         ),
-        # Document-level C4 rules only: the line-level ones rewrite text (they would cut code).
+        # C4's document rules only (lorem ipsum, fewer than 3 lines): its line rules rewrite the
+        # text (they would cut code lines), and a curly bracket is no sign of bad text here.
         C4QualityFilter(
             filter_no_terminal_punct=False,
             min_words_per_line=-1,
+            max_word_length=-1,
             remove_citations=False,
+            filter_javascript=False,
+            filter_policy=False,
             filter_curly_bracket=False,
             min_num_sentences=3,
         ),
@@ -364,7 +368,7 @@ def run(
         "phase": phase,
         "on_bad_record": on_bad_record,
         "quality_model": file_entry(quality_model),
-        "phases": {p: dataclasses.asdict(PHASES[p]) for p in range(1, phase + 1)},
+        "phases": {str(p): dataclasses.asdict(PHASES[p]) for p in range(1, phase + 1)},
         "minhash": {
             k: getattr(MINHASH, k) for k in ("n_grams", "num_buckets", "hashes_per_bucket", "seed")
         },

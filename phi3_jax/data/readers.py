@@ -180,14 +180,28 @@ class StrictParquetReader(_Policy, ParquetReader):
 
 
 class StrictWarcReader(_Policy, WarcReader):
-    """WARC/WET files; HTML responses become documents (text extraction is a later step)."""
+    """WARC/WET files (.warc, .warc.gz); HTML responses become documents (extraction comes later).
+
+    warcio reads gzipped WARC member by member and ends quietly at a cut member, so after the last
+    record the gzip stream is checked for completeness.
+    """
 
     name = "🕷 Warc (strict)"
 
     def __init__(self, *args, on_bad_record: OnBadRecord = "raise", **kwargs):
         _check_policy(on_bad_record)
-        super().__init__(*args, **kwargs)
+        # warcio detects and decompresses gzip members itself.
+        super().__init__(*args, compression=None, **kwargs)
         self.on_bad_record = on_bad_record
+
+    def _gzip_error(self, filepath: str) -> Exception | None:
+        try:
+            with self.data_folder.open(filepath, "rb", compression="gzip") as f:
+                while f.read(_CHUNK):
+                    pass
+        except (EOFError, OSError) as e:
+            return e
+        return None
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         from warcio.exceptions import ArchiveLoadFailed
@@ -199,6 +213,9 @@ class StrictWarcReader(_Policy, WarcReader):
                 yield document
         except (ArchiveLoadFailed, EOFError, OSError) as e:
             self.bad_record(filepath, f"after document {n}", "truncated_file", e)
+            return
+        if filepath.endswith(".gz") and (error := self._gzip_error(filepath)):
+            self.bad_record(filepath, f"after document {n}", "truncated_file", error)
 
 
 def iter_documents(
