@@ -57,6 +57,7 @@ class PipelineOptions:
     seq_len: int
     # Rows per batch of this process.
     batch_size: int
+    # first_fit or concat_split (grain's packers).
     packing: str = "first_fit"
     # First-fit: rows packed together (more: less padding, more reordering).
     packing_bins: int = 16
@@ -64,12 +65,17 @@ class PipelineOptions:
     num_workers: int = 0
     # Batches buffered per worker.
     prefetch: int = 2
+    # raise or skip (drop and count) bad shards and records.
     on_bad_record: str = "raise"
+    # Fraction of each source held out for evaluation, by document hash.
     eval_fraction: float = 0.0
     # Batches per evaluation, from each source's held-out documents.
     eval_batches: int = 1
+    # Seeds the shard order of each epoch and first-fit's row order.
     seed: int = 0
+    # Start each document with BOS.
     add_bos: bool = True
+    # This process among those sharing the shards.
     process_index: int = 0
     process_count: int = 1
 
@@ -89,6 +95,11 @@ def options_from_config(
     """PipelineOptions of a validated run config; the process defaults to JAX's."""
     if process_index is None or process_count is None:
         process_index, process_count = _process_index_and_count()
+    if config.train.global_batch_size % process_count:
+        raise ValueError(
+            f"train.global_batch_size={config.train.global_batch_size} does not divide among "
+            f"{process_count} processes"
+        )
     data = config.data
     sources = {
         name: SourceSpec(
@@ -234,7 +245,13 @@ def train_dataset(opts: PipelineOptions, tokenizer: Tokenizer) -> grain.IterData
 
 
 def eval_datasets(opts: PipelineOptions, tokenizer: Tokenizer) -> dict[str, grain.IterDataset]:
-    """Per source, `eval_batches` batches of its held-out documents (the same ones every time)."""
+    """Per source, `eval_batches` batches of its held-out documents (the same ones every time).
+
+    Reaching them reads through the training documents around them, so build them once and keep
+    the batches (`list(dataset)`) rather than iterating anew at each evaluation.
+    """
+    if not opts.eval_fraction:
+        raise ValueError("eval batches need held-out documents: eval_fraction is 0")
     names = sorted({*opts.phase1, *opts.phase2})
     return {
         name: grain.experimental.LimitIterDataset(

@@ -83,9 +83,7 @@ def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
 
 def eval_fraction_of(payload: str | np.ndarray) -> float:
     """A stable pseudo-random number in [0, 1) from the document's content (not Python's hash)."""
-    data = (
-        payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload.tobytes()
-    )
+    data = payload.encode("utf-8") if isinstance(payload, str) else payload.tobytes()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") / 2.0**64
 
 
@@ -152,7 +150,14 @@ def _json_text(line: bytes, field: str) -> str | Bad:
         return Bad(f"invalid JSON: {e.msg}")
     if not isinstance(obj, dict) or field not in obj:
         return Bad(f"no field {field!r}")
-    return _text_value(obj[field])
+    value = _text_value(obj[field])
+    try:
+        # JSON escapes can spell lone surrogates, which no tokenizer can encode.
+        if isinstance(value, str):
+            value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Bad(f"invalid Unicode in the text at character {e.start}")
+    return value
 
 
 _READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
@@ -408,6 +413,8 @@ class _ShardSourceIterator(grain.DatasetIterator):
         return dict(self._state)
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if state["source"] != self._spec.name:
+            raise ValueError(f"state of source {state['source']} given to {self._spec.name}")
         self._state = dict(state)
         self._records = None
 

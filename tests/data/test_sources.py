@@ -194,6 +194,11 @@ def case_invalid_utf8(tmp_path):
     return globs, r"bad.jsonl: record 1: invalid UTF-8", ["before", "after"]
 
 
+def case_lone_surrogate(tmp_path):
+    globs = _bad_line(tmp_path, b'{"text": "a\\ud800b"}')
+    return globs, r"bad.jsonl: record 1: invalid Unicode", ["before", "after"]
+
+
 def case_no_text_field(tmp_path):
     globs = _bad_line(tmp_path, b'{"body": "x"}')
     return globs, r"bad.jsonl: record 1: no field 'text'", ["before", "after"]
@@ -221,6 +226,7 @@ BAD_CASES = [
     case_truncated_gz,
     case_truncated_zst,
     case_invalid_utf8,
+    case_lone_surrogate,
     case_no_text_field,
     case_empty_file,
     case_missing_file,
@@ -262,7 +268,7 @@ def test_bad_input_is_skipped_and_counted(tmp_path, case):
         # The readable prefix of the truncated shard, in order, then one bad shard.
         assert extra and extra == readable[: len(extra)]
         assert (count["bad_records"], count["bad_shards"]) == (0, 1)
-    elif case in (case_invalid_utf8, case_no_text_field):
+    elif case in (case_invalid_utf8, case_lone_surrogate, case_no_text_field):
         assert extra == readable
         assert (count["bad_records"], count["bad_shards"]) == (1, 0)
     else:
