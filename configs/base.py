@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from phi3_jax import config as config_lib
+from phi3_jax.data.tiktoken_tokenizer import PHI3_SMALL_DUMMY_TOKEN_IDS
 
 # Phi-3-mini-128k (April 2024 release, rope_scaling type "su"): LongRoPE factors, 48 = head_dim / 2.
 LONGROPE_SHORT_FACTOR = (
@@ -126,6 +127,24 @@ _PHI3_MINI = dict(
     pad_token_id=32000,
 )
 
+# Phi-3-small-8k (PHI3.md §3): LayerNorm, GEGELU, muP, blocksparse on even layers, tied embeddings.
+_PHI3_SMALL = dict(
+    architecture="phi3small",
+    vocab_size=100352,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=8,
+    max_position_embeddings=8192,
+    original_max_position_embeddings=8192,
+    rope_theta=1e6,
+    bos_token_id=100257,
+    eos_token_id=100257,
+    pad_token_id=100257,
+    dummy_token_ids=PHI3_SMALL_DUMMY_TOKEN_IDS,
+)
+
 MODELS = {
     # A few-MB model with the mini's structure and vocabulary, for tests and the CPU demo.
     "tiny": dict(
@@ -148,6 +167,28 @@ MODELS = {
         rope_short_factor=LONGROPE_SHORT_FACTOR,
         rope_long_factor=LONGROPE_LONG_FACTOR,
         sliding_window=262144,
+    ),
+    "small": _PHI3_SMALL,
+    # Phi-3-small's structure at test size: blocks of 8 tokens, so 48 tokens reach the vertical
+    # stripes; the top 16 ids play the dummy tokens.
+    "small_tiny": dict(
+        _PHI3_SMALL,
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=96,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        max_position_embeddings=512,
+        original_max_position_embeddings=512,
+        blocksparse_block_size=8,
+        blocksparse_num_local_blocks=2,
+        blocksparse_vert_stride=4,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=1,
+        dummy_token_ids=tuple(range(496, 512)),
+        dtype="float32",
     ),
     "medium": dict(
         _PHI3_MINI,

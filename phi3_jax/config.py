@@ -14,6 +14,8 @@ import ml_collections
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALINGS = ("none", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# phi3: mini/medium (RMSNorm, SwiGLU, untied); phi3small: Phi-3-small (LayerNorm, GEGELU, muP, blocksparse).
+ARCHITECTURES = ("phi3", "phi3small")
 # Shard formats of a data source (jsonl covers .jsonl, .jsonl.gz and .jsonl.zst).
 DATA_FORMATS = ("jsonl", "parquet", "arrayrecord_text", "arrayrecord_tokens")
 PACKINGS = ("first_fit", "concat_split")
@@ -73,6 +75,33 @@ def default_model_config() -> ml_collections.ConfigDict:
     # Rematerialisation of each block: none, full, dots (save all matmul outputs),
     # dots_no_batch (save matmuls without batch dimensions, i.e. the projections).
     m.remat = "none"
+    # Decoder family: "phi3" or "phi3small"; the keys below are read by phi3small only.
+    m.architecture = "phi3"
+    # LayerNorm epsilon (Phi-3-small's norms are LayerNorms with a bias).
+    m.layer_norm_eps = 1e-5
+    # GEGELU clamp: the gelu half is clipped above at it, the linear half to [-limit, limit].
+    m.gegelu_limit = 20.0
+    # muP: token embeddings are multiplied by this (after embedding dropout).
+    m.mup_embedding_multiplier = 10.0
+    # muP: softmax scale is mup_attn_multiplier / head_dim when mup_use_scaling, else 1/sqrt(head_dim).
+    m.mup_attn_multiplier = 1.0
+    m.mup_use_scaling = True
+    # muP: logits are divided by this.
+    m.mup_width_multiplier = 8.0
+    # Blocksparse attention: tokens per block, recent blocks always kept (own block included).
+    m.blocksparse_block_size = 64
+    m.blocksparse_num_local_blocks = 16
+    # Blocksparse: every vert_stride-th key block is kept too, offset per query head.
+    m.blocksparse_vert_stride = 8
+    # Blocksparse: the same vertical stripes for every head (Phi-3-small: false, per-head offsets).
+    m.blocksparse_homo_head_pattern = False
+    # Layer i is dense iff (i + 1) % this == 0, blocksparse otherwise (Phi-3-small: 2).
+    m.dense_attention_every_n_layers = 2
+    # Dropout on the token embeddings and on each MLP output, in training only.
+    m.embedding_dropout = 0.1
+    m.ffn_dropout = 0.1
+    # Token ids whose logits are forced to -inf (Phi-3-small: the tokenizer's dummy/unused ids).
+    m.dummy_token_ids = ()
     return m
 
 
@@ -130,7 +159,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 def default_config() -> ml_collections.ConfigDict:
     """Every key a run may set, with its default."""
     config = ml_collections.ConfigDict()
-    # Which named variant of configs/ this came from (tiny|mini|mini_128k|small|medium|hf).
+    # Which named variant of configs/ this came from (tiny|mini|mini_128k|small|small_tiny|medium|hf).
     config.variant = "tiny"
     config.model = default_model_config()
     config.data = default_data_config()
@@ -208,6 +237,51 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
         if not 0 <= model[key] < model.vocab_size:
             _fail(f"{prefix}.{key}", model[key], f"must lie in [0, {model.vocab_size})")
     _validate_rope_scaling(model, prefix)
+    if model.architecture not in ARCHITECTURES:
+        _fail(
+            f"{prefix}.architecture",
+            model.architecture,
+            f"must be one of {', '.join(ARCHITECTURES)}",
+        )
+    if model.architecture == "phi3small":
+        _validate_small(model, prefix)
+
+
+def _validate_small(model: ml_collections.ConfigDict, prefix: str) -> None:
+    for key in (
+        "blocksparse_block_size",
+        "blocksparse_num_local_blocks",
+        "blocksparse_vert_stride",
+        "dense_attention_every_n_layers",
+    ):
+        value = model[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            _fail(f"{prefix}.{key}", value, "must be a positive integer")
+    if model.num_layers % model.dense_attention_every_n_layers:
+        _fail(
+            f"{prefix}.dense_attention_every_n_layers",
+            model.dense_attention_every_n_layers,
+            f"must divide {prefix}.num_layers={model.num_layers} (layers are scanned in groups)",
+        )
+    for key in ("layer_norm_eps", "gegelu_limit", "mup_attn_multiplier", "mup_width_multiplier"):
+        if not model[key] > 0:
+            _fail(f"{prefix}.{key}", model[key], "must be positive")
+    if not model.mup_embedding_multiplier >= 0:
+        _fail(
+            f"{prefix}.mup_embedding_multiplier",
+            model.mup_embedding_multiplier,
+            "must be >= 0 (0 disables it)",
+        )
+    for key in ("embedding_dropout", "ffn_dropout"):
+        if not 0 <= model[key] < 1:
+            _fail(f"{prefix}.{key}", model[key], "must lie in [0, 1)")
+    if model.rope_scaling != "none":
+        _fail(f"{prefix}.rope_scaling", model.rope_scaling, "phi3small supports only none (8K)")
+    bad = [
+        i for i in model.dummy_token_ids if not (isinstance(i, int) and 0 <= i < model.vocab_size)
+    ]
+    if bad:
+        _fail(f"{prefix}.dummy_token_ids", bad[0], f"must lie in [0, {model.vocab_size})")
 
 
 def _validate_rope_scaling(model: ml_collections.ConfigDict, prefix: str) -> None:

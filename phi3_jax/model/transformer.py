@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from phi3_jax.model import layers
+from phi3_jax.model import layers, small
 
 Array = jax.Array
 
@@ -96,6 +96,8 @@ def _dummy_inputs() -> tuple[Array, Array, Array]:
 
 def boxed_init(config: ml_collections.ConfigDict, rng: Array):
     """Initial parameters still wrapped in nn.LogicallyPartitioned (for eval_shape and specs)."""
+    if config.model.architecture == "phi3small":
+        return small.Phi3Small(config.model).init(rng, *_dummy_inputs())["params"]
     return Phi3(config.model).init(rng, *_dummy_inputs())["params"]
 
 
@@ -130,15 +132,21 @@ def logits(
     *,
     positions: Array | None = None,
     segment_ids: Array | None = None,
+    dropout_rng: Array | None = None,
 ) -> Array:
     """float32 logits [batch, seq, vocab] for int tokens [batch, seq].
 
     positions default to 0..seq-1 and segment_ids to one document per row; packed rows pass both
-    (positions restarting per document, segment 0 for padding).
+    (positions restarting per document, segment 0 for padding). A `dropout_rng` turns dropout on
+    (training); without one the model is deterministic. Phi-3 mini/medium have no dropout.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     if segment_ids is None:
         segment_ids = jnp.ones_like(tokens)
+    if config.model.architecture == "phi3small":
+        model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)
     return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)
