@@ -216,26 +216,37 @@ def _decode_tokens(record: bytes) -> np.ndarray | Bad:
     return np.frombuffer(record, dtype="<i4").astype(np.int32)
 
 
+def _arrayrecord_error(reader: ArrayRecordReader) -> str | None:
+    """The reader's error, if any: ArrayRecord reports it through ok() and raises it on close()."""
+    if reader.ok():
+        return None
+    try:
+        reader.close()
+    except RuntimeError as e:
+        return str(e)
+    return "reader not ok"
+
+
 def _arrayrecord_records(
     path: str, decode: Callable[[bytes], Any], start: int
 ) -> Iterator[tuple[int, Any]]:
-    try:
-        reader = ArrayRecordReader(path)
-        count = reader.num_records()
-    except (RuntimeError, *_READ_ERRORS) as e:
-        yield start, Bad(f"cannot open ArrayRecord: {e}", ends_shard=True)
+    reader = ArrayRecordReader(path)
+    if error := _arrayrecord_error(reader):
+        yield start, Bad(f"cannot open ArrayRecord: {error}", ends_shard=True)
         return
-    try:
-        for first in range(start, count, _ARRAY_RECORD_BATCH):
-            try:
-                batch = reader.read(first, min(first + _ARRAY_RECORD_BATCH, count))
-            except (RuntimeError, *_READ_ERRORS) as e:
-                yield first, Bad(f"unreadable: {e}", ends_shard=True)
-                return
-            for i, record in enumerate(batch):
-                yield first + i, decode(record)
-    finally:
-        reader.close()
+    count = reader.num_records()
+    for first in range(start, count, _ARRAY_RECORD_BATCH):
+        # Only the read is guarded: a generator closed at its yield must not run an except clause.
+        try:
+            batch = reader.read(first, min(first + _ARRAY_RECORD_BATCH, count))
+        except RuntimeError as e:
+            batch = e
+        if isinstance(batch, RuntimeError):
+            yield first, Bad(f"unreadable: {batch}", ends_shard=True)
+            return
+        for i, record in enumerate(batch):
+            yield first + i, decode(record)
+    reader.close()
 
 
 def read_records(spec: SourceSpec, path: str, start: int = 0) -> Iterator[tuple[int, Any]]:

@@ -23,6 +23,7 @@ from phi3_jax.data.sources import (
     ShardSource,
     SourceSpec,
     counters,
+    read_records,
 )
 
 
@@ -283,3 +284,16 @@ def test_a_source_with_no_usable_document_is_an_error_even_when_skipping(tmp_pat
     it = iter(ShardSource(spec, utf8_ids, ReadOptions(on_bad="skip", repeat=True)))
     with pytest.raises(BadInputError, match="no usable train document"):
         next(it)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "arrayrecord_text", "arrayrecord_tokens"])
+def test_a_shard_that_cannot_be_opened_is_one_bad_shard(tmp_path, fmt):
+    path = tmp_path / "corrupt"
+    path.write_bytes(b"\x00\xff not a shard of any format" if fmt != "jsonl" else b"")
+    spec = SourceSpec("test", (str(path),), fmt)
+    if fmt == "jsonl":
+        # No file at all: the glob resolved it, then it vanished before it was opened.
+        path.unlink()
+    [(index, bad)] = list(read_records(spec, str(path)))
+    assert index == 0 and bad.ends_shard
+    assert ("No such file" if fmt == "jsonl" else "cannot open") in bad.reason
