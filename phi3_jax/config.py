@@ -105,6 +105,91 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+SCHEDULES = ("cosine", "wsd")
+WEIGHT_DECAY_MASKS = ("all", "no_norms", "no_norms_no_embedding")
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+    """Device mesh axes (data, fsdp, tensor); the total device count is their product."""
+    m = ml_collections.ConfigDict()
+    # Pure data parallelism within a slice: replicas of the (fsdp, tensor) sharded model; -1 = rest.
+    m.data = 1
+    # Fully sharded data parallelism within a slice: batch and the params' embed dim; -1 = rest.
+    m.fsdp = -1
+    # Tensor parallelism: heads, kv heads, mlp and vocab split over it; -1 = all remaining devices.
+    m.tensor = 1
+    # Cross-slice (DCN) factor of the data axis for multi-slice TPU; total data = dcn_data * data.
+    m.dcn_data = 1
+    # Cross-slice (DCN) factor of the fsdp axis; total fsdp = dcn_fsdp * fsdp.
+    m.dcn_fsdp = 1
+    return m
+
+
+def default_sharding_config() -> ml_collections.ConfigDict:
+    """Logical axis rules: the model's logical axis names mapped onto mesh axes."""
+    s = ml_collections.ConfigDict()
+    # (logical name, mesh axis | tuple of mesh axes | None) pairs, first free match wins (flax
+    # semantics). Every logical name a parameter uses must appear; None replicates explicitly.
+    s.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("mlp", "tensor"),
+        ("layers", None),
+    )
+    return s
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """The train step: batch geometry, accumulation, loss."""
+    t = ml_collections.ConfigDict()
+    # Seed of parameter initialisation and of the state's rng.
+    t.seed = 0
+    # Optimizer steps of the run (the cosine schedule decays over all of them).
+    t.steps = 1000
+    # Sequences per optimizer step, over all processes and microbatches.
+    t.global_batch_size = 8
+    # Tokens per sequence.
+    t.seq_len = 256
+    # Gradient accumulation: the global batch is split into this many sequential microbatches.
+    t.microbatches = 1
+    # Coefficient of the z-loss, mean of logsumexp(logits)^2 over real tokens (PaLM: 1e-4); 0 off.
+    t.z_loss = 0.0
+    return t
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    """AdamW, gradient clipping and the learning-rate schedule."""
+    o = ml_collections.ConfigDict()
+    # Peak learning rate.
+    o.lr = 3e-4
+    # Adam's first- and second-moment decay rates.
+    o.b1 = 0.9
+    o.b2 = 0.95
+    # Adam's denominator epsilon.
+    o.eps = 1e-8
+    # Decoupled weight decay (AdamW), multiplied by the learning rate.
+    o.weight_decay = 0.1
+    # Which params decay: all | no_norms (norm scales skipped) | no_norms_no_embedding.
+    o.weight_decay_mask = "no_norms"
+    # Clip gradients to this global L2 norm before Adam; 0 disables clipping.
+    o.clip_norm = 1.0
+    # cosine: warmup then cosine decay to min_lr over train.steps; wsd: warmup-stable-decay.
+    o.schedule = "cosine"
+    # Linear warmup from 0 to lr over this many steps.
+    o.warmup_steps = 100
+    # WSD only: the final linear decay to min_lr lasts this many steps.
+    o.decay_steps = 100
+    # The learning rate at the end of the decay, as a fraction of lr.
+    o.min_lr_ratio = 0.1
+    return o
+
+
 def _data_source(globs: str, fmt: str = "jsonl") -> ml_collections.ConfigDict:
     s = ml_collections.ConfigDict()
     # Comma-separated globs (or paths) of the source's shards.
@@ -163,6 +248,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.variant = "tiny"
     config.model = default_model_config()
     config.data = default_data_config()
+    config.mesh = default_mesh_config()
+    config.sharding = default_sharding_config()
+    config.train = default_train_config()
+    config.optim = default_optim_config()
     return config
 
 
@@ -308,6 +397,102 @@ def _validate_rope_scaling(model: ml_collections.ConfigDict, prefix: str) -> Non
             _fail(f"{prefix}.{key}", factors, "every factor must be positive")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_positive_int(key: str, value) -> None:
+    if not _is_int(value) or value <= 0:
+        _fail(key, value, "must be a positive integer")
+
+
+def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid mesh key (device counts are checked later)."""
+    for axis in MESH_AXES:
+        value = mesh[axis]
+        if not _is_int(value) or not (value > 0 or value == -1):
+            _fail(f"mesh.{axis}", value, "must be a positive integer or -1 (remaining devices)")
+    if sum(mesh[axis] == -1 for axis in MESH_AXES) > 1:
+        _fail("mesh", {a: mesh[a] for a in MESH_AXES}, "at most one axis may be -1")
+    for key in ("dcn_data", "dcn_fsdp"):
+        _require_positive_int(f"mesh.{key}", mesh[key])
+
+
+def _rule_mesh_axes(mesh_axes) -> tuple:
+    if mesh_axes is None:
+        return ()
+    if isinstance(mesh_axes, str):
+        return (mesh_axes,)
+    return tuple(mesh_axes)
+
+
+def validate_sharding(sharding: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first malformed logical axis rule."""
+    key = "sharding.logical_axis_rules"
+    for rule in sharding.logical_axis_rules:
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            _fail(key, rule, "each rule must be a (logical name, mesh axes) pair")
+        axes = _rule_mesh_axes(rule[1])
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            _fail(key, rule, f"unknown mesh axis {unknown[0]!r}; mesh axes are {MESH_AXES}")
+        if len(set(axes)) != len(axes):
+            _fail(key, rule, "a mesh axis appears twice in one rule")
+
+
+def validate_train(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid train key."""
+    train = config.train
+    if not _is_int(train.seed) or train.seed < 0:
+        _fail("train.seed", train.seed, "must be a non-negative integer")
+    for key in ("steps", "global_batch_size", "seq_len", "microbatches"):
+        _require_positive_int(f"train.{key}", train[key])
+    if train.seq_len > config.model.max_position_embeddings:
+        _fail(
+            "train.seq_len",
+            train.seq_len,
+            f"exceeds model.max_position_embeddings={config.model.max_position_embeddings}",
+        )
+    if train.global_batch_size % train.microbatches:
+        _fail(
+            "train.microbatches",
+            train.microbatches,
+            f"must divide train.global_batch_size={train.global_batch_size}",
+        )
+    if not train.z_loss >= 0:
+        _fail("train.z_loss", train.z_loss, "must be >= 0")
+
+
+def validate_optim(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid optim key."""
+    optim = config.optim
+    for key in ("lr", "eps"):
+        if not optim[key] > 0:
+            _fail(f"optim.{key}", optim[key], "must be positive")
+    for key in ("b1", "b2"):
+        if not 0 <= optim[key] < 1:
+            _fail(f"optim.{key}", optim[key], "must lie in [0, 1)")
+    for key in ("weight_decay", "clip_norm"):
+        if not optim[key] >= 0:
+            _fail(f"optim.{key}", optim[key], "must be >= 0 (0 disables it)")
+    if not 0 <= optim.min_lr_ratio <= 1:
+        _fail("optim.min_lr_ratio", optim.min_lr_ratio, "must lie in [0, 1]")
+    for key, allowed in (("schedule", SCHEDULES), ("weight_decay_mask", WEIGHT_DECAY_MASKS)):
+        if optim[key] not in allowed:
+            _fail(f"optim.{key}", optim[key], f"must be one of {', '.join(allowed)}")
+    for key in ("warmup_steps", "decay_steps"):
+        if not _is_int(optim[key]) or optim[key] < 0:
+            _fail(f"optim.{key}", optim[key], "must be a non-negative integer")
+    schedule_steps = optim.warmup_steps + (optim.decay_steps if optim.schedule == "wsd" else 0)
+    if schedule_steps > config.train.steps:
+        _fail(
+            "optim.warmup_steps",
+            optim.warmup_steps,
+            f"warmup{' + decay_steps' if optim.schedule == 'wsd' else ''} = {schedule_steps} "
+            f"exceeds train.steps={config.train.steps}",
+        )
+
+
 def _validate_mixture(data: ml_collections.ConfigDict, phase: str) -> None:
     for name, weight in data[phase].items():
         if name not in data.sources:
@@ -352,4 +537,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validate a whole run configuration; returns it for chaining."""
     validate_model(config.model)
     validate_data(config.data)
+    validate_mesh(config.mesh)
+    validate_sharding(config.sharding)
+    validate_train(config)
+    validate_optim(config)
     return config

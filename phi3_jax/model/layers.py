@@ -111,10 +111,12 @@ class Attention(nn.Module):
 
     model: ml_collections.ConfigDict
 
-    def projection(self, features, axes, name, axis=-1) -> nn.DenseGeneral:
-        return nn.DenseGeneral(
-            features=features,
-            axis=axis,
+    def projection(self, shape, axes, einsum_str, name) -> nn.Einsum:
+        # nn.Einsum creates its kernel at full rank; DenseGeneral initialises a flat 2-D kernel
+        # whose logical constraint fails once a mesh is active (flax issue #3676).
+        return nn.Einsum(
+            shape=shape,
+            einsum_str=einsum_str,
             use_bias=False,
             dtype=dtype_of(self.model.dtype),
             param_dtype=dtype_of(self.model.param_dtype),
@@ -126,13 +128,12 @@ class Attention(nn.Module):
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
         m = self.model
         head_dim = config_lib.head_dim(m)
-        q = self.projection((m.num_heads, head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
-        k = self.projection(
-            (m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "k_proj"
-        )(x)
-        v = self.projection(
-            (m.num_kv_heads, head_dim), ("embed", "kv_heads", "head_dim"), "v_proj"
-        )(x)
+        q_shape = (m.hidden_size, m.num_heads, head_dim)
+        kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        q = self.projection(q_shape, ("embed", "heads", "head_dim"), "bld,dhk->blhk", "q_proj")(x)
+        k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
+        v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
         q = nn.with_logical_constraint(
             apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
@@ -152,9 +153,12 @@ class Attention(nn.Module):
             batch, length, m.num_heads, head_dim
         )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        return self.projection(m.hidden_size, ("heads", "head_dim", "embed"), "o_proj", (-2, -1))(
-            out
-        )
+        return self.projection(
+            (m.num_heads, head_dim, m.hidden_size),
+            ("heads", "head_dim", "embed"),
+            "blhk,hkd->bld",
+            "o_proj",
+        )(out)
 
 
 class MLP(nn.Module):

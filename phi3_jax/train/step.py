@@ -1,0 +1,199 @@
+"""The loss, the train step (with gradient accumulation) and the eval step, jitted over a mesh.
+
+A batch is a dict of int32 [global_batch, seq_len] arrays, sharded over the batch mesh axes:
+  tokens       model inputs
+  targets      the next token of each input position
+  positions    position of each token within its document (packing restarts it)
+  segment_ids  document index within the row, 0 for padding
+  loss_mask    1 where the target counts in the loss (0 on padding, later on prompts)
+The loss is the cross-entropy averaged over the loss-masked tokens of the whole global batch, so
+splitting the batch into microbatches changes nothing but the summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from phi3_jax import model, sharding
+from phi3_jax.config import ConfigError
+from phi3_jax.train import optim
+from phi3_jax.train import state as state_lib
+from phi3_jax.train.state import TrainState
+
+BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def loss_sums(config: ml_collections.ConfigDict, params, batch: Batch) -> Metrics:
+    """Sums over loss-masked tokens of the cross-entropy (`ce`) and of logsumexp^2 (`z`)."""
+    logits = model.logits(
+        config,
+        params,
+        batch["tokens"],
+        positions=batch["positions"],
+        segment_ids=batch["segment_ids"],
+    )
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+    target_logits = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return {
+        "ce": jnp.sum((log_normalizer - target_logits) * mask),
+        "z": jnp.sum(jnp.square(log_normalizer) * mask),
+    }
+
+
+def split_microbatches(batch: Batch, microbatches: int) -> Batch:
+    """[batch, ...] -> [microbatches, batch // microbatches, ...], microbatch i = rows i::n.
+
+    Strided rather than contiguous: each device's block of rows holds its share of every
+    microbatch, so the split moves no data between devices.
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
+        return nn.with_logical_constraint(x, (None, *sharding.BATCH_AXES))
+
+    return jax.tree.map(split, batch)
+
+
+def loss_and_grads(
+    config: ml_collections.ConfigDict, params, batch: Batch, param_shardings=None
+) -> tuple[object, Metrics]:
+    """Gradients of the global-batch objective, accumulated over train.microbatches by a scan.
+
+    Each microbatch's sums are divided by the token count of the whole global batch, so the
+    accumulated gradient is that of the global mean. `param_shardings` (a pytree of shardings)
+    pins the gradient accumulator to the params' layout. Returns (grads, metrics).
+    """
+
+    def like_params(tree):
+        if param_shardings is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, param_shardings)
+
+    tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+    denominator = jnp.maximum(tokens, 1.0)
+    z_coefficient = config.train.z_loss
+
+    def objective(p, microbatch: Batch):
+        sums = loss_sums(config, p, microbatch)
+        return (sums["ce"] + z_coefficient * sums["z"]) / denominator, sums
+
+    def accumulate(carry, microbatch: Batch):
+        grads, sums = carry
+        micro_grads, micro_sums = jax.grad(objective, has_aux=True)(params, microbatch)
+        grads = like_params(jax.tree.map(jnp.add, grads, micro_grads))
+        return (grads, jax.tree.map(jnp.add, sums, micro_sums)), None
+
+    zeros = like_params(jax.tree.map(jnp.zeros_like, params))
+    (grads, sums), _ = jax.lax.scan(
+        accumulate,
+        (zeros, {"ce": jnp.zeros(()), "z": jnp.zeros(())}),
+        split_microbatches(batch, config.train.microbatches),
+    )
+    metrics = {
+        "loss": sums["ce"] / denominator,
+        "z_loss": z_coefficient * sums["z"] / denominator,
+        "tokens": tokens,
+    }
+    return grads, metrics
+
+
+def train_step(
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    batch: Batch,
+    param_shardings=None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step on the global batch; metrics: loss, z_loss, grad_norm (before
+    clipping), param_norm (after the update), learning_rate (used by this step), tokens."""
+    grads, metrics = loss_and_grads(config, state.params, batch, param_shardings)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics |= {
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+        "learning_rate": optim.learning_rate_schedule(config)(state.step),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(config: ml_collections.ConfigDict, params, batch: Batch) -> Metrics:
+    """Mean cross-entropy over the batch's loss-masked tokens, and their count (to weight it)."""
+    sums = loss_sums(config, params, batch)
+    tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+    return {"loss": sums["ce"] / jnp.maximum(tokens, 1.0), "tokens": tokens}
+
+
+def check_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Raise a one-line ConfigError if the global batch or its microbatches do not split evenly
+    over the mesh's data-parallel axes."""
+    dp = sharding.data_parallel_size(mesh, sharding.logical_rules(config))
+    batch_size = config.train.global_batch_size
+    if batch_size % dp:
+        raise ConfigError(
+            f"train.global_batch_size={batch_size}: must be a multiple of the data-parallel "
+            f"size {dp} (the mesh axes the batch splits over, {dict(mesh.shape)})"
+        )
+    micro = batch_size // config.train.microbatches
+    if micro % dp:
+        raise ConfigError(
+            f"train.microbatches={config.train.microbatches}: microbatches of {micro} rows "
+            f"do not split over the data-parallel size {dp}"
+        )
+
+
+def batch_shardings(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, NamedSharding]:
+    """The sharding of each batch array."""
+    batch_sharding = sharding.batch_sharding(mesh, sharding.logical_rules(config))
+    return dict.fromkeys(BATCH_KEYS, batch_sharding)
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """`train_step` jitted on the mesh: state donated, explicit in/out shardings, metrics
+    replicated. Bad batch geometry raises before anything compiles."""
+    check_batch(config, mesh)
+    rules = sharding.logical_rules(config)
+    tx = optim.make_optimizer(config)
+    state_shardings = state_lib.state_shardings(config, mesh)
+
+    def step(state: TrainState, batch: Batch):
+        with sharding.activate(mesh, rules):
+            return train_step(config, tx, state, batch, state_shardings.params)
+
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_shardings(config, mesh)),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    config: ml_collections.ConfigDict, mesh: Mesh
+) -> Callable[[object, Batch], Metrics]:
+    """`eval_step(params, batch)` jitted on the mesh (params are not donated)."""
+    rules = sharding.logical_rules(config)
+
+    def step(params, batch: Batch):
+        with sharding.activate(mesh, rules):
+            return eval_step(config, params, batch)
+
+    return jax.jit(
+        step,
+        in_shardings=(state_lib.param_shardings(config, mesh), batch_shardings(config, mesh)),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
