@@ -2,12 +2,13 @@
 
 A source is a named list of globs over shards of one format: jsonl (plain, .gz or .zst) with a text
 field, parquet with a text column (read one row group at a time), or ArrayRecord holding UTF-8 text
-or pre-tokenized int32 ids. `ShardSource` is a grain `IterDataset`: its shards are divided among
-processes (constructor arguments) and among grain workers (`set_slice`, called by `mp_prefetch`),
-so no two readers share a record. Its iterator's state is (epoch, shard position, record index)
-plus per-source counters, all small JSON values, so a restored iterator re-opens the shard and
-skips to the record. Bad input raises `BadInputError` naming file and record, or with
-`on_bad="skip"` is dropped and counted (`bad_records`, `bad_shards`); nothing is lost silently.
+or pre-tokenized int32 ids. `ShardSource` is a grain `IterDataset` divided among processes
+(constructor arguments) and grain workers (`set_slice`, called by `mp_prefetch`): by shard, or by
+record index where there are fewer shards than readers, so no two readers share a record. Its
+iterator's state is (epoch, shard position, record index) plus per-source counters, all small JSON
+values, so a restored iterator re-opens the shard and skips to the record. Bad input raises
+`BadInputError` naming file and record, or with `on_bad="skip"` is dropped and counted
+(`bad_records`, `bad_shards`); nothing is lost silently.
 """
 
 from __future__ import annotations
@@ -278,8 +279,24 @@ class ReadOptions:
     seed: int = 0
 
 
+def divide(
+    files: list[str], stride: tuple[int, int], index: int, count: int
+) -> tuple[list[str], tuple[int, int]]:
+    """Reader `index` of `count` takes its part of (files, record stride (r, n): records i with
+    i % n == r): whole shards while there are at least as many as readers, else every count-th
+    record of the shards it shares."""
+    r, n = stride
+    if n == 1 and len(files) >= count:
+        return files[index::count], stride
+    return files, (r + n * index, n * count)
+
+
 class ShardSource(grain.IterDataset):
-    """Documents of one source as `{"ids": int32 array}`, `to_ids` applied to each payload."""
+    """Documents of one source as `{"ids": int32 array}`, `to_ids` applied to each payload.
+
+    Divided first among processes (the constructor's), then among grain workers (`set_slice`):
+    by shard while there are enough shards, else by record index within the shared shards.
+    """
 
     def __init__(
         self,
@@ -299,35 +316,23 @@ class ShardSource(grain.IterDataset):
             logging.warning("source %s: skipping %s", spec.name, problem)
         if not files:
             raise BadInputError(f"source {spec.name}: no shard in {list(spec.globs)}")
-        if len(files) < process_count:
-            raise BadInputError(
-                f"source {spec.name}: {len(files)} shards cannot be divided among "
-                f"{process_count} processes"
-            )
         self._spec = spec
         self._to_ids = to_ids
         self._options = options
-        self._files = files[process_index::process_count]
+        self._files, self._stride = divide(files, (0, 1), process_index, process_count)
         self._missing = len(problems)
-        self._worker_slice = slice(None)
+        self._worker = (0, 1)
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
-        """grain's hook dividing a source among `mp_prefetch` workers: by shard, not by record."""
-        del sequential_slice  # Whole shards go to one worker, so there is no order to keep.
-        self._worker_slice = sl
+        """grain's hook dividing a source among `mp_prefetch` workers (`slice(w, None, W)`)."""
+        del sequential_slice  # Each worker keeps its shards' order either way.
+        self._worker = (sl.start or 0, sl.step or 1)
 
     def __iter__(self) -> grain.DatasetIterator:
-        files = self._files[self._worker_slice]
-        if not files:
-            raise BadInputError(
-                f"source {self._spec.name}: this process has {len(self._files)} shards, "
-                f"too few for the workers ({self._worker_slice}); use fewer workers or more shards"
-            )
+        files, stride = divide(self._files, self._stride, *self._worker)
         # Each process reports the globs/paths that gave no shard once, from its first worker.
-        first_worker = self._worker_slice.start in (None, 0)
-        return _ShardSourceIterator(
-            self._spec, files, self._to_ids, self._options, self._missing if first_worker else 0
-        )
+        missing = self._missing if self._worker[0] == 0 else 0
+        return _ShardSourceIterator(self._spec, files, stride, self._to_ids, self._options, missing)
 
     def __str__(self) -> str:
         return f"ShardSource({self._spec.name}, {len(self._files)} shards)"
@@ -338,6 +343,7 @@ class _ShardSourceIterator(grain.DatasetIterator):
         self,
         spec: SourceSpec,
         files: list[str],
+        stride: tuple[int, int],
         to_ids: Callable[[str | np.ndarray], np.ndarray],
         options: ReadOptions,
         missing_shards: int,
@@ -345,6 +351,7 @@ class _ShardSourceIterator(grain.DatasetIterator):
         super().__init__()
         self._spec = spec
         self._files = files
+        self._stride = stride
         self._to_ids = to_ids
         self._options = options
         self._state = {
@@ -403,8 +410,10 @@ class _ShardSourceIterator(grain.DatasetIterator):
             if self._records is None and not self._open_shard():
                 raise StopIteration
             item = next(self._records, None)
+            # A shared shard's own problems are reported by the first of its readers only.
+            first_reader = self._stride[0] == 0
             if item is None:
-                if not self._shard_has_records:
+                if not self._shard_has_records and first_reader:
                     self._bad(0, Bad("empty shard: no records", ends_shard=True))
                 self._records = None
                 state.update(shard=state["shard"] + 1, record=0)
@@ -412,9 +421,11 @@ class _ShardSourceIterator(grain.DatasetIterator):
             index, payload = item
             self._shard_has_records = True
             state["record"] = index + 1
+            mine = index % self._stride[1] == self._stride[0]
             if isinstance(payload, Bad):
-                self._bad(index, payload)
-            elif self._in_split(payload):
+                if first_reader if payload.ends_shard else mine:
+                    self._bad(index, payload)
+            elif mine and self._in_split(payload):
                 ids = self._to_ids(payload)
                 state["documents"] += 1
                 state["tokens"] += len(ids)
