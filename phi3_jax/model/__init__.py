@@ -3,10 +3,21 @@
 from phi3_jax.model.transformer import (
     Phi3,
     abstract_params,
+    decode,
+    init_cache,
     init_params,
     logical_axes,
     logits,
     param_count,
 )
 
-__all__ = ["Phi3", "abstract_params", "init_params", "logical_axes", "logits", "param_count"]
+__all__ = [
+    "Phi3",
+    "abstract_params",
+    "decode",
+    "init_cache",
+    "init_params",
+    "logical_axes",
+    "logits",
+    "param_count",
+]

@@ -256,7 +256,8 @@ def params_to_hf(params: Mapping, model: ml_collections.ConfigDict) -> dict[str,
 # Directories
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
+    """A JSON file as a dict; a missing or malformed file raises HFFormatError naming it."""
     if not os.path.isfile(path):
         raise HFFormatError(f"{path}: not found (not a Hugging Face model directory?)")
     try:
@@ -270,7 +271,7 @@ def _weight_files(path: str) -> dict[str, str]:
     """Tensor name -> safetensors file, from the index or the single file."""
     index = os.path.join(path, INDEX_FILE)
     if os.path.isfile(index):
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise HFFormatError(f"{index}: no weight_map")
         files = {name: os.path.join(path, f) for name, f in weight_map.items()}
@@ -319,23 +320,35 @@ class _TensorReader:
         return array
 
 
-def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """Read a Phi-3 HF directory: (a validated run config with its model section, numpy params)."""
-    config = config_lib.default_config()
-    config.variant = "hf"
-    config.model = model_config_from_hf(_read_json(os.path.join(path, CONFIG_FILE)), path)
+def checkpoint_reader(
+    path: str, shapes: Mapping[str, tuple[int, ...]], family: str = "Phi-3"
+) -> _TensorReader:
+    """A reader of the directory's tensors by name; a tensor not in `shapes` is an error."""
     files = _weight_files(path)
-    shapes = hf_tensor_shapes(config.model)
     unexpected = sorted(set(files) - set(shapes))
     if unexpected:
         raise HFFormatError(
-            f"{files[unexpected[0]]}: tensor {unexpected[0]!r} is not part of a Phi-3 "
+            f"{files[unexpected[0]]}: tensor {unexpected[0]!r} is not part of a {family} "
             f"({len(unexpected)} unexpected in all); refusing to drop it silently"
         )
-    params = params_from_hf(_TensorReader(files, shapes), config.model)
+    return _TensorReader(files, shapes)
+
+
+def run_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A validated run configuration around an imported model section."""
+    config = config_lib.default_config()
+    config.variant = "hf"
+    config.model = model
     # Small models may have a shorter context than the default training length.
-    config.train.seq_len = min(config.train.seq_len, config.model.max_position_embeddings)
-    return config_lib.validate(config), params
+    config.train.seq_len = min(config.train.seq_len, model.max_position_embeddings)
+    return config_lib.validate(config)
+
+
+def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
+    """Read a Phi-3 HF directory: (a validated run config with its model section, numpy params)."""
+    model = model_config_from_hf(read_json(os.path.join(path, CONFIG_FILE)), path)
+    params = params_from_hf(checkpoint_reader(path, hf_tensor_shapes(model)), model)
+    return run_config(model), params
 
 
 def _shard(tensors: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -359,19 +372,33 @@ def save_hf(
 ) -> None:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
-    Tensors keep the params' dtype. Everything is written to a temporary sibling directory and
-    renamed into place only when complete, so a crash never leaves a half-written model.
+    Tensors keep the params' dtype.
+    """
+    write_checkpoint(
+        path, model_config_to_hf(config.model), params_to_hf(params, config.model), max_shard_bytes
+    )
+
+
+def write_checkpoint(
+    path: str,
+    hf_config: Mapping,
+    tensors: Mapping[str, np.ndarray],
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> None:
+    """Write config.json and the safetensors (sharded past max_shard_bytes, with an index).
+
+    Everything is written to a temporary sibling directory and renamed into place only when
+    complete, so a crash never leaves a half-written model.
     """
     path = os.path.abspath(path)
     if os.path.exists(path):
         raise FileExistsError(f"{path}: already exists; refusing to overwrite")
-    tensors = params_to_hf(params, config.model)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
     try:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            json.dump(model_config_to_hf(config.model), f, indent=2)
+            json.dump(hf_config, f, indent=2)
         shards = _shard(tensors, max_shard_bytes)
         if len(shards) == 1:
             save_file(shards[0], os.path.join(tmp, SINGLE_FILE), metadata={"format": "pt"})

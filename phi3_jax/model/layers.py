@@ -90,20 +90,30 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos + rotated * sin
 
 
+def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
+    """Boolean [q, k]: key j is visible to query i iff i - window < j <= i (HF's semantics)."""
+    query, key = query_index[:, None], key_index[None, :]
+    visible = key <= query
+    if sliding_window:
+        visible &= query - key < sliding_window
+    return visible
+
+
 def attention_mask(segment_ids: Array, sliding_window: int) -> Array:
     """Boolean [batch, q, k]: causal, within one segment, and inside the sliding window if any.
 
     Segment 0 marks padding; padded positions only see other padding, so no real token attends to
-    them. HF's window semantics: key j is visible to query i iff i - window < j <= i.
+    them.
     """
-    length = segment_ids.shape[-1]
-    query = jnp.arange(length)[:, None]
-    key = jnp.arange(length)[None, :]
-    visible = key <= query
-    if sliding_window:
-        visible &= query - key < sliding_window
+    index = jnp.arange(segment_ids.shape[-1])
     same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return visible[None] & same_segment
+    return causal_mask(index, index, sliding_window)[None] & same_segment
+
+
+def decode_mask(index: Array, length: int, cache_length: int, sliding_window: int) -> Array:
+    """Boolean [1, length, cache_length] for `length` new tokens written at cache slot `index`."""
+    query = index + jnp.arange(length)
+    return causal_mask(query, jnp.arange(cache_length), sliding_window)[None]
 
 
 class Attention(nn.Module):
@@ -125,7 +135,11 @@ class Attention(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+    def __call__(
+        self, x: Array, cos: Array, sin: Array, mask: Array, kv: dict | None, index: Array | None
+    ) -> tuple[Array, dict | None]:
+        """Attention output, and the key/value cache `kv` with this call's keys written at
+        `index` (kv is None when not decoding)."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         q_shape = (m.hidden_size, m.num_heads, head_dim)
@@ -141,6 +155,11 @@ class Attention(nn.Module):
             apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
         )
 
+        if kv is not None:
+            k = jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), (0, index, 0, 0))
+            kv = {"k": k, "v": v}
+
         batch, length = x.shape[:2]
         # Query head h uses kv head h // group (HF's repeat_kv), so split heads into (kv, group).
         group = m.num_heads // m.num_kv_heads
@@ -153,12 +172,13 @@ class Attention(nn.Module):
             batch, length, m.num_heads, head_dim
         )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        return self.projection(
+        out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
         )(out)
+        return out, kv
 
 
 class MLP(nn.Module):

@@ -29,13 +29,17 @@ class DecoderBlock(nn.Module):
     model: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array) -> tuple[Array, None]:
+    def __call__(self, x, cos, sin, mask, kv=None, index=None) -> tuple[Array, dict | None]:
+        """(carry, per-layer output) for nn.scan: the residual stream, and this layer's kv cache."""
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         attn_in = layers.RMSNorm(self.model, name="input_layernorm")(x)
-        h = x + layers.Attention(self.model, name="self_attn")(attn_in, cos, sin, mask)
+        attn_out, kv = layers.Attention(self.model, name="self_attn")(
+            attn_in, cos, sin, mask, kv, index
+        )
+        h = x + attn_out
         mlp_in = layers.RMSNorm(self.model, name="post_attention_layernorm")(h)
         y = h + layers.MLP(self.model, name="mlp")(mlp_in)
-        return y, None  # (carry, per-layer output) for nn.scan
+        return y, kv
 
 
 def _block_class(model: ml_collections.ConfigDict):
@@ -52,7 +56,11 @@ class Phi3(nn.Module):
     model: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    def __call__(
+        self, tokens: Array, positions: Array, segment_ids: Array, cache: dict | None = None
+    ) -> tuple[Array, dict | None]:
+        """(float32 logits, updated cache). With a cache (decoding), the new tokens are written
+        at cache["index"] and attend to everything cached before them; segment_ids is unused."""
         m = self.model
         embed = nn.Embed(
             m.vocab_size,
@@ -64,19 +72,25 @@ class Phi3(nn.Module):
         )
         x = embed(tokens)
         cos, sin = layers.rotary_cos_sin(m, positions)
-        mask = layers.attention_mask(segment_ids, m.sliding_window)
+        if cache is None:
+            kv, index = None, None
+            mask = layers.attention_mask(segment_ids, m.sliding_window)
+        else:
+            kv, index = cache["kv"], cache["index"]
+            cache_length = kv["k"].shape[2]
+            mask = layers.decode_mask(index, tokens.shape[1], cache_length, m.sliding_window)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
         blocks = nn.scan(
             _block_class(m),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=m.num_layers,
             unroll=1 if m.scan_layers else m.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = blocks(m, name="layers")(x, cos, sin, mask)
+        x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index)
         x = layers.RMSNorm(m, name="norm")(x)
         out = nn.DenseGeneral(
             m.vocab_size,
@@ -86,7 +100,10 @@ class Phi3(nn.Module):
             kernel_init=layers.normal_init(m, ("embed", "vocab")),
             name="lm_head",
         )(x)
-        return nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
+        out = nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
+        if cache is None:
+            return out, None
+        return out, {"kv": kv, "index": index + tokens.shape[1]}
 
 
 def _dummy_inputs() -> tuple[Array, Array, Array]:
@@ -149,4 +166,28 @@ def logits(
         model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)
-    return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)
+    return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)[0]
+
+
+def init_cache(config: ml_collections.ConfigDict, batch: int, length: int) -> dict:
+    """An empty key/value cache for decoding up to `length` tokens: per layer k and v
+    [layers, batch, length, kv_heads, head_dim] in the compute dtype, and the write index."""
+    m = config.model
+    shape = (m.num_layers, batch, length, m.num_kv_heads, m.hidden_size // m.num_heads)
+    zeros = jnp.zeros(shape, layers.dtype_of(m.dtype))
+    return {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((), jnp.int32)}
+
+
+def decode(config: ml_collections.ConfigDict, params, tokens: Array, cache: dict):
+    """Logits of `tokens` [batch, n] that continue the cached sequence, and the updated cache.
+
+    The prompt goes through once (n = prompt length), then one token per call. LongRoPE picks its
+    factors from the largest position seen in the call, as HF does; HF also recomputes the whole
+    cache when a sequence first grows past original_max_position_embeddings, which this does not.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    positions = cache["index"] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    positions = jnp.broadcast_to(positions, tokens.shape)
+    return Phi3(config.model).apply(
+        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache
+    )

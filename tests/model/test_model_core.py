@@ -172,3 +172,20 @@ def test_summary_cli():
         and "('layers', 'embed', 'kv_heads', 'head_dim')" in line
         for line in lines
     )
+
+
+def test_cached_decoding_equals_recomputation():
+    """Prefill + one token at a time through the kv cache == the full forward pass each step."""
+    config = small_config(sliding_window=6)  # the window bites within the 13 tokens
+    params = phi3.init_params(config, jax.random.key(2))
+    sequence = np.random.default_rng(2).integers(0, 96, (2, 5))
+    cache = phi3.init_cache(config, batch=2, length=16)
+    logits, cache = phi3.decode(config, params, sequence, cache)
+    np.testing.assert_allclose(logits, phi3.logits(config, params, sequence), rtol=0, atol=1e-5)
+    for _ in range(8):
+        following = np.asarray(jnp.argmax(logits[:, -1], axis=-1))[:, None]
+        sequence = np.concatenate([sequence, following], axis=1)
+        logits, cache = phi3.decode(config, params, following, cache)
+        full = phi3.logits(config, params, sequence)[:, -1]
+        np.testing.assert_allclose(logits[:, -1], full, rtol=0, atol=1e-5)
+    assert int(cache["index"]) == sequence.shape[1] == 13
