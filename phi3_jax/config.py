@@ -231,7 +231,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # raise: a bad shard/record is an error naming file and record; skip: dropped and counted.
     d.on_bad_record = "raise"
     # Fraction of each source held out for evaluation, chosen by document hash.
-    d.eval_fraction = 0.001
+    d.eval_fraction = 0.01
     # Batches per evaluation of each source (the same held-out batches every time).
     d.eval_batches = 4
     # Seeds the per-epoch shard order and first-fit's row order.
