@@ -8,7 +8,8 @@ prefetched by its own grain worker processes; `_PhasedIterDataset` takes batches
 phase 1 and the rest from phase 2, so the switch happens at the same batch whatever the number of
 workers. The iterator's state (grain's, JSON) saves and restores through orbax with
 `grain.checkpoint.CheckpointSave/CheckpointRestore`, and carries the per-source counters
-(`source_counters`). `global_batch` is the one JAX step: per-process numpy batches to global arrays.
+(`source_counters`). The train loop turns each per-process batch into global arrays with
+`phi3_jax.sharding.global_batch`; nothing here uses JAX but the default process index and count.
 
 Batch format, per process: `tokens`, `targets`, `segment_ids` (1, 2, ... per document in a row, 0
 on padding), `positions` (restart at 0 per document) as int32 [batch, seq_len], and `loss_mask`
@@ -92,7 +93,12 @@ def options_from_config(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> PipelineOptions:
-    """PipelineOptions of a validated run config; the process defaults to JAX's."""
+    """PipelineOptions of a validated run config.
+
+    `process_index`/`process_count` place this process among those feeding distinct rows of the
+    global batch: JAX's process index and count by default; where processes replicate rows, the
+    index of this process's row block and the number of blocks (`sharding.process_rows`).
+    """
     if process_index is None or process_count is None:
         process_index, process_count = _process_index_and_count()
     if config.train.global_batch_size % process_count:
@@ -279,16 +285,6 @@ def source_counters(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]
     batch just returned), summed over workers and phases; exact across save/restore.
     """
     return counters(iterator.get_state())
-
-
-def global_batch(batch: Mapping[str, np.ndarray], sharding: Any) -> dict[str, Any]:
-    """Per-process numpy batches → global jax.Arrays laid out by `sharding` (batch on dim 0)."""
-    import jax  # Only here: see `_process_index_and_count`.
-
-    return {
-        key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-        for key, value in batch.items()
-    }
 
 
 class _PhasedIterDataset(grain.IterDataset):

@@ -16,6 +16,7 @@ from absl import flags
 from shard_fixtures import make_tokenizer, write_source
 
 from phi3_jax import config as config_lib
+from phi3_jax import sharding
 from phi3_jax.data import pipeline
 from phi3_jax.data.sources import ReadOptions, ShardSource, SourceSpec
 
@@ -260,12 +261,13 @@ def test_train_iterator_from_config(corpus, tokenizer):
     assert batch["tokens"].shape == (2, SEQ_LEN)
 
 
-def test_global_batch_shards_rows_over_the_data_axis(corpus, tokenizer):
+def test_batches_become_global_arrays_through_the_sharding_hand_off(corpus, tokenizer):
     batch = next(iter(pipeline.train_dataset(options(corpus, batch_size=8), tokenizer)))
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    arrays = pipeline.global_batch(batch, sharding)
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    arrays = sharding.global_batch(batch, batch_sharding, 8)
+    assert sorted(arrays) == sorted(pipeline.BATCH_KEYS)
     for key, array in arrays.items():
-        assert array.shape == (8, SEQ_LEN) and array.sharding == sharding
+        assert array.shape == (8, SEQ_LEN) and array.sharding == batch_sharding
         assert {s.data.shape for s in array.addressable_shards} == {(1, SEQ_LEN)}
         np.testing.assert_array_equal(np.asarray(array), batch[key])
