@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test test-all lint bench
+.PHONY: install test test-all lint bench data
 
 install: $(STAMP)
 
@@ -29,3 +29,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Rebuild the bundled corpus in data/ from scratch (see data/README.md); intermediates in workdir/.
+DATA_WORK := workdir/data
+data: $(STAMP)
+	rm -rf data/web data/synthetic $(DATA_WORK)
+	$(PY) -m phi3_jax.data.corpus --out=data/raw/stdlib.jsonl.zst
+	$(PY) -m phi3_jax.data.quality label --corpus=data/raw/stdlib.jsonl.zst --out=data/quality/labelled.jsonl
+	$(PY) -m phi3_jax.data.quality train --labelled=data/quality/labelled.jsonl --out=data/quality/edu.bin
+	$(PY) -m phi3_jax.data.prepare --input=data/raw/stdlib.jsonl.zst --output=data/web \
+		--work_dir=$(DATA_WORK)/prepare --quality_model=data/quality/edu.bin --phase=2 --tasks=2
+	$(PY) -m phi3_jax.data.synthetic --out=data/synthetic --docs=4000 --seed=0
+	$(PY) -m phi3_jax.data.tokenizer train --vocab_size=32000 --out=data/tokenizer \
+		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst

@@ -16,7 +16,9 @@ corpus by a fixed rule (`labelled_records`), since no hand-labelled web set can 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
+import multiprocessing
 import pathlib
 import random
 import re
@@ -111,17 +113,28 @@ def read_labelled(path: str) -> list[dict]:
     return records
 
 
+def _train_and_save(lines: list[str], out: str, seed: int) -> None:
+    import fasttext
+
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.writelines(lines)
+        f.flush()
+        model = fasttext.train_supervised(input=f.name, seed=seed, verbose=0, **FASTTEXT_ARGS)
+    model.save_model(out)
+
+
 def train(records: Sequence[dict], out: str, seed: int = 0):
     """Train the fastText model on `records`, save it to `out`, return it."""
     import fasttext
 
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        f.writelines(f"__label__{r['label']} {fasttext_line(r['text'])}\n" for r in records)
-        f.flush()
-        model = fasttext.train_supervised(input=f.name, seed=seed, verbose=0, **FASTTEXT_ARGS)
+    lines = [f"__label__{r['label']} {fasttext_line(r['text'])}\n" for r in records]
     pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    model.save_model(out)
-    return model
+    # fastText keeps state between trainings in one process (a third training on the same data
+    # can come out different, or hit NaN), so each one runs in a fresh process: deterministic.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        pool.submit(_train_and_save, lines, out, seed).result()
+    return fasttext.load_model(out)
 
 
 def hq_probability(model, text: str) -> float:
