@@ -18,7 +18,7 @@ from shard_fixtures import make_tokenizer, write_source
 from phi3_jax import config as config_lib
 from phi3_jax import sharding
 from phi3_jax.data import pipeline
-from phi3_jax.data.sources import ReadOptions, ShardSource, SourceSpec
+from phi3_jax.data.sources import BadInputError, ReadOptions, ShardSource, SourceSpec
 
 SOURCES = ("web", "web_strict", "synthetic", "snow")
 SEQ_LEN = 32
@@ -87,6 +87,12 @@ def has_snow(batch, is_byte: np.ndarray) -> np.ndarray:
     return is_byte[tokens].any(axis=1)
 
 
+def parse_absl_flags() -> None:
+    """grain's worker processes read absl flags; a test process has not parsed any."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def test_batch_format(corpus, tokenizer):
     batch = next(iter(pipeline.train_dataset(options(corpus), tokenizer)))
     assert sorted(batch) == sorted(pipeline.BATCH_KEYS)
@@ -111,9 +117,7 @@ def test_same_seed_gives_identical_batches(corpus, tokenizer):
 def test_resume_through_orbax_gives_the_uninterrupted_batches(
     corpus, tokenizer, tmp_path, packing, workers
 ):
-    # grain's worker processes read absl flags; a test process has not parsed any.
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+    parse_absl_flags()
     opts = options(
         corpus,
         packing=packing,
@@ -271,3 +275,19 @@ def test_batches_become_global_arrays_through_the_sharding_hand_off(corpus, toke
         assert array.shape == (8, SEQ_LEN) and array.sharding == batch_sharding
         assert {s.data.shape for s in array.addressable_shards} == {(1, SEQ_LEN)}
         np.testing.assert_array_equal(np.asarray(array), batch[key])
+
+
+def test_a_bad_record_read_by_a_worker_raises_in_the_training_process(tokenizer, tmp_path):
+    parse_absl_flags()
+    write_source(str(tmp_path), "web", shards=2, per_shard=50)
+    (tmp_path / "web-009.jsonl").write_bytes(b'{"text": "ok"}\n{"body": 1}\n')
+    opts = options(
+        str(tmp_path),
+        sources={"web": SourceSpec("web", (str(tmp_path / "web-*"),))},
+        phase2={},
+        num_workers=2,
+    )
+    it = iter(pipeline.train_dataset(opts, tokenizer))
+    with pytest.raises(BadInputError, match=r"web-009.jsonl: record 1: no field 'text'"):
+        take(it, 200)
+    it.close()
