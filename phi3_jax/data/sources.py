@@ -423,7 +423,8 @@ class _ShardSourceIterator(grain.DatasetIterator):
             state["record"] = index + 1
             mine = index % self._stride[1] == self._stride[0]
             if isinstance(payload, Bad):
-                if first_reader if payload.ends_shard else mine:
+                reports_it = first_reader if payload.ends_shard else mine
+                if reports_it:
                     self._bad(index, payload)
             elif mine and self._in_split(payload):
                 ids = self._to_ids(payload)
