@@ -17,10 +17,18 @@ MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (2, 4, 1)]
 
 
 @functools.cache
+def initial_state():
+    """The seed's initial state, made on one device."""
+    config = small_config()
+    return train.init_state(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+
+
+@functools.cache
 def run_on(mesh):
-    """Three steps on `mesh`; (1,1,1) runs on one device. Cached across this module's tests."""
+    """Three steps on `mesh` from the same initial values; (1,1,1) runs on one device. Cached
+    across this module's tests."""
     devices = jax.devices()[:1] if mesh == (1, 1, 1) else None
-    return run_steps(small_config(mesh), devices)
+    return run_steps(small_config(mesh), devices, initial_state())
 
 
 def relative_norm_error(actual, expected) -> float:
@@ -83,8 +91,7 @@ def _by_path(tree) -> dict:
     return {jax.tree_util.keystr(p, simple=True, separator="/"): leaf for p, leaf in flat}
 
 
-def test_state_shardings_on_2x2x2():
-    _, _, state = run_on((2, 2, 2))
+def assert_2x2x2_layout(state) -> None:
     adam = state.opt_state[1][0]  # (clip, (adam, decay mask, lr schedule))
     for tree in (state.params, adam.mu, adam.nu):
         arrays = _by_path(tree)
@@ -94,6 +101,25 @@ def test_state_shardings_on_2x2x2():
             assert len(arrays[path].addressable_shards) == 8
     for scalar in (state.step, state.rng, adam.count):
         assert scalar.sharding.spec == PartitionSpec()
+
+
+def test_train_step_keeps_the_2x2x2_layout():
+    _, _, state = run_on((2, 2, 2))
+    assert int(state.step) == 3
+    assert_2x2x2_layout(state)
+
+
+def test_init_builds_shards_equal_to_a_one_device_init():
+    config = small_config((2, 2, 2))
+    state = train.init_state(config, sharding.make_mesh(config.mesh))
+    assert_2x2x2_layout(state)
+    reference = initial_state()
+    params, ref_params = jax.tree.leaves(state.params), jax.tree.leaves(reference.params)
+    for got, want in zip(params, ref_params, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        jax.random.key_data(state.rng), jax.random.key_data(reference.rng)
+    )
 
 
 def test_batch_sharding_on_2x2x2():

@@ -5,6 +5,8 @@ Also imported by the multi-process worker script, so it must not import anything
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -58,8 +60,9 @@ def packed_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def run_steps(config, devices=None, steps: int = STEPS):
-    """`steps` train steps from the seed's init on the config's mesh over `devices`.
+def run_steps(config, devices=None, initial=None, steps: int = STEPS):
+    """`steps` train steps on the config's mesh over `devices`, from `initial` (a TrainState on
+    any devices, copied onto this mesh's shardings) or else from `train.init_state`.
 
     Each process feeds only its own rows of the batch. Returns (per-step metrics as floats,
     final params as host numpy arrays, the final state).
@@ -70,7 +73,12 @@ def run_steps(config, devices=None, steps: int = STEPS):
     local = {key: value[rows] for key, value in packed_batch(config).items()}
     batch = sharding.global_batch(local, batch_sharding, config.train.global_batch_size)
     step = train.make_train_step(config, mesh)
-    state = train.init_state(config, mesh)
+    if initial is None:
+        state = train.init_state(config, mesh)
+    else:
+        # Copied first: the step donates its input, and device_put may alias the source buffers
+        # (it does for replicated scalars even with may_alias=False in jax 0.10.2).
+        state = jax.device_put(jax.tree.map(jnp.copy, initial), train.state_shardings(config, mesh))
     history = []
     for _ in range(steps):
         state, metrics = step(state, batch)
