@@ -2,6 +2,7 @@
 
     python -m phi3_jax.data.prepare --input=GLOB[,GLOB] --output=DIR --quality_model=MODEL.bin
         [--executor=local|slurm|ray] [--tasks=N] [--phase=1|2] [--on_bad_record=raise|skip]
+        [--work_dir=WORK] [--workers=N] [--tokenizer=MODEL] [--slurm_partition=P --slurm_time=T]
 
 One pipeline definition, four datatrove stages chained by `depends`, runs on any executor:
 
@@ -14,12 +15,15 @@ One pipeline definition, four datatrove stages chained by `depends`, runs on any
 
 `--phase=2` adds a fifth stage, `phase2`, that rereads the phase-1 shards with stricter thresholds
 and writes `DIR/phase2/` (Phi-3's phase-2 web set is a subset of its phase-1 set). Shards hold one
-JSON object per line: `text`, `id`, `metadata` (source file, fastText `__label__hq` score).
+JSON object per line: `text`, `id`, `metadata` (source file, fastText `__label__hq` score). With
+`--tokenizer`, each phase also gets `DIR/phaseN_tokens/NNNNN.array_record`: per document, in the
+same order, its token ids as little-endian int32 (no BOS/EOS).
 
 Intermediate files go to `--work_dir` (default `DIR/work`), and every stage logs to
-`WORK/logs/<stage>/`; datatrove's completion markers there make a rerun skip
-finished tasks, and an unfinished task rewrites its own output file, so a killed job resumes
-without duplicates. `DIR/manifest.json` lists inputs, settings, counts kept/dropped per filter and
+`WORK/logs/<stage>/`; datatrove's completion markers there make a rerun skip finished tasks,
+and an unfinished task rewrites its own output files, so a killed job resumes without duplicates.
+On SLURM the command returns once the jobs are queued; rerun it when they are done to write the
+manifest (every task is complete by then, so nothing runs twice). `DIR/manifest.json` lists inputs, settings, counts kept/dropped per filter and
 reason, bad records, and the output files with sizes and SHA-256.
 """
 
@@ -61,6 +65,7 @@ from phi3_jax.data.readers import (
     StrictWarcReader,
 )
 from phi3_jax.data.shards import expand_globs
+from phi3_jax.data.writers import TokenizedArrayRecordWriter
 
 EXECUTORS = ("local", "slurm", "ray")
 SHARD_NAME = "${rank}.jsonl.zst"
@@ -187,6 +192,14 @@ class Stage:
     tasks: int
 
 
+def phase_writers(out: pathlib.Path, name: str, tokenizer: str | None) -> list[PipelineStep]:
+    """jsonl.zst text shards in `out/name`, and token shards in `out/name_tokens` with a tokenizer."""
+    writers: list[PipelineStep] = [JsonlWriter(str(out / name), SHARD_NAME, compression="zstd")]
+    if tokenizer:
+        writers.append(TokenizedArrayRecordWriter(str(out / f"{name}_tokens"), tokenizer))
+    return writers
+
+
 def stages(
     files: Sequence[str],
     output: str,
@@ -195,6 +208,7 @@ def stages(
     tasks: int,
     phase: int,
     on_bad_record: OnBadRecord,
+    tokenizer: str | None = None,
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
     out, work = pathlib.Path(output), pathlib.Path(work)
@@ -226,8 +240,8 @@ def stages(
             [
                 RankShardReader(str(work / "filtered")),
                 MinhashDedupFilter(str(work / "remove")),
-                JsonlWriter(str(out / "phase1"), SHARD_NAME, compression="zstd"),
-            ],
+            ]
+            + phase_writers(out, "phase1", tokenizer),
             tasks,
         ),
     ]
@@ -237,7 +251,7 @@ def stages(
                 "phase2",
                 [RankShardReader(str(out / "phase1"))]
                 + quality_filters(PHASES[2], quality_model)
-                + [JsonlWriter(str(out / "phase2"), SHARD_NAME, compression="zstd")],
+                + phase_writers(out, "phase2", tokenizer),
                 tasks,
             )
         )
@@ -304,6 +318,19 @@ def is_complete(logging_dir: str, tasks: int) -> bool:
     return len(glob.glob(os.path.join(logging_dir, "completions", "*"))) == tasks
 
 
+def _outputs(output: str, phases: Sequence[str]) -> dict[str, list[dict]]:
+    """File entries of every shard folder a run wrote: text shards, and token shards if any."""
+    folders = {p: os.path.join(output, p, "*.jsonl.zst") for p in phases}
+    folders |= {
+        f"{p}_tokens": os.path.join(output, f"{p}_tokens", "*.array_record") for p in phases
+    }
+    outputs = {
+        name: [file_entry(f) for f in sorted(glob.glob(pattern))]
+        for name, pattern in folders.items()
+    }
+    return {name: entries for name, entries in outputs.items() if entries or name in phases}
+
+
 def manifest(
     files: Sequence[str], output: str, work: str, stage_list: Sequence[Stage], settings: dict
 ) -> dict:
@@ -322,10 +349,7 @@ def manifest(
         "bad_records": bad,
         "kept": {p: _last_forwarded(steps[p]) for p in phases},
         "steps": steps,
-        "outputs": {
-            p: [file_entry(f) for f in sorted(glob.glob(os.path.join(output, p, "*.jsonl.zst")))]
-            for p in phases
-        },
+        "outputs": _outputs(output, phases),
     }
 
 
@@ -345,6 +369,7 @@ def run(
     phase: int = 1,
     on_bad_record: OnBadRecord = "raise",
     slurm: dict | None = None,
+    tokenizer: str | None = None,
 ) -> dict | None:
     """Run (or resume) the job; return the manifest, or None while SLURM jobs are still queued."""
     if on_bad_record not in ON_BAD_RECORD:
@@ -355,7 +380,7 @@ def run(
         raise FileNotFoundError(f"quality model {quality_model!r} does not exist")
     files = expand_globs(input)
     work = work_dir or os.path.join(output, "work")
-    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record)
+    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record, tokenizer)
     executors = make_executors(
         stage_list, work, executor, workers or min(tasks, os.cpu_count() or 1), slurm
     )
@@ -368,6 +393,7 @@ def run(
         "phase": phase,
         "on_bad_record": on_bad_record,
         "quality_model": file_entry(quality_model),
+        "tokenizer": file_entry(tokenizer) if tokenizer else None,
         "phases": {str(p): dataclasses.asdict(PHASES[p]) for p in range(1, phase + 1)},
         "minhash": {
             k: getattr(MINHASH, k) for k in ("n_grams", "num_buckets", "hashes_per_bucket", "seed")
@@ -403,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="2 also writes the phase-2 subset",
     )
     parser.add_argument("--on_bad_record", choices=ON_BAD_RECORD, default="raise")
+    parser.add_argument("--tokenizer", default=None, help="also write token ArrayRecord shards")
     parser.add_argument("--slurm_partition", default=None)
     parser.add_argument("--slurm_time", default="4:00:00")
     args = parser.parse_args(argv)
@@ -418,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.phase,
         args.on_bad_record,
         slurm,
+        args.tokenizer,
     )
     if result is None:
         print(

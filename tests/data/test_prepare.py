@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
 
+import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordReader
 
 from phi3_jax.data import prepare
 from phi3_jax.data.readers import iter_documents
 from phi3_jax.data.shards import write_jsonl_zst
+from phi3_jax.data.tokenizer import load_tokenizer
 
 QUALITY_MODEL = "data/quality/edu.bin"
+TOKENIZER = "data/tokenizer.model"
 SHIPPED_WEB = "data/web/phase1/*.jsonl.zst"
 
 GOOD = [
@@ -91,7 +96,7 @@ def filtered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("filters")
     texts = GOOD + list(BAD.values())
     write_jsonl_zst(_records(texts, "hand"), str(tmp / "in" / "hand.jsonl.zst"))
-    return _run(tmp, "out", str(tmp / "in" / "*.jsonl.zst"), phase=2)
+    return _run(tmp, "out", str(tmp / "in" / "*.jsonl.zst"), phase=2, tokenizer=TOKENIZER)
 
 
 def test_each_filter_drops_its_bad_document_and_keeps_the_good(filtered):
@@ -125,6 +130,48 @@ def test_phase2_is_a_stricter_subset_and_the_manifest_lists_outputs(filtered):
         for entry in manifest["outputs"][phase]:
             assert entry == prepare.file_entry(entry["path"])
     assert all(len(d.metadata) and d.metadata["__label__hq"] >= 0.9 for d in _kept(f"{out}/phase2"))
+    assert manifest["inputs"] == [
+        prepare.file_entry(f) for f in sorted(glob.glob(f"{os.path.dirname(out)}/in/*"))
+    ]
+
+
+def test_token_shards_hold_each_kept_document_in_order(filtered):
+    out, manifest = filtered
+    tok = load_tokenizer(TOKENIZER)
+    for phase in ("phase1", "phase2"):
+        texts = [d.text for d in _kept(f"{out}/{phase}")]
+        (shard,) = manifest["outputs"][f"{phase}_tokens"]
+        reader = ArrayRecordReader(shard["path"])
+        records = reader.read(list(range(reader.num_records())))
+        assert [tok.decode(np.frombuffer(r, dtype="<i4").tolist()) for r in records] == texts
+
+
+def test_the_same_stages_build_on_every_executor(tmp_path):
+    stage_list = prepare.stages(
+        [str(tmp_path / "a.jsonl")],
+        str(tmp_path / "out"),
+        str(tmp_path / "work"),
+        QUALITY_MODEL,
+        4,
+        2,
+        "raise",
+    )
+    assert [(s.name, s.tasks) for s in stage_list] == [
+        ("filter", 4),
+        ("buckets", 14),
+        ("clusters", 1),
+        ("phase1", 4),
+        ("phase2", 4),
+    ]
+    for kind, extra in (
+        ("local", {}),
+        ("slurm", {"slurm": {"partition": "cpu", "time": "1:00:00"}}),
+        ("ray", {}),
+    ):
+        executors = prepare.make_executors(stage_list, str(tmp_path / "work"), kind, 2, **extra)
+        assert [e.pipeline for e in executors] == [s.pipeline for s in stage_list]
+        assert [e.depends for e in executors] == [None] + executors[:-1]
+        assert {type(e).__name__ for e in executors} == {f"{kind.capitalize()}PipelineExecutor"}
 
 
 def _near_duplicate(text: str) -> str:
