@@ -255,9 +255,9 @@ def _layer_to_hf(layer: Mapping, n: int, model) -> dict[str, np.ndarray]:
     tensors = {
         prefix + "self_attn.query_key_value.weight": qkv.T,
         prefix + "self_attn.query_key_value.bias": qkv_bias,
-        prefix + "self_attn.dense.weight": attn["o_proj"]["kernel"].reshape(
-            -1, model.hidden_size
-        ).T,
+        prefix + "self_attn.dense.weight": attn["o_proj"]["kernel"]
+        .reshape(-1, model.hidden_size)
+        .T,
         prefix + "self_attn.dense.bias": attn["o_proj"]["bias"],
         prefix + "mlp.up_proj.weight": _interleave(
             mlp["gate_proj"]["kernel"].T, mlp["up_proj"]["kernel"].T
