@@ -1,0 +1,70 @@
+"""The tiny Phi-3-small trains with the sharded train step: a (2, 2, 2) mesh of emulated devices
+gives the losses, gradient norms and params of one device."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from configs import phi3_small
+from phi3_jax import config as config_lib
+from phi3_jax import sharding, train
+
+SEQ_LEN = 48  # past 2 local blocks of 8 tokens: the vertical stripes are in play
+BATCH = 8
+STEPS = 3
+
+
+def tiny_small_config(mesh):
+    config = phi3_small.get_config("tiny")
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+    config.train.update(seq_len=SEQ_LEN, global_batch_size=BATCH, steps=10)
+    config.optim.update(lr=1e-3, warmup_steps=0, eps=1e-6)  # eps: see tests/train fixtures
+    return config_lib.validate(config)
+
+
+def packed_batch(config):
+    """Two documents per row, then padding; targets avoid the dummy ids (their logit is -inf)."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, min(config.model.dummy_token_ids), (BATCH, SEQ_LEN + 1))
+    segment_ids = np.zeros((BATCH, SEQ_LEN), np.int32)
+    positions = np.zeros((BATCH, SEQ_LEN), np.int32)
+    for row in range(BATCH):
+        first, real = 9 + 3 * row, SEQ_LEN - row % 3
+        segment_ids[row, :first], segment_ids[row, first:real] = 1, 2
+        positions[row, :first] = np.arange(first)
+        positions[row, first:real] = np.arange(real - first)
+    return {
+        "tokens": tokens[:, :-1].astype(np.int32),
+        "targets": tokens[:, 1:].astype(np.int32),
+        "positions": positions,
+        "segment_ids": segment_ids,
+        "loss_mask": (segment_ids > 0).astype(np.int32),
+    }
+
+
+def run(mesh_shape, devices=None):
+    config = tiny_small_config(mesh_shape)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    batch_sharding = train.batch_shardings(config, mesh)["tokens"]
+    batch = sharding.global_batch(packed_batch(config), batch_sharding, BATCH)
+    step = train.make_train_step(config, mesh)
+    state = train.init_state(config, mesh)
+    history = []
+    for _ in range(STEPS):
+        state, metrics = step(state, batch)
+        history.append({key: float(value) for key, value in metrics.items()})
+    return history, jax.device_get(state.params)
+
+
+def test_same_losses_on_2x2x2_mesh_as_one_device():
+    one_history, one_params = run((1, 1, 1), jax.devices()[:1])
+    mesh_history, mesh_params = run((2, 2, 2))
+    losses = [h["loss"] for h in one_history]
+    assert abs(losses[0] - np.log(512 - 16)) < 0.2  # uniform over the 496 real ids
+    assert losses[0] > losses[1] > losses[2]
+    for got, want in zip(mesh_history, one_history, strict=True):
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+    for got, want in zip(jax.tree.leaves(mesh_params), jax.tree.leaves(one_params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
