@@ -8,6 +8,8 @@ import os
 import random
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
@@ -254,6 +256,35 @@ def test_skip_counts_bad_records_in_the_manifest(tmp_path):
         "empty_file": 1,
     }
     assert manifest["kept"]["phase1"] == len(GOOD)
+
+
+def test_parquet_and_warc_inputs_share_one_pipeline(tmp_path):
+    from io import BytesIO
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"text": GOOD[:2], "id": ["p0", "p1"]}), tmp_path / "in" / "a.parquet")
+    html = "<html><body><nav>Home | Shop | Login</nav><article>"
+    html += "".join(f"<p>{line}</p>" for line in GOOD[2].split("\n")) + "</article></body></html>"
+    with open(tmp_path / "in" / "b.warc.gz", "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.0")
+        payload = BytesIO(html.encode())
+        writer.write_record(
+            writer.create_warc_record(
+                "http://example.com/functions", "response", payload=payload, http_headers=headers
+            )
+        )
+    out, manifest = _run(tmp_path, "out", f"{tmp_path}/in/*.parquet,{tmp_path}/in/*.warc.gz")
+    kept = {d.id: d for d in _kept(f"{out}/phase1")}
+    assert {kept["p0"].text, kept["p1"].text} == set(GOOD[:2])
+    (warc_doc,) = [d for i, d in kept.items() if i not in ("p0", "p1")]
+    # Trafilatura keeps the article's paragraphs and drops the navigation bar.
+    assert warc_doc.metadata["url"] == "http://example.com/functions"
+    assert warc_doc.text.split() == GOOD[2].split()
+    assert manifest["kept"]["phase1"] == 3
 
 
 def test_bad_arguments_are_errors_naming_them(tmp_path):
