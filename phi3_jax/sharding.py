@@ -65,7 +65,7 @@ def make_mesh(
     """The (data, fsdp, tensor) mesh over `devices` (default: all), axes of Auto type.
 
     Auto axes let GSPMD propagate shardings from linen's logical constraints. With a DCN split,
-    the outer factor of data/fsdp spans slices (processes where devices carry no slice index).
+    the outer factor of data/fsdp spans slices (processes when there is a single slice).
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
@@ -76,11 +76,10 @@ def make_mesh(
             tuple(shape.values()), MESH_AXES, axis_types=axis_types, devices=devices
         )
     ici_shape = [shape[axis] // dcn for axis, dcn in zip(MESH_AXES, dcn_shape, strict=True)]
+    # Slices are the DCN granules on multi-slice TPU; elsewhere (one slice, CPU, GPU) processes.
+    slices = {getattr(device, "slice_index", 0) for device in devices}
     device_array = mesh_utils.create_hybrid_device_mesh(
-        ici_shape,
-        dcn_shape,
-        devices,
-        process_is_granule=not hasattr(devices[0], "slice_index"),
+        ici_shape, dcn_shape, devices, process_is_granule=len(slices) == 1
     )
     return Mesh(device_array, MESH_AXES, axis_types=axis_types)
 

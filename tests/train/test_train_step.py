@@ -4,6 +4,11 @@ equal to one big batch, and the loss against a numpy reference."""
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +18,8 @@ from train_fixtures import packed_batch, run_steps, small_config
 
 from phi3_jax import sharding, train
 
+WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
+REPO = WORKER.parents[2]
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4), (2, 4, 1)]
 
 
@@ -159,3 +166,40 @@ def test_four_microbatches_equal_one_batch():
     for got, want in zip(jax.tree.leaves(grads_4), jax.tree.leaves(grads_1), strict=True):
         got, want = np.asarray(got), np.asarray(want)
         assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    out = tmp_path / "results.npz"
+    coordinator = f"localhost:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), coordinator, str(pid), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.returncode == 0, log[-3000:]
+    results = np.load(out)
+    # Process p owns data index p, and the DCN-built mesh is that same arrangement.
+    np.testing.assert_array_equal(results["mesh/process"][:, 0, 0], [0, 1])
+    assert (results["mesh/process"] == results["mesh/process"][:, :1, :1]).all()
+    np.testing.assert_array_equal(results["mesh/dcn"], results["mesh/plain"])
+    history, params, _ = run_on((1, 1, 1))
+    np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
+    np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
+    for path, want in _by_path(params).items():
+        got = results[f"params/{path}"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert relative_norm_error(got, want) <= 1e-5
