@@ -7,6 +7,7 @@ schema: overriding a key that is not here is an error); `configs/*.py` fill in a
 
 from __future__ import annotations
 
+import json
 import math
 
 import ml_collections
@@ -20,6 +21,8 @@ ARCHITECTURES = ("phi3", "phi3small")
 DATA_FORMATS = ("jsonl", "parquet", "arrayrecord_text", "arrayrecord_tokens")
 PACKINGS = ("first_fit", "concat_split")
 ON_BAD_RECORD = ("raise", "skip")
+# What a non-finite loss or gradient norm does: stop the run, or skip that update.
+ON_NAN = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -160,6 +163,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     t.microbatches = 1
     # Coefficient of the z-loss, mean of logsumexp(logits)^2 over real tokens (PaLM: 1e-4); 0 off.
     t.z_loss = 0.0
+    # A NaN/inf loss or grad norm: "stop" (report its step, exit) or "skip" (keep the old params).
+    t.on_nan = "stop"
     return t
 
 
@@ -241,6 +246,38 @@ def default_data_config() -> ml_collections.ConfigDict:
     return d
 
 
+def default_checkpoint_config() -> ml_collections.ConfigDict:
+    """Orbax checkpoints of the train state, data iterator and config in WORKDIR/checkpoints."""
+    c = ml_collections.ConfigDict()
+    # Save every this many steps (and always at the last step and on SIGTERM/SIGINT).
+    c.every_steps = 500
+    # Checkpoints kept on disk (the oldest are deleted); at least 2 for the corruption fallback.
+    c.max_to_keep = 3
+    # Write in a background thread while training goes on.
+    c.async_save = True
+    # A params checkpoint (`convert hf-to-orbax`) to start a fresh run from; "" = random init.
+    c.init_from = ""
+    return c
+
+
+def default_log_config() -> ml_collections.ConfigDict:
+    """Progress lines, TensorBoard events and metrics.jsonl."""
+    lg = ml_collections.ConfigDict()
+    # Log train metrics every this many steps.
+    lg.every_steps = 10
+    # Peak FLOP/s of all devices together for MFU; 0 = the device table, or a matmul probe on CPU.
+    lg.peak_flops = 0.0
+    return lg
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    """Held-out evaluation (data.eval_batches batches per source)."""
+    e = ml_collections.ConfigDict()
+    # Evaluate every this many steps (and at step 0 and the last step); 0 disables evaluation.
+    e.every_steps = 100
+    return e
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every key a run may set, with its default."""
     config = ml_collections.ConfigDict()
@@ -252,6 +289,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.sharding = default_sharding_config()
     config.train = default_train_config()
     config.optim = default_optim_config()
+    config.checkpoint = default_checkpoint_config()
+    config.log = default_log_config()
+    config.eval = default_eval_config()
     return config
 
 
@@ -461,6 +501,8 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
         )
     if not train.z_loss >= 0:
         _fail("train.z_loss", train.z_loss, "must be >= 0")
+    if train.on_nan not in ON_NAN:
+        _fail("train.on_nan", train.on_nan, f"must be one of {', '.join(ON_NAN)}")
 
 
 def validate_optim(config: ml_collections.ConfigDict) -> None:
@@ -533,6 +575,19 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
         _fail("data.eval_fraction", data.eval_fraction, "must lie in [0, 1)")
 
 
+def validate_loop(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid checkpoint, log or eval key."""
+    for key in ("checkpoint.every_steps", "checkpoint.max_to_keep", "log.every_steps"):
+        section, name = key.split(".")
+        _require_positive_int(key, config[section][name])
+    if not _is_int(config.eval.every_steps) or config.eval.every_steps < 0:
+        _fail("eval.every_steps", config.eval.every_steps, "must be an integer >= 0 (0: off)")
+    if not config.log.peak_flops >= 0:
+        _fail("log.peak_flops", config.log.peak_flops, "must be >= 0 (0: table or probe)")
+    if config.eval.every_steps and not config.data.eval_fraction:
+        _fail("eval.every_steps", config.eval.every_steps, "needs data.eval_fraction > 0")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validate a whole run configuration; returns it for chaining."""
     validate_model(config.model)
@@ -541,4 +596,30 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     validate_sharding(config.sharding)
     validate_train(config)
     validate_optim(config)
+    validate_loop(config)
     return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The resolved configuration as JSON (saved beside checkpoints)."""
+    return config.to_json(indent=2, sort_keys=True)
+
+
+def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in target:
+            raise ConfigError(f"{name}={value!r}: unknown key")
+        if isinstance(target[key], ml_collections.ConfigDict):
+            _merge(target[key], value, f"{name}.")
+        elif isinstance(target[key], tuple):
+            target[key] = tuple(value)  # JSON has no tuples
+        else:
+            target[key] = value
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A configuration saved by `to_json`, on top of today's defaults, validated."""
+    config = default_config()
+    _merge(config, json.loads(text), "")
+    return validate(config)

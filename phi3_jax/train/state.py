@@ -31,12 +31,23 @@ class TrainState:
     rng: jax.Array
 
 
-def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+def _rngs(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
+    # (params init, state) keys from train.seed.
     params_rng, state_rng = jax.random.split(jax.random.key(config.train.seed))
-    params = model.init_params(config, params_rng)
+    return params_rng, state_rng
+
+
+def _from_params(config: ml_collections.ConfigDict, tx: optax.GradientTransformation, params):
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_rng
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=_rngs(config)[1],
     )
+
+
+def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+    return _from_params(config, tx, model.init_params(config, _rngs(config)[0]))
 
 
 def param_shardings(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -80,3 +91,16 @@ def init_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
         out_shardings=state_shardings(config, mesh),
     )
     return init()
+
+
+def state_from_params(config: ml_collections.ConfigDict, mesh: Mesh, params) -> TrainState:
+    """A fresh state (step 0, new optimizer moments) around given params, e.g. a converted
+    checkpoint's, laid out in the state's shardings."""
+    tx = optim.make_optimizer(config)
+    shardings = state_shardings(config, mesh)
+    build = jax.jit(
+        functools.partial(_from_params, config, tx),
+        in_shardings=(shardings.params,),
+        out_shardings=shardings,
+    )
+    return build(params)

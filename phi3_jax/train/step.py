@@ -116,7 +116,8 @@ def train_step(
     param_shardings=None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on the global batch; metrics: loss, z_loss, grad_norm (before
-    clipping), param_norm (after the update), learning_rate (used by this step), tokens."""
+    clipping), param_norm (after the update), learning_rate (used by this step), tokens, and with
+    train.on_nan=skip `skipped` (the update was dropped for a non-finite loss or grad norm)."""
     grads, metrics = loss_and_grads(config, state.params, batch, param_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -125,6 +126,16 @@ def train_step(
         "param_norm": optax.global_norm(params),
         "learning_rate": optim.learning_rate_schedule(config)(state.step),
     }
+    if config.train.on_nan == "skip":
+        # A non-finite loss or gradient would poison the params and Adam's moments: keep the old
+        # ones, but still count the step (the data iterator has moved past its batch).
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state),
+            (state.params, state.opt_state),
+        )
+        metrics["skipped"] = jnp.logical_not(finite)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 

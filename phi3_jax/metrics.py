@@ -1,0 +1,156 @@
+"""Training metrics: FLOPs per token and MFU, and where the numbers go.
+
+MFU follows PaLM (appendix B): a token costs 6N model FLOPs in training (N = the parameters that
+multiply, so not the embedding lookup) plus 12 * layers * context * attention width for the
+attention scores and values. Rematerialisation recomputes part of the forward pass; those FLOPs
+are real work but not model FLOPs, so they are reported on their own (`remat_flops_per_token`)
+and only the hardware utilisation (HFU) includes them. The peak is the devices' dense bf16 rate
+from a table, `log.peak_flops` from the config, or on CPU a matmul probe of the host.
+
+Every logged step goes to three places: a progress line on stdout, TensorBoard events in
+WORKDIR/tb (tensorboardX), and one JSON object per line in WORKDIR/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import tensorboardX
+
+from phi3_jax import model
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+# Dense bf16 peak FLOP/s per chip, by a substring of `jax.Device.device_kind` (first match wins).
+PEAK_FLOPS = (
+    ("TPU v6 lite", 918e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def _attention_context(config: ml_collections.ConfigDict) -> int:
+    window = config.model.sliding_window
+    return min(config.train.seq_len, window) if window else config.train.seq_len
+
+
+def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Training FLOPs per token: `model` (6N + attention) and `remat` (recomputed forward)."""
+    m = config.model
+    embedding = m.vocab_size * m.hidden_size
+    total = model.param_count(config)
+    # phi3 has a separate lm_head; phi3small ties it to the embedding, which then multiplies.
+    matmul_params = total - embedding if m.architecture == "phi3" else total
+    block_params = matmul_params - embedding
+    # QK^T and AV: 2 matmuls of 2 FLOPs per multiply-add, forward 1x + backward 2x.
+    attention_forward = 4 * m.num_layers * _attention_context(config) * m.hidden_size
+    remat = {
+        "none": 0.0,
+        # Every block runs forward again in the backward pass.
+        "full": 2.0 * block_params + attention_forward,
+        # All matmul outputs are saved: only elementwise work is recomputed.
+        "dots": 0.0,
+        # Projections are saved, the batched attention matmuls are recomputed.
+        "dots_no_batch": float(attention_forward),
+    }[m.remat]
+    return {"model": 6.0 * matmul_params + 3.0 * attention_forward, "remat": remat}
+
+
+def cpu_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of the host on one jitted float32 matmul (best of `repeats`)."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def peak_flops(config: ml_collections.ConfigDict, devices=None) -> tuple[float, str]:
+    """Peak FLOP/s of all `devices` together, and where the number came from."""
+    if config.log.peak_flops:
+        return config.log.peak_flops, "log.peak_flops"
+    devices = jax.devices() if devices is None else devices
+    kind = devices[0].device_kind
+    for name, flops in PEAK_FLOPS:
+        if name in kind:
+            return flops * len(devices), f"{kind} bf16 table x{len(devices)}"
+    if devices[0].platform == "cpu":
+        # Emulated CPU devices share the host's cores: the host is the peak, once.
+        return cpu_matmul_flops(), "cpu matmul probe"
+    raise ValueError(f"no peak FLOP/s known for {kind!r}; set --config.log.peak_flops")
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def progress_line(step: int, steps: int, scalars: Mapping[str, float]) -> str:
+    """One stdout line of a logged train step."""
+    parts = [
+        f"step {step}/{steps}",
+        f"loss {scalars['loss']:.4f}",
+        f"grad_norm {scalars['grad_norm']:.3f}",
+        f"lr {scalars['learning_rate']:.2e}",
+    ]
+    if "tokens_per_s" in scalars:
+        parts += [
+            f"{scalars['tokens_per_s']:,.0f} tok/s",
+            f"{scalars['step_time_s']:.3f} s/step",
+            f"MFU {100 * scalars['mfu']:.2f}%",
+            f"eta {_format_duration(scalars['step_time_s'] * (steps - step))}",
+        ]
+    return " | ".join(parts)
+
+
+def eval_line(step: int, scalars: Mapping[str, float]) -> str:
+    """One stdout line of an evaluation."""
+    sources = ", ".join(
+        f"{key.split('/', 1)[1]} {value:.4f}"
+        for key, value in sorted(scalars.items())
+        if key.startswith("eval_loss/")
+    )
+    return (
+        f"eval step {step} | eval_loss {scalars['eval_loss']:.4f} | "
+        f"perplexity {scalars['eval_perplexity']:.2f} | {sources}"
+    )
+
+
+class Writer:
+    """TensorBoard events and metrics.jsonl of a workdir (appending, so resumes continue them)."""
+
+    def __init__(self, workdir: str):
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR))
+        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # Closed in close().
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        for key, value in scalars.items():
+            self._tb.add_scalar(key, value, step)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        self._tb.close()
+        self._jsonl.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The JSON lines of a run's metrics.jsonl, in order."""
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]

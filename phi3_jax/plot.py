@@ -1,0 +1,60 @@
+"""`python -m phi3_jax.plot --workdir=DIR`: DIR/loss.png, train and held-out loss against tokens.
+
+Reads DIR/metrics.jsonl (train lines carry `loss`, eval lines `eval_loss`, both `tokens_seen`);
+where a resumed run logged a step again, its later line wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display needed.
+import matplotlib.pyplot as plt  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from phi3_jax import metrics  # noqa: E402
+
+PLOT_FILE = "loss.png"
+
+
+def curves(lines: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{"train": (tokens, losses), "eval": (tokens, losses)}, one point per step, by step."""
+    out = {}
+    for name, key in (("train", "loss"), ("eval", "eval_loss")):
+        by_step = {line["step"]: line for line in lines if key in line}
+        points = [by_step[s] for s in sorted(by_step)]
+        out[name] = ([p["tokens_seen"] for p in points], [p[key] for p in points])
+    return out
+
+
+def plot(workdir: str) -> str:
+    """Write WORKDIR/loss.png; returns its path."""
+    data = curves(metrics.read_metrics(workdir))
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    ax.plot(*data["train"], label="train loss", linewidth=1)
+    if data["eval"][0]:
+        ax.plot(*data["eval"], "o-", label="held-out loss", markersize=3)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(os.path.basename(os.path.abspath(workdir)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(workdir, PLOT_FILE)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"wrote {plot(flags.FLAGS.workdir)}")
+
+
+if __name__ == "__main__":
+    # Defined only when run as a program, so importing this module defines no flags.
+    flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
+    app.run(main)

@@ -1,0 +1,34 @@
+"""`python -m phi3_jax.train --config=configs/phi3_tiny.py --workdir=DIR [--config.KEY=VALUE ...]`
+
+Trains to `train.steps`, resuming from DIR/checkpoints when it holds any. Unknown config keys,
+invalid values, an unusable workdir and a non-finite loss end it with a one-line error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from phi3_jax import config as config_lib
+from phi3_jax import distributed
+from phi3_jax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard go here.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize()
+    try:
+        loop.train(_CONFIG.value, _WORKDIR.value)
+    except (config_lib.ConfigError, loop.WorkdirError, loop.NonFiniteError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,253 @@
+"""The training loop: data → sharded train step → metrics, evaluation and checkpoints.
+
+`train(config, workdir)` resumes from the newest complete checkpoint in WORKDIR/checkpoints (or
+starts from `checkpoint.init_from`'s params, or from a random init), then runs to `train.steps`:
+every step is checked for a non-finite loss or grad norm (`train.on_nan`), every
+`log.every_steps` the metrics are written (metrics.py), every `eval.every_steps` the held-out
+loss is measured, every `checkpoint.every_steps` the state, the data iterator and the config are
+saved in the background. The last step, SIGTERM and SIGINT save too; pending saves are waited for
+before it returns. The batch order is a function of the data iterator's state alone, so a resumed
+run computes bitwise what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import ml_collections
+
+from phi3_jax import checkpoint, metrics, model, sharding
+from phi3_jax import config as config_lib
+from phi3_jax.data import pipeline
+from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.train import state as state_lib
+from phi3_jax.train import step as step_lib
+
+Log = Callable[[str], None]
+
+# Model keys a run keeps when it starts from a params checkpoint (how to compute, not what).
+COMPUTE_KEYS = ("name", "dtype", "remat", "scan_layers")
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be used; the message names it."""
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf loss or gradient norm under train.on_nan=stop; the message names the step."""
+
+
+def prepare_workdir(workdir: str) -> str:
+    """The workdir as an absolute path, created and checked writable (one clear error if not)."""
+    path = os.path.abspath(workdir)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise WorkdirError(
+            f"--workdir={workdir}: not a writable directory ({type(error).__name__}: "
+            f"{error.strerror or error})"
+        ) from None
+    return path
+
+
+def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """With checkpoint.init_from: the config whose model is the params checkpoint's (the run's
+    compute settings kept), so a converted Hugging Face model trains as it was saved."""
+    if not config.checkpoint.init_from:
+        return config
+    saved = checkpoint.load_config(config.checkpoint.init_from).model
+    config = config.copy_and_resolve_references()
+    for key in COMPUTE_KEYS:
+        saved[key] = config.model[key]
+    config.model = saved
+    return config_lib.validate(config)
+
+
+def _check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise config_lib.ConfigError(
+            f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids (data.tokenizer_path={config.data.tokenizer_path!r})"
+        )
+
+
+def _initial_state(config, mesh, manager, iterator, log: Log):
+    """(state, step) from the latest checkpoint, else init_from's params, else a random init."""
+    restored = checkpoint.restore_latest(
+        manager, state_lib.abstract_state(config, mesh), iterator, config, log
+    )
+    if restored is not None:
+        state, step = restored
+        log(f"resuming from step {step} (checkpoint {manager.directory / str(step)})")
+        return state, step
+    if config.checkpoint.init_from:
+        abstract = model.abstract_params(config)
+        targets = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            state_lib.param_shardings(config, mesh),
+        )
+        params = checkpoint.restore_params(config.checkpoint.init_from, targets)
+        log(f"starting from the params checkpoint {config.checkpoint.init_from}")
+        return state_lib.state_from_params(config, mesh, params), 0
+    log(f"starting from a random init (train.seed={config.train.seed})")
+    return state_lib.init_state(config, mesh), 0
+
+
+def _eval_batches(config, tokenizer, batch_sharding) -> dict[str, list]:
+    """Per source, its held-out batches as global arrays, built once."""
+    opts = pipeline.options_from_config(config)
+    size = config.train.global_batch_size
+    return {
+        name: [sharding.global_batch(b, batch_sharding, size) for b in dataset]
+        for name, dataset in pipeline.eval_datasets(opts, tokenizer).items()
+    }
+
+
+def evaluate(eval_step, params, batches: dict[str, list]) -> dict[str, float]:
+    """Token-weighted held-out loss per source and overall, and the overall perplexity."""
+    out, loss_sum, token_sum = {}, 0.0, 0.0
+    for name, source_batches in batches.items():
+        results = jax.device_get([eval_step(params, b) for b in source_batches])
+        tokens = sum(float(r["tokens"]) for r in results)
+        source_loss = sum(float(r["loss"]) * float(r["tokens"]) for r in results)
+        out[f"eval_loss/{name}"] = source_loss / max(tokens, 1.0)
+        loss_sum, token_sum = loss_sum + source_loss, token_sum + tokens
+    out["eval_loss"] = loss_sum / max(token_sum, 1.0)
+    out["eval_perplexity"] = math.exp(min(out["eval_loss"], 80.0))
+    return out
+
+
+def _data_counters(iterator) -> dict[str, float]:
+    return {
+        f"data/{source}/{name}": float(value)
+        for source, counts in pipeline.source_counters(iterator).items()
+        for name, value in counts.items()
+    }
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """Records SIGTERM/SIGINT (preemption, Ctrl-C) instead of dying, so the loop can save."""
+    received: list[int] = []
+    handlers = {
+        sig: signal.signal(sig, lambda signum, _: received.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield received
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _check_finite(config, step: int, scalars: dict[str, float], log: Log) -> None:
+    if math.isfinite(scalars["loss"]) and math.isfinite(scalars["grad_norm"]):
+        return
+    what = f"non-finite loss={scalars['loss']} grad_norm={scalars['grad_norm']} at step {step}"
+    if config.train.on_nan == "skip":
+        log(f"{what}: update skipped (train.on_nan=skip)")
+        return
+    raise NonFiniteError(
+        f"{what}: stopping (train.on_nan=stop; 'skip' drops such updates); its state is not "
+        "saved, resume starts from the last checkpoint"
+    )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict[str, float]:
+    """Train to config.train.steps in `workdir`, resuming if it holds checkpoints.
+
+    Returns the last logged train scalars merged with the last evaluation's.
+    """
+    workdir = prepare_workdir(workdir)
+    config = with_init_model(config_lib.validate(config))
+    primary = jax.process_index() == 0
+    log = log if primary else (lambda _: None)
+    mesh = sharding.make_mesh(config.mesh)
+    train_step = step_lib.make_train_step(config, mesh)
+    eval_step = step_lib.make_eval_step(config, mesh)
+    batch_sharding = step_lib.batch_shardings(config, mesh)["tokens"]
+    tokenizer = load_tokenizer(config.data.tokenizer_path)
+    _check_vocab(config, tokenizer)
+    flops = metrics.flops_per_token(config)
+    peak, peak_source = metrics.peak_flops(config, mesh.devices.ravel().tolist())
+    batch_size = config.train.global_batch_size
+    tokens_per_step = batch_size * config.train.seq_len
+    log(
+        f"model {model.param_count(config):,} params | mesh {dict(mesh.shape)} | "
+        f"{flops['model'] / 1e6:.1f} MFLOP/token (+{flops['remat'] / 1e6:.1f} remat) | "
+        f"peak {peak / 1e9:.1f} GFLOP/s ({peak_source})"
+    )
+
+    manager = checkpoint.make_manager(workdir, config)
+    iterator = pipeline.train_iterator(config, tokenizer)
+    writer = metrics.Writer(workdir) if primary else None
+    last: dict[str, float] = {}
+    try:
+        state, step = _initial_state(config, mesh, manager, iterator, log)
+        evals = _eval_batches(config, tokenizer, batch_sharding) if config.eval.every_steps else {}
+
+        def run_eval() -> None:
+            scalars = evaluate(eval_step, state.params, evals)
+            scalars["tokens_seen"] = float(step * tokens_per_step)
+            last.update(scalars)
+            log(metrics.eval_line(step, scalars))
+            if writer:
+                writer.write(step, scalars)
+
+        if evals and step == 0:
+            run_eval()
+        # Throughput is timed from the end of the first step (compilation excluded) and restarted
+        # after each log line and evaluation.
+        timer, timed = None, 0
+        with _stop_signals() as stop:
+            while step < config.train.steps and not stop:
+                batch = sharding.global_batch(next(iterator), batch_sharding, batch_size)
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                _check_finite(config, step, scalars, log)
+                timed += timer is not None
+                done = step == config.train.steps
+                restart = timer is None
+                if step % config.log.every_steps == 0 or done:
+                    scalars["tokens_seen"] = float(step * tokens_per_step)
+                    if timed:
+                        step_time = (time.perf_counter() - timer) / timed
+                        scalars["step_time_s"] = step_time
+                        scalars["tokens_per_s"] = tokens_per_step / step_time
+                        scalars["mfu"] = scalars["tokens_per_s"] * flops["model"] / peak
+                        scalars["hfu"] = scalars["mfu"] * (1 + flops["remat"] / flops["model"])
+                    scalars |= _data_counters(iterator)
+                    last.update(scalars)
+                    log(metrics.progress_line(step, config.train.steps, scalars))
+                    if writer:
+                        writer.write(step, scalars)
+                    restart = True
+                if evals and (step % config.eval.every_steps == 0 or done):
+                    run_eval()
+                    restart = True
+                if step % config.checkpoint.every_steps == 0:
+                    checkpoint.save(manager, step, state, iterator, config)
+                if restart:
+                    timer, timed = time.perf_counter(), 0
+            if stop:
+                log(f"received signal {stop[0]} at step {step}: saving and exiting")
+        checkpoint.save(manager, step, state, iterator, config)
+        log(f"checkpoint step {step} in {manager.directory}")
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        iterator.close()
+        if writer:
+            writer.close()
+    return last

@@ -1,0 +1,227 @@
+"""The training loop through its CLI: bitwise exact resume after SIGKILL, a kill during an async
+save, a corrupted latest checkpoint, a checkpoint of other shapes, an unwritable workdir.
+
+Runs are subprocesses of `python -m phi3_jax.train` on one CPU device, on the bundled corpus and
+tokenizer, with a model smaller than tiny (2 layers of width 64; the tokenizer's 32064 rows).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import phi3_tiny
+from phi3_jax import checkpoint, metrics, sharding
+from phi3_jax import config as config_lib
+from phi3_jax.train import loop
+from phi3_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 12
+# Command-line overrides of configs/phi3_tiny.py shared by every run here.
+OVERRIDES = {
+    "model.hidden_size": 64,
+    "model.intermediate_size": 128,
+    "model.num_layers": 2,
+    "train.seq_len": 32,
+    "train.global_batch_size": 4,
+    "train.steps": STEPS,
+    "optim.warmup_steps": 2,
+    "optim.lr": 1e-3,
+    "data.num_workers": 0,
+    "log.every_steps": 1,
+    "log.peak_flops": 1e10,
+    "eval.every_steps": 0,
+    "checkpoint.every_steps": 6,
+}
+
+
+def loop_config(**overrides):
+    """OVERRIDES (and `overrides`) applied to the tiny config, as the CLI would."""
+    config = phi3_tiny.get_config()
+    for key, value in {**OVERRIDES, **overrides}.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config_lib.validate(config)
+
+
+def command(workdir, **overrides) -> list[str]:
+    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
+    return [sys.executable, "-m", "phi3_jax.train", "--config=configs/phi3_tiny.py"] + [
+        f"--workdir={workdir}",
+        *flags,
+    ]
+
+
+def environment() -> dict[str, str]:
+    # One CPU device (the test process's 8 emulated ones are not inherited), unbuffered lines.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return env | {"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def run(workdir, check: bool = True, **overrides) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command(workdir, **overrides),
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def start(workdir, **overrides) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(workdir, **overrides),
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def losses(workdir) -> dict[int, tuple[float, float]]:
+    """step -> (loss, grad_norm) of train lines; a resumed run's lines replace earlier ones."""
+    return {
+        line["step"]: (line["loss"], line["grad_norm"])
+        for line in metrics.read_metrics(str(workdir))
+        if "loss" in line
+    }
+
+
+def saved_params(workdir, step: int) -> dict:
+    """The params of a checkpoint, on one device, as host numpy arrays."""
+    config = loop_config()
+    mesh = sharding.make_mesh(config.mesh, [jax.devices()[0]])
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, checkpoint.CHECKPOINTS_DIR), item_names=checkpoint.ITEMS
+    )
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state_lib.abstract_state(config, mesh))
+        ),
+    )
+    manager.close()
+    return jax.tree.map(np.asarray, restored["state"].params)
+
+
+def steps_on_disk(workdir) -> list[str]:
+    return sorted(os.listdir(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """12 steps uninterrupted; checkpoints at 6 and 12."""
+    workdir = tmp_path_factory.mktemp("straight")
+    result = run(workdir)
+    assert "starting from a random init" in result.stdout
+    return workdir
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, tmp_path):
+    workdir = tmp_path / "killed"
+    process = start(workdir)
+    checkpoints = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
+    # Freeze the run at each progress line past step 6 until checkpoint 6 has completed.
+    for line in process.stdout:
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) > 6:
+            process.send_signal(signal.SIGSTOP)
+            if os.path.isdir(os.path.join(checkpoints, "6")):
+                break
+            process.send_signal(signal.SIGCONT)
+    process.kill()
+    process.wait()
+    assert "6" in os.listdir(checkpoints) and "12" not in os.listdir(checkpoints)
+
+    resumed = run(workdir)
+    assert "resuming from step 6" in resumed.stdout
+    expected, got = losses(straight), losses(workdir)
+    for step in range(7, STEPS + 1):
+        assert got[step] == expected[step], step  # bitwise: exact float equality
+    assert len(expected) == STEPS and expected[STEPS][0] < expected[1][0]
+    want, have = saved_params(straight, STEPS), saved_params(workdir, STEPS)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kill_during_async_save_leaves_the_previous_checkpoint(straight, tmp_path):
+    workdir = tmp_path / "killed"
+    checkpoints = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
+    process = start(workdir, **{"checkpoint.every_steps": 4})
+    deadline = time.monotonic() + 240
+    # SIGKILL the moment orbax's temporary directory of step 8 appears (the save in flight).
+    while time.monotonic() < deadline and process.poll() is None:
+        names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+        if any(n.startswith("8.orbax-checkpoint-tmp") for n in names):
+            process.kill()
+            break
+        time.sleep(0.001)
+    process.wait()
+    on_disk = steps_on_disk(workdir)
+    assert "4" in on_disk and "8" not in on_disk, on_disk
+
+    resumed = run(workdir, **{"checkpoint.every_steps": 4})
+    assert "a save that never completed" in resumed.stdout
+    assert "resuming from step 4" in resumed.stdout
+    expected, got = losses(straight), losses(workdir)
+    for step in range(5, STEPS + 1):
+        assert got[step] == expected[step], step
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path):
+    workdir = tmp_path / "corrupted"
+    shutil.copytree(straight, workdir)
+    state_dir = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR, str(STEPS), "state")
+    for root, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+
+    result = run(workdir)
+    assert f"checkpoint: step {STEPS} in" in result.stdout
+    assert "is corrupted" in result.stdout and "falling back to step 6" in result.stdout
+    assert "resuming from step 6" in result.stdout
+    # The run redid steps 7-12, bitwise as before, and saved a good step 12 again.
+    assert losses(workdir)[STEPS] == losses(straight)[STEPS]
+    assert f"corrupted-{STEPS}" in steps_on_disk(workdir)
+    for a, b in zip(
+        jax.tree.leaves(saved_params(straight, STEPS)),
+        jax.tree.leaves(saved_params(workdir, STEPS)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_other_model_shapes_is_a_clear_error(straight, tmp_path):
+    workdir = tmp_path / "other"
+    shutil.copytree(straight, workdir)
+    result = run(workdir, check=False, **{"model.num_layers": 3})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "model.num_layers=2 (config: 3)" in last, last
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(
+        loop.WorkdirError, match=r"--workdir=.*a_file/run: not a writable directory"
+    ):
+        loop.prepare_workdir(str(blocker / "run"))
+    result = run(blocker / "run", check=False)
+    assert result.returncode == 1
+    assert "not a writable directory" in result.stderr.strip().splitlines()[-1]

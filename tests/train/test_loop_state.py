@@ -1,0 +1,135 @@
+"""Checkpointed state across meshes, non-finite updates, greedy decoding with the cache, and the
+loss plot: in-process on the 8 emulated CPU devices."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_fixtures import packed_batch, run_steps, small_config
+
+from phi3_jax import checkpoint, metrics, model, plot, sharding
+from phi3_jax.generate import generate
+from phi3_jax.train import loop
+from phi3_jax.train import state as state_lib
+from phi3_jax.train import step as step_lib
+
+
+def data_iterator():
+    """A small real grain iterator: its state is saved beside the train state."""
+    return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+@pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 1)], ids=["8x1x1", "one-device"])
+def test_state_saved_on_2x4x1_restores_on_another_mesh(tmp_path, target):
+    source = small_config(mesh=(2, 4, 1))
+    _, _, state = run_steps(source, steps=2)
+    saved_iterator = data_iterator()
+    next(saved_iterator)
+    manager = checkpoint.make_manager(str(tmp_path), source)
+    checkpoint.save(manager, 2, state, saved_iterator, source)
+    manager.wait_until_finished()
+    manager.close()
+    expected, _, _ = run_steps(source, initial=state, steps=1)
+
+    config = small_config(mesh=target)
+    devices = jax.devices()[: int(np.prod(target))]
+    mesh = sharding.make_mesh(config.mesh, devices)
+    iterator = data_iterator()
+    manager = checkpoint.make_manager(str(tmp_path), config)
+    restored, step = checkpoint.restore_latest(
+        manager, state_lib.abstract_state(config, mesh), iterator, config
+    )
+    manager.close()
+    assert step == 2 and int(restored.step) == 2 and next(iterator) == 1
+    wanted = state_lib.state_shardings(config, mesh)
+    for leaf, sharding_ in zip(
+        jax.tree.leaves(restored.params), jax.tree.leaves(wanted.params), strict=True
+    ):
+        assert leaf.sharding == sharding_
+    got, _, _ = run_steps(config, devices, initial=restored, steps=1)
+    assert abs(got[0]["loss"] - expected[0]["loss"]) <= 1e-6
+    assert abs(got[0]["grad_norm"] - expected[0]["grad_norm"]) <= 1e-6
+
+
+def poisoned(state):
+    """The state with one embedding entry NaN: the next loss and gradient are NaN."""
+    params = jax.tree.map(lambda x: x, state.params)
+    embedding = params["embed_tokens"]["embedding"]
+    params["embed_tokens"]["embedding"] = embedding.at[3, 0].set(jnp.nan)
+    return state.replace(params=params)
+
+
+def test_on_nan_skip_keeps_the_state_and_counts_the_step():
+    config = small_config(on_nan="skip")
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    state = poisoned(state_lib.init_state(config, mesh))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    step = step_lib.make_train_step(config, mesh)
+    batch = packed_batch(config)
+    batch["tokens"][0, 0] = 3  # the poisoned row
+    new, m = step(state, batch)
+    assert bool(m["skipped"]) and not np.isfinite(float(m["loss"]))
+    assert int(new.step) == 1
+    after = jax.tree.map(np.asarray, (new.params, new.opt_state))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_is_reported_with_its_step():
+    config = small_config()
+    log = []
+    with pytest.raises(loop.NonFiniteError, match=r"non-finite loss=nan grad_norm=nan at step 7"):
+        loop._check_finite(config, 7, {"loss": float("nan"), "grad_norm": float("nan")}, log.append)
+    config.train.on_nan = "skip"
+    loop._check_finite(config, 8, {"loss": 2.0, "grad_norm": float("inf")}, log.append)
+    assert log == [
+        "non-finite loss=2.0 grad_norm=inf at step 8: update skipped (train.on_nan=skip)"
+    ]
+
+
+def greedy_by_recomputing(config, params, prompt: list[int], n: int) -> list[int]:
+    logits = jax.jit(functools.partial(model.logits, config))
+    tokens = list(prompt)
+    for _ in range(n):
+        tokens.append(int(jnp.argmax(logits(params, jnp.asarray([tokens]))[0, -1])))
+    return tokens[len(prompt) :]
+
+
+def test_greedy_generation_with_the_cache_equals_recomputing():
+    config = small_config()
+    # Sharper logits than at init, so greedy choices are not near-ties.
+    params = jax.tree.map(lambda x: 8 * x, model.init_params(config, jax.random.key(1)))
+    prompt = [1, 17, 230, 45, 9]
+    cached = generate(config, params, prompt, 12)
+    assert cached == greedy_by_recomputing(config, params, prompt, 12)
+    assert len(set(cached)) > 1
+
+
+def test_flops_per_token_counts_6n_plus_attention_and_remat_apart():
+    config = small_config()
+    m = config.model
+    n = model.param_count(config) - m.vocab_size * m.hidden_size
+    attention = 12 * m.num_layers * config.train.seq_len * m.hidden_size
+    assert metrics.flops_per_token(config) == {"model": 6.0 * n + attention, "remat": 0.0}
+    config.model.remat = "full"
+    blocks = n - m.vocab_size * m.hidden_size
+    assert metrics.flops_per_token(config)["remat"] == 2.0 * blocks + attention / 3
+
+
+def test_plot_writes_loss_png_from_metrics(tmp_path):
+    lines = [{"step": s, "loss": 5.0 - s / 10, "tokens_seen": 64.0 * s} for s in range(1, 11)]
+    lines += [{"step": s, "eval_loss": 5.2 - s / 10, "tokens_seen": 64.0 * s} for s in (0, 5, 10)]
+    with open(os.path.join(tmp_path, metrics.METRICS_FILE), "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    curves = plot.curves(metrics.read_metrics(str(tmp_path)))
+    assert curves["eval"] == ([0.0, 320.0, 640.0], [5.2, 4.7, 4.2])
+    path = plot.plot(str(tmp_path))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
