@@ -59,6 +59,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from phi3_jax.data.quality import QualityFilter
 from phi3_jax.data.readers import (
     ON_BAD_RECORD,
+    BadRecordError,
     OnBadRecord,
     StrictJsonlReader,
     StrictParquetReader,
@@ -434,19 +435,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--slurm_time", default="4:00:00")
     args = parser.parse_args(argv)
     slurm = {"partition": args.slurm_partition, "time": args.slurm_time}
-    result = run(
-        args.input,
-        args.output,
-        args.quality_model,
-        args.work_dir,
-        args.executor,
-        args.tasks,
-        args.workers,
-        args.phase,
-        args.on_bad_record,
-        slurm,
-        args.tokenizer,
-    )
+    try:
+        result = run(
+            args.input,
+            args.output,
+            args.quality_model,
+            args.work_dir,
+            args.executor,
+            args.tasks,
+            args.workers,
+            args.phase,
+            args.on_bad_record,
+            slurm,
+            args.tokenizer,
+        )
+    except (BadRecordError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
     if result is None:
         print(
             f"jobs submitted; rerun the same command when they finish to write {args.output}/manifest.json"

@@ -66,7 +66,8 @@ class _Policy:
 
     def bad_record(self, filepath: str, where: str, reason: str, detail: object, count: int = 1):
         if self.on_bad_record == "raise":
-            raise BadRecordError(f"{filepath}: {where}: {reason}: {detail}")
+            path = self.data_folder.resolve_paths(filepath)
+            raise BadRecordError(f"{path}: {where}: {reason}: {detail}")
         self.stat_update(f"bad_{reason}", value=count)
 
 
