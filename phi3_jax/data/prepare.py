@@ -13,6 +13,10 @@ One pipeline definition, four datatrove stages chained by `depends`, runs on any
 4. `phase1` (N tasks): each task rereads its intermediate shard, drops all but one document of each
    cluster and writes `DIR/phase1/NNNNN.jsonl.zst`.
 
+Any number of tasks keeps the same documents, with one caveat of datatrove's MinHash: when the
+near-duplicates of a cluster sit in different input files, which one survives depends on how the
+files fall into tasks (the clusters, and so the number kept, do not).
+
 `--phase=2` adds a fifth stage, `phase2`, that rereads the phase-1 shards with stricter thresholds
 and writes `DIR/phase2/` (Phi-3's phase-2 web set is a subset of its phase-1 set). Shards hold one
 JSON object per line: `text`, `id`, `metadata` (source file, fastText `__label__hq` score). With
