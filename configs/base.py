@@ -212,3 +212,53 @@ def get_config(variant: str) -> ml_collections.ConfigDict:
     config.model.update(MODELS[variant])
     config.model.name = variant
     return config_lib.validate(config)
+
+
+# Pretraining recipe of the full-size variants. Phi-3's report does not publish its batch,
+# optimizer or schedule (PHI3.md §5.1 [U]); these are Llama 2's (Touvron et al. 2023,
+# arXiv:2307.09288 §2.2: AdamW b1=0.9, b2=0.95, eps=1e-5, cosine schedule with 2000 warmup steps
+# decaying to 10% of the peak, weight decay 0.1, gradient clipping 1.0, 4M-token batches), the
+# public record nearest in size (7B and 13B, peak lr 3e-4).
+LLAMA2_OPTIM = dict(
+    schedule="cosine",
+    b1=0.9,
+    b2=0.95,
+    eps=1e-5,
+    warmup_steps=2000,
+    min_lr_ratio=0.1,
+    weight_decay=0.1,
+    clip_norm=1.0,
+)
+# Llama 2's batch: 4M tokens (2^22).
+BATCH_TOKENS = 4 * 1024 * 1024
+
+
+def pretraining(
+    config: ml_collections.ConfigDict, *, tokens: float, seq_len: int, lr: float
+) -> ml_collections.ConfigDict:
+    """Sets a 4M-token global batch of `seq_len` rows, enough steps for `tokens`, and the Llama 2
+    optimizer at peak `lr`; phase 2 of the data mixture takes the last tenth of the steps (the
+    report gives no split)."""
+    config.train.seq_len = seq_len
+    config.train.global_batch_size = BATCH_TOKENS // seq_len
+    config.train.steps = -(-int(tokens) // BATCH_TOKENS)
+    config.optim.update(LLAMA2_OPTIM, lr=lr)
+    config.data.phase2_start_step = config.train.steps * 9 // 10
+    return config_lib.validate(config)
+
+
+def with_preset(
+    config: ml_collections.ConfigDict, arg: str | None, presets: dict[str, dict]
+) -> ml_collections.ConfigDict:
+    """Applies the named hardware preset (`tpu=v5e-256`, `gpu=h100x64`, ...): a dict of config
+    sections to update (mesh, model.remat, train.microbatches). No arg: the config as it is."""
+    if not arg:
+        return config
+    if arg not in presets:
+        raise config_lib.ConfigError(
+            f"preset={arg!r}: unknown for {config.model.name}; expected one of "
+            f"{', '.join(sorted(presets))}"
+        )
+    for section, values in presets[arg].items():
+        config[section].update(values)
+    return config_lib.validate(config)

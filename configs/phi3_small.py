@@ -1,12 +1,41 @@
-"""Phi-3-small (7.4B, 8K context); `--config=configs/phi3_small.py:tiny` for its test-size twin."""
+"""Phi-3-small (7.4B, 8K context); `--config=configs/phi3_small.py:tiny` for its test-size twin,
+`:tpu=v5e-256` etc. for a hardware preset."""
 
 from configs import base
 from phi3_jax.config import ConfigError
 
 _VARIANTS = {None: "small", "": "small", "tiny": "small_tiny"}
 
+# 512 rows of 8192 tokens. The dense layers' fp32 scores are [rows, heads, 8192, 8192], 4x a 4K
+# row's, so tensor parallelism splits the heads too.
+PRESETS = {
+    "tpu=v5e-256": dict(
+        mesh=dict(data=1, fsdp=64, tensor=4), model=dict(remat="full"), train=dict(microbatches=8)
+    ),
+    "tpu=v5p-128": dict(
+        mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=4)
+    ),
+    "tpu=v4-128": dict(
+        mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=8)
+    ),
+    "gpu=h100x64": dict(
+        mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=8)
+    ),
+}
+
 
 def get_config(arg: str | None = None):
-    if arg not in _VARIANTS:
-        raise ConfigError(f"configs/phi3_small.py:{arg}: unknown; expected nothing or 'tiny'")
-    return base.get_config(_VARIANTS[arg])
+    if arg in _VARIANTS:
+        config = base.get_config(_VARIANTS[arg])
+        if arg == "tiny":
+            return config
+    elif arg not in PRESETS:
+        raise ConfigError(
+            f"configs/phi3_small.py:{arg}: unknown; expected nothing, 'tiny' or one of "
+            f"{', '.join(sorted(PRESETS))}"
+        )
+    else:
+        config = base.get_config("small")
+    # 4.8T tokens at 8K context (report §2, PHI3.md §5.1); lr 3e-4 (Llama 2 7B).
+    config = base.pretraining(config, tokens=4.8e12, seq_len=8192, lr=3e-4)
+    return base.with_preset(config, arg or None, PRESETS)

@@ -1,0 +1,51 @@
+"""Matmul FLOPs of a traced program, loops counted by their trip counts.
+
+XLA's cost analysis of a compiled program counts a while-loop body once, whatever its trip count,
+so a step whose layers run under `nn.scan` (and whose microbatches run under `lax.scan`) reports
+a fraction of its work. Counting the dot_generals of the step's jaxpr both ways, with every scan
+iteration and with each body once, gives the FLOPs XLA left out. (The analytic count from the
+config is `phi3_jax.metrics.flops_per_token`.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.extend as jex
+
+
+def _dot_flops(eqn) -> int:
+    lhs = eqn.invars[0].aval.shape
+    (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
+    contracted = math.prod(lhs[d] for d in lhs_contracting)
+    return 2 * math.prod(eqn.outvars[0].aval.shape) * contracted
+
+
+def jaxpr_matmul_flops(jaxpr: jex.core.Jaxpr, *, loop_trips: bool = True) -> int:
+    """dot_general FLOPs of a jaxpr, nested calls included; a scan's body counts `length` times
+    (once with loop_trips=False, as XLA's cost analysis counts a loop). Conditionals count their
+    costliest branch."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            total += _dot_flops(eqn)
+            continue
+        inner = [
+            jaxpr_matmul_flops(sub, loop_trips=loop_trips)
+            for sub in jex.core.jaxprs_in_params(eqn.params)
+        ]
+        if not inner:
+            continue
+        if eqn.primitive.name == "cond":
+            total += max(inner)
+        elif eqn.primitive.name == "scan" and loop_trips:
+            total += eqn.params["length"] * sum(inner)
+        else:
+            total += sum(inner)
+    return total
+
+
+def uncounted_loop_flops(jaxpr: jex.core.Jaxpr) -> int:
+    """The matmul FLOPs of the scan iterations after each loop's first: what XLA's cost analysis
+    of the compiled program leaves out."""
+    return jaxpr_matmul_flops(jaxpr) - jaxpr_matmul_flops(jaxpr, loop_trips=False)
