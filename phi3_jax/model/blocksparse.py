@@ -152,8 +152,14 @@ def blocksparse_attention(
         local_pos[:, None] <= query_pos[:, :, None, None]
     )  # [n, q, w, j]
     local_same = query_segments == segments[:, local][:, None, None, :, None]
-    scores = [jnp.where(local_visible & local_same, local_scores * scale, neg)]
-    values = [v_local]
+    # (masked scores, values, einsum of probabilities and values) of each part.
+    parts = [
+        (
+            jnp.where(local_visible & local_same, local_scores * scale, neg),
+            v_local,
+            "bkgnqwj,bnwjkd->bnqkgd",
+        )
+    ]
 
     stripes, stripe_real = stripe_table(spec, num_heads, num_blocks)
     num_stripes = stripes.shape[-1]
@@ -175,17 +181,24 @@ def blocksparse_attention(
         )  # [kv, g, n, s]
         stripe_same = query_segments == segments[:, stripes][:, :, :, None, None]
         stripe_mask = stripe_visible[None, :, :, :, None, :, None] & stripe_same
-        scores.append(jnp.where(stripe_mask, stripe_scores * scale, neg))
-        values.append(v_stripes)
-
-    # One softmax over every scored key of a query: flatten (block, position in block).
-    widths = [s.shape[-2] * size for s in scores]
-    flat = jnp.concatenate([s.reshape(*s.shape[:-2], -1) for s in scores], axis=-1)
-    probs = jax.nn.softmax(flat, axis=-1).astype(v.dtype)
-    parts = jnp.split(probs, np.cumsum(widths)[:-1], axis=-1)
-    out = jnp.einsum("bkgnqwj,bnwjkd->bnqkgd", parts[0].reshape(local_scores.shape), values[0])
-    if num_stripes:
-        out += jnp.einsum(
-            "bkgnqsj,bkgsjd->bnqkgd", parts[1].reshape(stripe_scores.shape), values[1]
+        parts.append(
+            (
+                jnp.where(stripe_mask, stripe_scores * scale, neg),
+                v_stripes,
+                "bkgnqsj,bkgsjd->bnqkgd",
+            )
         )
+
+    # One softmax over both parts, without concatenating them: a shared max, then the weighted
+    # values of each part summed and divided by the total weight.
+    top = jnp.max(
+        jnp.stack([jnp.max(scores, axis=(-2, -1)) for scores, _, _ in parts]), axis=0
+    )  # [b, kv, g, n, q]; finite, since every query sees at least itself
+    weights = [jnp.exp(scores - top[..., None, None]) for scores, _, _ in parts]
+    total = sum(jnp.sum(w, axis=(-2, -1)) for w in weights)
+    out = sum(
+        jnp.einsum(spec, w.astype(v.dtype), values)
+        for w, (_, values, spec) in zip(weights, parts, strict=True)
+    )
+    out = out / jnp.moveaxis(total, (1, 2), (3, 4))[..., None].astype(v.dtype)
     return out.reshape(batch, padded, num_heads, head_dim)[:, :length]

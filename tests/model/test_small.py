@@ -338,7 +338,11 @@ def scanned_loss_and_grads():
     return loss_and_grads(config, random_params(config), TOKENS[:, :20])
 
 
-@pytest.mark.parametrize("scan_layers, remat", [(False, "none"), (True, "full")])
+@pytest.mark.parametrize(
+    "scan_layers, remat",
+    # Unrolling recompiles every layer's gradient: the slowest compile here.
+    [pytest.param(False, "none", marks=pytest.mark.slow), (True, "full")],
+)
 def test_scan_unroll_and_remat_agree(scan_layers, remat):
     want_loss, want_grads = scanned_loss_and_grads()
     config = tiny_config(scan_layers=scan_layers, remat=remat)
