@@ -458,7 +458,8 @@ def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
         _require_positive_int(f"mesh.{key}", mesh[key])
 
 
-def _rule_mesh_axes(mesh_axes) -> tuple:
+def rule_mesh_axes(mesh_axes) -> tuple[str, ...]:
+    """A rule's mesh axes as a tuple: None -> (), "fsdp" -> ("fsdp",), lists -> tuples."""
     if mesh_axes is None:
         return ()
     if isinstance(mesh_axes, str):
@@ -472,7 +473,7 @@ def validate_sharding(sharding: ml_collections.ConfigDict) -> None:
     for rule in sharding.logical_axis_rules:
         if len(rule) != 2 or not isinstance(rule[0], str):
             _fail(key, rule, "each rule must be a (logical name, mesh axes) pair")
-        axes = _rule_mesh_axes(rule[1])
+        axes = rule_mesh_axes(rule[1])
         unknown = [a for a in axes if a not in MESH_AXES]
         if unknown:
             _fail(key, rule, f"unknown mesh axis {unknown[0]!r}; mesh axes are {MESH_AXES}")

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from phi3_jax.config import MESH_AXES, ConfigError
+from phi3_jax.config import MESH_AXES, ConfigError, rule_mesh_axes
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -27,19 +27,13 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 BATCH_AXES = ("batch", "length")
 
 
-def _fail(key: str, value, why: str) -> None:
-    raise ConfigError(f"{key}={value!r}: {why}")
-
-
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """Total size of each mesh axis (DCN factor times in-slice size), with -1 resolved."""
     dcn = {"data": mesh_config.dcn_data, "fsdp": mesh_config.dcn_fsdp, "tensor": 1}
     num_slices = math.prod(dcn.values())
     if num_devices % num_slices:
-        _fail(
-            "mesh.dcn_data * mesh.dcn_fsdp",
-            num_slices,
-            f"must divide the device count {num_devices}",
+        raise ConfigError(
+            f"mesh.dcn_data * mesh.dcn_fsdp={num_slices}: must divide the device count {num_devices}"
         )
     per_slice = num_devices // num_slices
     ici = {axis: mesh_config[axis] for axis in MESH_AXES}
@@ -47,14 +41,14 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
     for axis, size in ici.items():
         if size == -1:
             if per_slice % fixed:
-                _fail(f"mesh.{axis}", -1, f"the other axes ({fixed}) do not divide {per_slice}")
+                raise ConfigError(
+                    f"mesh.{axis}=-1: the other axes ({fixed}) do not divide {per_slice}"
+                )
             ici[axis] = per_slice // fixed
     if math.prod(ici.values()) != per_slice:
-        _fail(
-            "mesh",
-            ici,
-            f"data*fsdp*tensor = {math.prod(ici.values())} but there are {per_slice} devices"
-            + (f" per slice ({num_slices} slices)" if num_slices > 1 else ""),
+        raise ConfigError(
+            f"mesh={ici}: data*fsdp*tensor = {math.prod(ici.values())} but there are "
+            f"{per_slice} devices" + (f" per slice ({num_slices} slices)" if num_slices > 1 else "")
         )
     return {axis: dcn[axis] * ici[axis] for axis in MESH_AXES}
 
@@ -87,10 +81,10 @@ def make_mesh(
 def logical_rules(config: ml_collections.ConfigDict) -> Rules:
     """The config's logical axis rules as hashable tuples (JSON round trips give lists)."""
 
-    def mesh_axes(axes):
-        return axes if axes is None or isinstance(axes, str) else tuple(axes)
+    def hashable(axes):
+        return axes if axes is None or isinstance(axes, str) else rule_mesh_axes(axes)
 
-    return tuple((name, mesh_axes(axes)) for name, axes in config.sharding.logical_axis_rules)
+    return tuple((name, hashable(axes)) for name, axes in config.sharding.logical_axis_rules)
 
 
 @contextlib.contextmanager
@@ -117,18 +111,12 @@ def _check_covered(path: str, logical: PartitionSpec, rules: Rules) -> None:
 
 def _check_divisible(path: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> None:
     for dim, axes in zip(shape, spec, strict=False):
-        size = math.prod(mesh.shape[a] for a in _mesh_axes_tuple(axes))
+        size = math.prod(mesh.shape[a] for a in rule_mesh_axes(axes))
         if dim % size:
             raise ConfigError(
                 f"mesh={dict(mesh.shape)}: {path} dim {dim} does not divide over mesh axes "
                 f"{axes} of size {size} (shape {shape}, spec {spec})"
             )
-
-
-def _mesh_axes_tuple(axes) -> tuple[str, ...]:
-    if axes is None:
-        return ()
-    return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
 def shardings(abstract_tree, logical_tree, mesh: Mesh, rules: Rules):
@@ -158,7 +146,7 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
 def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
     """How many ways the batch dimension is split (the product of its mesh axes)."""
     axes = batch_sharding(mesh, rules).spec[0]
-    return math.prod(mesh.shape[a] for a in _mesh_axes_tuple(axes))
+    return math.prod(mesh.shape[a] for a in rule_mesh_axes(axes))
 
 
 def process_rows(sharding: NamedSharding, global_batch_size: int) -> np.ndarray:
