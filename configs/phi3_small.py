@@ -7,17 +7,19 @@ from phi3_jax.config import ConfigError
 _VARIANTS = {None: "small", "": "small", "tiny": "small_tiny"}
 
 # 512 rows of 8192 tokens. The dense layers' fp32 scores are [rows, heads, 8192, 8192], 4x a 4K
-# row's, so tensor parallelism splits the heads too.
+# row's, so each chip takes one row per microbatch. On a TPU torus every mesh axis must be a
+# product of torus edges (4x4x4, 16x16): tensor=2 or 4 cannot be laid out there.
 PRESETS = {
     "tpu=v5e-256": dict(
-        mesh=dict(data=1, fsdp=64, tensor=4), model=dict(remat="full"), train=dict(microbatches=8)
+        mesh=dict(data=1, fsdp=256, tensor=1), model=dict(remat="full"), train=dict(microbatches=2)
     ),
     "tpu=v5p-128": dict(
-        mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=4)
+        mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
     ),
     "tpu=v4-128": dict(
-        mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=8)
+        mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
     ),
+    # 8 nodes of 8 H100-80G: tensor parallelism inside a pair of GPUs halves the heads per GPU.
     "gpu=h100x64": dict(
         mesh=dict(data=1, fsdp=32, tensor=2), model=dict(remat="full"), train=dict(microbatches=8)
     ),

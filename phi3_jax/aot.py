@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 import time
@@ -145,6 +146,9 @@ def num_slices(config: ml_collections.ConfigDict) -> int:
 
 def topology_devices(topology: Topology, slices: int = 1) -> list[jax.Device]:
     """Compile-only devices of `slices` copies of the slice."""
+    # libtpu locks /tmp/libtpu_lockfile for the one process that may drive the host's TPUs; a
+    # compiler drives none, so any number of planners (and test workers) may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     return list(topologies.get_topology_desc(**topology.desc_kwargs(slices)).devices)
 
 
@@ -153,11 +157,19 @@ def topology_mesh(config: ml_collections.ConfigDict, topology: Topology) -> jax.
     does not match the chips."""
     slices = num_slices(config)
     devices = topology_devices(topology, slices)
+    where = f"{slices} slices of {topology.chips}" if slices > 1 else f"{topology.chips}"
     try:
         return sharding.make_mesh(config.mesh, devices)
     except ConfigError as e:
-        where = f"{slices} slices of {topology.chips}" if slices > 1 else f"{topology.chips}"
         raise ConfigError(f"topology {topology.name} has {where} chips: {e}") from None
+    except NotImplementedError:
+        # jax lays each mesh axis along whole torus edges (mesh_utils.create_device_mesh).
+        shape = "x".join(map(str, topology.shape))
+        mesh = {axis: config.mesh[axis] for axis in config_lib.MESH_AXES}
+        raise ConfigError(
+            f"mesh={mesh}: topology {topology.name} is a {shape} torus of chips; every mesh "
+            "axis must be a product of its edges"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
