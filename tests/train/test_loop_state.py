@@ -26,23 +26,37 @@ def data_iterator():
     return iter(grain.MapDataset.range(100).to_iter_dataset())
 
 
-@pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 1)], ids=["8x1x1", "one-device"])
-def test_state_saved_on_2x4x1_restores_on_another_mesh(tmp_path, target):
-    source = small_config(mesh=(2, 4, 1))
+def config_on(mesh=(1, 1, 1), **train_overrides):
+    """train_fixtures' small config with 2 layers of width 64 (quicker to compile)."""
+    config = small_config(mesh, **train_overrides)
+    config.model.update(num_layers=2, hidden_size=64, intermediate_size=128)
+    return config
+
+
+@pytest.fixture(scope="module")
+def saved_on_2x4x1(tmp_path_factory):
+    """A checkpoint of the state after 2 steps on a (2,4,1) mesh, and that mesh's next step."""
+    path = str(tmp_path_factory.mktemp("ckpt"))
+    source = config_on(mesh=(2, 4, 1))
     _, _, state = run_steps(source, steps=2)
-    saved_iterator = data_iterator()
-    next(saved_iterator)
-    manager = checkpoint.make_manager(str(tmp_path), source)
-    checkpoint.save(manager, 2, state, saved_iterator, source)
+    iterator = data_iterator()
+    next(iterator)
+    manager = checkpoint.make_manager(path, source)
+    checkpoint.save(manager, 2, state, iterator, source)
     manager.wait_until_finished()
     manager.close()
     expected, _, _ = run_steps(source, initial=state, steps=1)
+    return path, expected[0]
 
-    config = small_config(mesh=target)
+
+@pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 1)], ids=["8x1x1", "one-device"])
+def test_state_saved_on_2x4x1_restores_on_another_mesh(saved_on_2x4x1, target):
+    path, expected = saved_on_2x4x1
+    config = config_on(mesh=target)
     devices = jax.devices()[: int(np.prod(target))]
     mesh = sharding.make_mesh(config.mesh, devices)
     iterator = data_iterator()
-    manager = checkpoint.make_manager(str(tmp_path), config)
+    manager = checkpoint.make_manager(path, config)
     restored, step = checkpoint.restore_latest(
         manager, state_lib.abstract_state(config, mesh), iterator, config
     )
@@ -54,8 +68,8 @@ def test_state_saved_on_2x4x1_restores_on_another_mesh(tmp_path, target):
     ):
         assert leaf.sharding == sharding_
     got, _, _ = run_steps(config, devices, initial=restored, steps=1)
-    assert abs(got[0]["loss"] - expected[0]["loss"]) <= 1e-6
-    assert abs(got[0]["grad_norm"] - expected[0]["grad_norm"]) <= 1e-6
+    assert abs(got[0]["loss"] - expected["loss"]) <= 1e-6
+    assert abs(got[0]["grad_norm"] - expected["grad_norm"]) <= 1e-6
 
 
 def poisoned(state):
@@ -67,7 +81,7 @@ def poisoned(state):
 
 
 def test_on_nan_skip_keeps_the_state_and_counts_the_step():
-    config = small_config(on_nan="skip")
+    config = config_on(on_nan="skip")
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     state = poisoned(state_lib.init_state(config, mesh))
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
@@ -95,15 +109,18 @@ def test_non_finite_loss_is_reported_with_its_step():
 
 
 def greedy_by_recomputing(config, params, prompt: list[int], n: int) -> list[int]:
+    """Greedy tokens, each from the logits of the whole sequence so far (no cache). The sequence
+    sits in a fixed-length buffer (one compilation): causal attention ignores what follows."""
     logits = jax.jit(functools.partial(model.logits, config))
-    tokens = list(prompt)
-    for _ in range(n):
-        tokens.append(int(jnp.argmax(logits(params, jnp.asarray([tokens]))[0, -1])))
-    return tokens[len(prompt) :]
+    tokens = np.zeros((1, len(prompt) + n), np.int32)
+    tokens[0, : len(prompt)] = prompt
+    for i in range(len(prompt), len(prompt) + n):
+        tokens[0, i] = int(jnp.argmax(logits(params, tokens)[0, i - 1]))
+    return tokens[0, len(prompt) :].tolist()
 
 
 def test_greedy_generation_with_the_cache_equals_recomputing():
-    config = small_config()
+    config = config_on()
     # Sharper logits than at init, so greedy choices are not near-ties.
     params = jax.tree.map(lambda x: 8 * x, model.init_params(config, jax.random.key(1)))
     prompt = [1, 17, 230, 45, 9]
