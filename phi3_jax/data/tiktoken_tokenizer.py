@@ -85,14 +85,19 @@ class TiktokenTokenizer:
     pad_id: int
     # Embedding rows (>= every id this tokenizer returns).
     vocab_size: int
+    # Special tokens that `encode` maps to their ids; the others (the model's masked dummy ids,
+    # whose logits are -inf) are encoded as ordinary text, so they never become targets.
+    allowed_special: frozenset[str]
 
     @functools.cached_property
     def _special_tokens(self) -> dict[int, str]:
         return {i: t for t, i in self.special_ids.items()}
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; special-token strings in it become their single ids."""
-        return self.encoding.encode(text, allowed_special="all")
+        """Ids of `text`; allowed special-token strings in it become their single ids."""
+        return self.encoding.encode(
+            text, allowed_special=self.allowed_special, disallowed_special=()
+        )
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special ids become their strings, any other unknown id is an error."""
@@ -107,10 +112,12 @@ def load_tiktoken_tokenizer(
     ranks_path: str,
     special_ids: dict[str, int] | None = None,
     vocab_size: int = PHI3_SMALL_VOCAB_SIZE,
+    masked_ids: Iterable[int] = PHI3_SMALL_DUMMY_TOKEN_IDS,
 ) -> TiktokenTokenizer:
     """Phi-3-small's tokenizer from a local ranks file (default: Phi-3-small's specials).
 
-    bos, eos and pad are all <|endoftext|>, as in Phi-3-small (it has no separate BOS).
+    bos, eos and pad are all <|endoftext|>, as in Phi-3-small (it has no separate BOS). Specials
+    with `masked_ids` are never produced by `encode`.
     """
     special_ids = dict(PHI3_SMALL_SPECIAL_TOKENS if special_ids is None else special_ids)
     ranks = load_ranks(ranks_path)
@@ -134,4 +141,5 @@ def load_tiktoken_tokenizer(
         eos_id=eos,
         pad_id=eos,
         vocab_size=vocab_size,
+        allowed_special=frozenset(t for t, i in special_ids.items() if i not in set(masked_ids)),
     )

@@ -43,6 +43,16 @@ def test_special_tokens(tokenizer):
     assert tokenizer.vocab_size == 100352
 
 
+def test_masked_specials_are_encoded_as_text(tokenizer):
+    """A literal "<|fim_prefix|>" or "<|dummy_id_3|>" in the data must not become its id: the
+    model's logit there is -inf, so as a target it would make the loss infinite."""
+    text = "<|fim_prefix|>x<|dummy_id_3|><|endoftext|>"
+    ids = tokenizer.encode(text)
+    assert ids[-1] == 100257
+    assert all(i < 256 + len(MERGES) for i in ids[:-1])
+    assert tokenizer.decode(ids) == text
+
+
 def test_dummy_ids_are_those_the_model_masks():
     """HF's dummy_token_indices: every <|dummy_id_N|>, the FIM tokens and <|endofprompt|>."""
     ids = tt.PHI3_SMALL_DUMMY_TOKEN_IDS
