@@ -345,8 +345,16 @@ def run_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """Read a Phi-3 HF directory: (a validated run config with its model section, numpy params)."""
-    model = model_config_from_hf(read_json(os.path.join(path, CONFIG_FILE)), path)
+    """Read a Phi-3 HF directory: (a validated run config with its model section, numpy params).
+
+    A Phi-3-small directory (model_type phi3small) is read by `hf_small`.
+    """
+    hf_config = read_json(os.path.join(path, CONFIG_FILE))
+    if hf_config.get("model_type") == "phi3small":
+        from phi3_jax.model import hf_small  # it builds on this module
+
+        return hf_small.load_hf(path)
+    model = model_config_from_hf(hf_config, path)
     params = params_from_hf(checkpoint_reader(path, hf_tensor_shapes(model)), model)
     return run_config(model), params
 
@@ -372,8 +380,12 @@ def save_hf(
 ) -> None:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
-    Tensors keep the params' dtype.
+    Tensors keep the params' dtype. Phi-3-small (architecture phi3small) is written by `hf_small`.
     """
+    if config.model.architecture == "phi3small":
+        from phi3_jax.model import hf_small  # it builds on this module
+
+        return hf_small.save_hf(config, params, path, max_shard_bytes=max_shard_bytes)
     write_checkpoint(
         path, model_config_to_hf(config.model), params_to_hf(params, config.model), max_shard_bytes
     )

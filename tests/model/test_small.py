@@ -246,6 +246,18 @@ def test_round_trip_bit_identical(exported, tmp_path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
+def test_generic_entry_points_dispatch_to_small(exported, tmp_path):
+    """hf.load_hf / hf.save_hf (the convert CLI's) handle Phi-3-small directories too."""
+    config, params, directory = exported
+    _, loaded = hf.load_hf(directory)
+    hf.save_hf(config, loaded, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / hf.CONFIG_FILE).read_text())["model_type"] == "phi3small"
+    first, second = tensors_of(directory), tensors_of(tmp_path / "out")
+    assert sorted(first) == sorted(second)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
 def write_single_file_dir(directory, hf_config, tensors):
     directory.mkdir()
     (directory / hf.CONFIG_FILE).write_text(json.dumps(hf_config))
