@@ -225,3 +225,20 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     result = run(blocker / "run", check=False)
     assert result.returncode == 1
     assert "not a writable directory" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sigterm_saves_a_last_checkpoint_and_exits_cleanly(straight, tmp_path):
+    workdir = tmp_path / "preempted"
+    process = start(workdir, **{"checkpoint.every_steps": 100})
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("step 3/"):
+            process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    assert any(line.startswith("received signal 15 at step") for line in lines), lines
+    saved = [int(name) for name in steps_on_disk(workdir)]
+    assert len(saved) == 1 and 3 <= saved[0] < STEPS
+    resumed = run(workdir)
+    assert f"resuming from step {saved[0]}" in resumed.stdout
+    assert losses(workdir)[STEPS] == losses(straight)[STEPS]
