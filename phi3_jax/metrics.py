@@ -96,6 +96,20 @@ def peak_flops(config: ml_collections.ConfigDict, devices=None) -> tuple[float, 
     raise ValueError(f"no peak FLOP/s known for {kind!r}; set --config.log.peak_flops")
 
 
+def throughput(
+    step_time: float, tokens_per_step: int, flops: Mapping[str, float], peak: float
+) -> dict[str, float]:
+    """step_time_s, tokens_per_s, MFU (model FLOPs over the peak) and HFU (remat included)."""
+    tokens_per_s = tokens_per_step / step_time
+    mfu = tokens_per_s * flops["model"] / peak
+    return {
+        "step_time_s": step_time,
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu,
+        "hfu": mfu * (1 + flops["remat"] / flops["model"]),
+    }
+
+
 def _format_duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

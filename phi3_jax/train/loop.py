@@ -223,10 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                     scalars["tokens_seen"] = float(step * tokens_per_step)
                     if timed:
                         step_time = (time.perf_counter() - timer) / timed
-                        scalars["step_time_s"] = step_time
-                        scalars["tokens_per_s"] = tokens_per_step / step_time
-                        scalars["mfu"] = scalars["tokens_per_s"] * flops["model"] / peak
-                        scalars["hfu"] = scalars["mfu"] * (1 + flops["remat"] / flops["model"])
+                        scalars |= metrics.throughput(step_time, tokens_per_step, flops, peak)
                     scalars |= _data_counters(iterator)
                     last.update(scalars)
                     log(metrics.progress_line(step, config.train.steps, scalars))

@@ -138,6 +138,13 @@ def test_flops_per_token_counts_6n_plus_attention_and_remat_apart():
     config.model.remat = "full"
     blocks = n - m.vocab_size * m.hidden_size
     assert metrics.flops_per_token(config)["remat"] == 2.0 * blocks + attention / 3
+    # 500 tokens/s of 1000 model FLOPs (+ 500 recomputed) on a 1 MFLOP/s peak.
+    assert metrics.throughput(2.0, 1000, {"model": 1000.0, "remat": 500.0}, 1e6) == {
+        "step_time_s": 2.0,
+        "tokens_per_s": 500.0,
+        "mfu": 0.5,
+        "hfu": 0.75,
+    }
 
 
 def test_plot_writes_loss_png_from_metrics(tmp_path):
