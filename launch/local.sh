@@ -96,10 +96,17 @@ for ((i = 0; i < num_processes; i++)); do
 done
 # The first process to fail stops the others; its status is the launcher's.
 status=0
-for ((left = num_processes; left > 0; left--)); do
-  if ! wait -n "${pids[@]}"; then
+running=("${pids[@]}")
+while [[ ${#running[@]} -gt 0 ]]; do
+  finished=""
+  if ! wait -n -p finished "${running[@]}"; then
     status=1
     stop_all
   fi
+  left=()
+  for pid in "${running[@]}"; do
+    if [[ "$pid" != "$finished" ]]; then left+=("$pid"); fi
+  done
+  running=("${left[@]}")
 done
 exit $status
