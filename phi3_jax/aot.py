@@ -261,7 +261,6 @@ def plan(config: ml_collections.ConfigDict, topology: Topology) -> Report:
     batch = abstract_batch(config, mesh)
     traced = train.make_train_step(config, mesh).trace(state, batch)
     start = time.perf_counter()
-    state_bytes = per_chip_bytes(state)
     error = None
     try:
         compiled = traced.lower().compile()
@@ -279,7 +278,9 @@ def plan(config: ml_collections.ConfigDict, topology: Topology) -> Report:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         error = str(e).splitlines()[0]
-        # The new state replaces the donated one; the metrics are a few scalars.
+        # Counted from the shardings: the new state replaces the donated one; the metrics are a
+        # few scalars.
+        state_bytes = per_chip_bytes(state)
         memory = Memory(
             argument=state_bytes + per_chip_bytes(batch),
             output=state_bytes,
@@ -422,7 +423,8 @@ def search(
 def format_search(found: list[tuple[Candidate, Report]]) -> str:
     """The table of fitting candidates, as found (best first)."""
     lines = [
-        "| mesh (data, fsdp, tensor) | remat | microbatches | GiB per chip | step s | MFU |",
+        f"| mesh ({', '.join(config_lib.MESH_AXES)}) | remat | microbatches | GiB per chip | "
+        "step s | MFU |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for candidate, report in found:

@@ -175,3 +175,19 @@ def test_parameters_too_big_for_the_chip_do_not_fit():
     assert arguments > 16
     assert "fits: no (needs" in result.stdout
     assert "per chip, the chip has 16.00 GiB" in result.stdout
+
+
+@pytest.mark.slow
+def test_search_lists_what_fits_best_first():
+    config = small_step_config()
+    logged = []
+    found = aot.search(
+        config, aot.parse_topology("v5e-4"), [1, 3], ["none"], [2, 1], log=logged.append
+    )
+    # tensor=3 does not divide 4 chips; microbatches go in increasing order and stop at the first
+    # fit, so one compile.
+    assert logged[0].startswith("skip tensor=3: topology v5e-4 has 4 chips: ")
+    assert [c for c, _ in found] == [aot.Candidate(tensor=1, remat="none", microbatches=1)]
+    table = aot.format_search(found).splitlines()
+    assert table[0].startswith("| mesh (")
+    assert table[2].startswith("| (1, 4, ") and "| none | 1 |" in table[2]
