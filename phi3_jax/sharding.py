@@ -156,7 +156,9 @@ def process_rows(sharding: NamedSharding, global_batch_size: int) -> np.ndarray:
     return np.array(sorted(rows))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding, global_batch_size):
+def global_batch(
+    local_batch: dict[str, np.ndarray], sharding: NamedSharding, global_batch_size: int
+) -> dict[str, jax.Array]:
     """Global arrays from this process's rows (see `process_rows`), each process feeding its part."""
     return {
         key: jax.make_array_from_process_local_data(
