@@ -1,5 +1,5 @@
 """Phi-3-small (7.4B, 8K context); `--config=configs/phi3_small.py:tiny` for its test-size twin,
-`:tpu=v5e-256` etc. for a hardware preset."""
+`:tpu=v5p-128` etc. for a hardware preset."""
 
 from configs import base
 from phi3_jax.config import ConfigError
@@ -8,11 +8,9 @@ _VARIANTS = {None: "small", "": "small", "tiny": "small_tiny"}
 
 # 512 rows of 8192 tokens. The dense layers' fp32 scores are [rows, heads, 8192, 8192], 4x a 4K
 # row's, so each chip takes one row per microbatch. On a TPU torus every mesh axis must be a
-# product of torus edges (4x4x4, 16x16): tensor=2 or 4 cannot be laid out there.
+# product of torus edges (4x4x4, 16x16): tensor=2 or 4 cannot be laid out there. There is no v5e
+# preset: one row per chip needs 17.2 GiB of a v5e chip's 16 (python -m phi3_jax.aot, README).
 PRESETS = {
-    "tpu=v5e-256": dict(
-        mesh=dict(data=1, fsdp=256, tensor=1), model=dict(remat="full"), train=dict(microbatches=2)
-    ),
     "tpu=v5p-128": dict(
         mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
     ),
