@@ -15,6 +15,8 @@ import ml_collections
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 ROPE_SCALINGS = ("none", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Attention kernels (phi3_jax.model.attention); one the backend cannot run falls back with a log line.
+ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "splash", "chunked")
 # phi3: mini/medium (RMSNorm, SwiGLU, untied); phi3small: Phi-3-small (LayerNorm, GEGELU, muP, blocksparse).
 ARCHITECTURES = ("phi3", "phi3small")
 # Shard formats of a data source (jsonl covers .jsonl, .jsonl.gz and .jsonl.zst).
@@ -78,6 +80,11 @@ def default_model_config() -> ml_collections.ConfigDict:
     # Rematerialisation of each block: none, full, dots (save all matmul outputs),
     # dots_no_batch (save matmuls without batch dimensions, i.e. the projections).
     m.remat = "none"
+    # Attention kernel (phi3 only): einsum (plain), xla | cudnn (jax.nn.dot_product_attention),
+    # splash (TPU Pallas), chunked (online softmax over key chunks, no [q, k] score matrix).
+    m.attention = "einsum"
+    # chunked: keys per chunk (must divide train.seq_len; a shorter sequence is one chunk).
+    m.attention_chunk = 512
     # Decoder family: "phi3" or "phi3small"; the keys below are read by phi3small only.
     m.architecture = "phi3"
     # LayerNorm epsilon (Phi-3-small's norms are LayerNorms with a bias).
@@ -108,18 +115,21 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 SCHEDULES = ("cosine", "wsd")
 WEIGHT_DECAY_MASKS = ("all", "no_norms", "no_norms_no_embedding")
 
 
 def default_mesh_config() -> ml_collections.ConfigDict:
-    """Device mesh axes (data, fsdp, tensor); the total device count is their product."""
+    """Device mesh axes (data, fsdp, sequence, tensor); the device count is their product."""
     m = ml_collections.ConfigDict()
     # Pure data parallelism within a slice: replicas of the (fsdp, tensor) sharded model; -1 = rest.
     m.data = 1
     # Fully sharded data parallelism within a slice: batch and the params' embed dim; -1 = rest.
     m.fsdp = -1
+    # Sequence (context) parallelism: activations split along the sequence (rule length ->
+    # sequence); attention gathers keys/values over it. For long context (mini-128k).
+    m.sequence = 1
     # Tensor parallelism: heads, kv heads, mlp and vocab split over it; -1 = all remaining devices.
     m.tensor = 1
     # Cross-slice (DCN) factor of the data axis for multi-slice TPU; total data = dcn_data * data.
@@ -136,7 +146,7 @@ def default_sharding_config() -> ml_collections.ConfigDict:
     # semantics). Every logical name a parameter uses must appear; None replicates explicitly.
     s.logical_axis_rules = (
         ("batch", ("data", "fsdp")),
-        ("length", None),
+        ("length", "sequence"),
         ("vocab", "tensor"),
         ("embed", "fsdp"),
         ("heads", "tensor"),
@@ -163,6 +173,9 @@ def default_train_config() -> ml_collections.ConfigDict:
     t.microbatches = 1
     # Coefficient of the z-loss, mean of logsumexp(logits)^2 over real tokens (PaLM: 1e-4); 0 off.
     t.z_loss = 0.0
+    # Cross-entropy over sequence chunks of this many positions (phi3 only; must divide seq_len),
+    # so only one chunk's fp32 logits exist at a time; 0 computes all logits at once.
+    t.loss_chunk = 0
     # A NaN/inf loss or grad norm: "stop" (report its step, exit) or "skip" (keep the old params).
     t.on_nan = "stop"
     return t
@@ -359,6 +372,7 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
         ("param_dtype", MODEL_DTYPES),
         ("rope_scaling", ROPE_SCALINGS),
         ("remat", REMAT_POLICIES),
+        ("attention", ATTENTION_IMPLEMENTATIONS),
     ):
         if model[key] not in allowed:
             _fail(f"{prefix}.{key}", model[key], f"must be one of {', '.join(allowed)}")
@@ -372,6 +386,7 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
             model.architecture,
             f"must be one of {', '.join(ARCHITECTURES)}",
         )
+    _require_positive_int(f"{prefix}.attention_chunk", model.attention_chunk)
     if model.architecture == "phi3small":
         _validate_small(model, prefix)
 
@@ -406,6 +421,8 @@ def _validate_small(model: ml_collections.ConfigDict, prefix: str) -> None:
             _fail(f"{prefix}.{key}", model[key], "must lie in [0, 1)")
     if model.rope_scaling != "none":
         _fail(f"{prefix}.rope_scaling", model.rope_scaling, "phi3small supports only none (8K)")
+    if model.attention != "einsum":
+        _fail(f"{prefix}.attention", model.attention, "phi3small has its own kernels; use einsum")
     bad = [
         i for i in model.dummy_token_ids if not (isinstance(i, int) and 0 <= i < model.vocab_size)
     ]
@@ -502,8 +519,22 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
         )
     if not train.z_loss >= 0:
         _fail("train.z_loss", train.z_loss, "must be >= 0")
+    _validate_chunks(config)
     if train.on_nan not in ON_NAN:
         _fail("train.on_nan", train.on_nan, f"must be one of {', '.join(ON_NAN)}")
+
+
+def _validate_chunks(config: ml_collections.ConfigDict) -> None:
+    train, model = config.train, config.model
+    if not _is_int(train.loss_chunk) or train.loss_chunk < 0:
+        _fail("train.loss_chunk", train.loss_chunk, "must be an integer >= 0 (0: off)")
+    if train.loss_chunk and train.seq_len % train.loss_chunk:
+        _fail("train.loss_chunk", train.loss_chunk, f"must divide train.seq_len={train.seq_len}")
+    if train.loss_chunk and model.architecture != "phi3":
+        _fail("train.loss_chunk", train.loss_chunk, "is implemented for architecture phi3 only")
+    chunk = model.attention_chunk
+    if model.attention == "chunked" and train.seq_len > chunk and train.seq_len % chunk:
+        _fail("model.attention_chunk", chunk, f"must divide train.seq_len={train.seq_len}")
 
 
 def validate_optim(config: ml_collections.ConfigDict) -> None:

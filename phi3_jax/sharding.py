@@ -1,9 +1,9 @@
 """The device mesh and the logical axis rules that place every array on it.
 
 The model names its axes logically (`embed`, `heads`, `batch`, ...); the config's rules map those
-names onto the mesh axes `data`, `fsdp` and `tensor`. Shardings are derived from shapes and
-logical names alone, so nothing full-size is built to learn them, and a parameter whose logical
-names no rule covers is an error naming it: nothing is silently replicated.
+names onto the mesh axes `data`, `fsdp`, `sequence` and `tensor`. Shardings are derived from
+shapes and logical names alone, so nothing full-size is built to learn them, and a parameter whose
+logical names no rule covers is an error naming it: nothing is silently replicated.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ BATCH_AXES = ("batch", "length")
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """Total size of each mesh axis (DCN factor times in-slice size), with -1 resolved."""
-    dcn = {"data": mesh_config.dcn_data, "fsdp": mesh_config.dcn_fsdp, "tensor": 1}
+    dcn = _dcn_factors(mesh_config)
     num_slices = math.prod(dcn.values())
     if num_devices % num_slices:
         raise ConfigError(
@@ -53,10 +53,17 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
     return {axis: dcn[axis] * ici[axis] for axis in MESH_AXES}
 
 
+def _dcn_factors(mesh_config: ml_collections.ConfigDict) -> dict[str, int]:
+    """Cross-slice factor of each mesh axis (only data and fsdp span slices)."""
+    factors = dict.fromkeys(MESH_AXES, 1)
+    factors.update(data=mesh_config.dcn_data, fsdp=mesh_config.dcn_fsdp)
+    return factors
+
+
 def make_mesh(
     mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-    """The (data, fsdp, tensor) mesh over `devices` (default: all), axes of Auto type.
+    """The (data, fsdp, sequence, tensor) mesh over `devices` (default: all), axes of Auto type.
 
     Auto axes let GSPMD propagate shardings from linen's logical constraints. With a DCN split,
     the outer factor of data/fsdp spans slices (processes when there is a single slice).
@@ -64,7 +71,7 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_config, len(devices))
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    dcn_shape = (mesh_config.dcn_data, mesh_config.dcn_fsdp, 1)
+    dcn_shape = tuple(_dcn_factors(mesh_config).values())
     if math.prod(dcn_shape) == 1:
         return jax.make_mesh(
             tuple(shape.values()), MESH_AXES, axis_types=axis_types, devices=devices
@@ -150,8 +157,12 @@ def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
 
 
 def process_rows(sharding: NamedSharding, global_batch_size: int) -> np.ndarray:
-    """The global batch rows this process feeds, ascending (replicas across processes repeat)."""
-    index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+    """The global batch rows this process feeds, ascending (replicas across processes repeat).
+
+    A process feeds whole rows; with sequence parallelism its devices take their parts of them.
+    """
+    rows_only = NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0]))
+    index_map = rows_only.addressable_devices_indices_map((global_batch_size,))
     rows = {r for index in index_map.values() for r in range(global_batch_size)[index[0]]}
     return np.array(sorted(rows))
 

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from phi3_jax import config as config_lib
+from phi3_jax.model import attention
 
 Array = jax.Array
 
@@ -139,7 +140,8 @@ class Attention(nn.Module):
         self, x: Array, cos: Array, sin: Array, mask: Array, kv: dict | None, index: Array | None
     ) -> tuple[Array, dict | None]:
         """Attention output, and the key/value cache `kv` with this call's keys written at
-        `index` (kv is None when not decoding)."""
+        `index` (kv is None when not decoding). `mask` is boolean [batch, q, k], or in training
+        with a fast kernel the segment ids [batch, length] (see attention.uses_segment_ids)."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         q_shape = (m.hidden_size, m.num_heads, head_dim)
@@ -160,18 +162,11 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), (0, index, 0, 0))
             kv = {"k": k, "v": v}
 
-        batch, length = x.shape[:2]
-        # Query head h uses kv head h // group (HF's repeat_kv), so split heads into (kv, group).
-        group = m.num_heads // m.num_kv_heads
-        q = q.reshape(batch, length, m.num_kv_heads, group, head_dim)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
-        scores = scores * head_dim**-0.5
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(
-            batch, length, m.num_heads, head_dim
+        # Decoding attends over the cache with its mask; training runs the configured kernel.
+        impl = "einsum" if kv is not None else attention.resolve(m.attention, m.dtype)
+        out = nn.with_logical_constraint(
+            attention.attend(m, q, k, v, mask, impl), ("batch", "length", "heads", None)
         )
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
         out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from phi3_jax.model import layers, small
+from phi3_jax.model import attention, layers, small
 
 Array = jax.Array
 
@@ -54,6 +54,9 @@ class Phi3(nn.Module):
     """The Phi-3 causal language model (mini, mini-128K, medium)."""
 
     model: ml_collections.ConfigDict
+    # True: return the final-norm hidden states instead of logits (the loss applies lm_head per
+    # sequence chunk, see `lm_head_logits`).
+    hidden_only: bool = False
 
     @nn.compact
     def __call__(
@@ -74,7 +77,11 @@ class Phi3(nn.Module):
         cos, sin = layers.rotary_cos_sin(m, positions)
         if cache is None:
             kv, index = None, None
-            mask = layers.attention_mask(segment_ids, m.sliding_window)
+            # Fast kernels build their masks blockwise from the segment ids.
+            if attention.uses_segment_ids(m):
+                mask = segment_ids
+            else:
+                mask = layers.attention_mask(segment_ids, m.sliding_window)
         else:
             kv, index = cache["kv"], cache["index"]
             cache_length = kv["k"].shape[2]
@@ -92,18 +99,26 @@ class Phi3(nn.Module):
         )
         x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index)
         x = layers.RMSNorm(m, name="norm")(x)
-        out = nn.DenseGeneral(
-            m.vocab_size,
-            use_bias=False,
-            dtype=layers.dtype_of(m.dtype),
-            param_dtype=layers.dtype_of(m.param_dtype),
-            kernel_init=layers.normal_init(m, ("embed", "vocab")),
-            name="lm_head",
-        )(x)
-        out = nn.with_logical_constraint(out.astype(jnp.float32), ("batch", "length", "vocab"))
+        if self.hidden_only:
+            return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+        out = nn.with_logical_constraint(
+            lm_head(m, name="lm_head")(x).astype(jnp.float32), ("batch", "length", "vocab")
+        )
         if cache is None:
             return out, None
         return out, {"kv": kv, "index": index + tokens.shape[1]}
+
+
+def lm_head(model: ml_collections.ConfigDict, name: str | None = None) -> nn.DenseGeneral:
+    """The output projection hidden -> vocab (compute dtype; callers cast to float32)."""
+    return nn.DenseGeneral(
+        model.vocab_size,
+        use_bias=False,
+        dtype=layers.dtype_of(model.dtype),
+        param_dtype=layers.dtype_of(model.param_dtype),
+        kernel_init=layers.normal_init(model, ("embed", "vocab")),
+        name=name,
+    )
 
 
 def _dummy_inputs() -> tuple[Array, Array, Array]:
@@ -142,6 +157,16 @@ def param_count(config: ml_collections.ConfigDict) -> int:
     return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
 
 
+def _default_inputs(tokens, positions, segment_ids) -> tuple[Array, Array, Array]:
+    """int32 tokens; positions 0..seq-1 and one segment per row unless given."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    if segment_ids is None:
+        segment_ids = jnp.ones_like(tokens)
+    return tokens, positions, segment_ids
+
+
 def logits(
     config: ml_collections.ConfigDict,
     params,
@@ -157,16 +182,33 @@ def logits(
     (positions restarting per document, segment 0 for padding). A `dropout_rng` turns dropout on
     (training); without one the model is deterministic. Phi-3 mini/medium have no dropout.
     """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    if positions is None:
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    if segment_ids is None:
-        segment_ids = jnp.ones_like(tokens)
+    tokens, positions, segment_ids = _default_inputs(tokens, positions, segment_ids)
     if config.model.architecture == "phi3small":
         model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)
     return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)[0]
+
+
+def hidden_states(
+    config: ml_collections.ConfigDict,
+    params,
+    tokens: Array,
+    *,
+    positions: Array | None = None,
+    segment_ids: Array | None = None,
+) -> Array:
+    """The final-norm hidden states [batch, seq, hidden] that `logits` projects (phi3 only);
+    `lm_head_logits` of them equals `logits`."""
+    tokens, positions, segment_ids = _default_inputs(tokens, positions, segment_ids)
+    model = Phi3(config.model, hidden_only=True)
+    return model.apply({"params": params}, tokens, positions, segment_ids)[0]
+
+
+def lm_head_logits(config: ml_collections.ConfigDict, params, hidden: Array) -> Array:
+    """float32 logits of (a slice of) `hidden_states` (phi3 only)."""
+    head = lm_head(config.model)
+    return head.apply({"params": params["lm_head"]}, hidden).astype(jnp.float32)
 
 
 def init_cache(config: ml_collections.ConfigDict, batch: int, length: int) -> dict:

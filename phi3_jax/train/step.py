@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi3_jax import model, sharding
 from phi3_jax.config import ConfigError
+from phi3_jax.model import attention
 from phi3_jax.train import optim
 from phi3_jax.train import state as state_lib
 from phi3_jax.train.state import TrainState
@@ -33,22 +34,46 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def loss_sums(config: ml_collections.ConfigDict, params, batch: Batch) -> Metrics:
+def token_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> Metrics:
     """Sums over loss-masked tokens of the cross-entropy (`ce`) and of logsumexp^2 (`z`)."""
-    logits = model.logits(
-        config,
-        params,
-        batch["tokens"],
-        positions=batch["positions"],
-        segment_ids=batch["segment_ids"],
-    )
     log_normalizer = jax.nn.logsumexp(logits, axis=-1)
-    target_logits = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
-    mask = batch["loss_mask"].astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    mask = loss_mask.astype(jnp.float32)
     return {
         "ce": jnp.sum((log_normalizer - target_logits) * mask),
         "z": jnp.sum(jnp.square(log_normalizer) * mask),
     }
+
+
+def chunked_token_sums(config: ml_collections.ConfigDict, params, hidden, batch: Batch) -> Metrics:
+    """`token_sums` of the logits of `hidden` [batch, seq, embed], train.loss_chunk positions at
+    a time: each chunk's fp32 logits are made, reduced and (in the backward pass) remade, so only
+    one chunk's [batch, loss_chunk, vocab] logits exist at once. Chunks are strided
+    (`attention.strided_chunks`), so a sequence-sharded `hidden` stays sharded."""
+    chunks = hidden.shape[1] // config.train.loss_chunk
+
+    @jax.checkpoint
+    def accumulate(sums: Metrics, chunk) -> tuple[Metrics, None]:
+        h, targets, loss_mask = chunk
+        new = token_sums(model.lm_head_logits(config, params, h), targets, loss_mask)
+        return jax.tree.map(jnp.add, sums, new), None
+
+    zeros = {"ce": jnp.zeros(()), "z": jnp.zeros(())}
+    xs = tuple(
+        attention.strided_chunks(x, chunks) for x in (hidden, batch["targets"], batch["loss_mask"])
+    )
+    return jax.lax.scan(accumulate, zeros, xs)[0]
+
+
+def loss_sums(config: ml_collections.ConfigDict, params, batch: Batch) -> Metrics:
+    """Sums over loss-masked tokens of the cross-entropy (`ce`) and of logsumexp^2 (`z`); with
+    train.loss_chunk the logits are made chunk by chunk (`chunked_token_sums`)."""
+    inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
+    if config.train.loss_chunk:
+        hidden = model.hidden_states(config, params, batch["tokens"], **inputs)
+        return chunked_token_sums(config, params, hidden, batch)
+    logits = model.logits(config, params, batch["tokens"], **inputs)
+    return token_sums(logits, batch["targets"], batch["loss_mask"])
 
 
 def split_microbatches(batch: Batch, microbatches: int) -> Batch:

@@ -1,0 +1,283 @@
+"""Attention kernels behind `model.attention`, all with one contract and the same numbers.
+
+Every kernel takes q [batch, length, heads, head_dim] and k, v [batch, length, kv_heads, head_dim]
+(query head h reads kv head h // (heads // kv_heads), HF's repeat_kv) and returns
+[batch, length, heads, head_dim]. Keys are visible causally, inside the sliding window if any, and
+within the query's segment (0 = padding):
+
+  einsum   the plain path: grouped einsums over the full [q, k] score matrix and a precomputed mask
+  xla      `jax.nn.dot_product_attention`, XLA implementation
+  cudnn    `jax.nn.dot_product_attention`, cuDNN's fused kernel (GPU, bf16/fp16)
+  splash   the Pallas splash attention kernel with segment ids (TPU)
+  chunked  online softmax over key chunks with a flash-style backward: never forms the [q, k]
+           score matrix, only [q, chunk] blocks, on any backend
+
+A kernel the backend cannot run is replaced by the best one it can (`select`), with a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from phi3_jax import config as config_lib
+
+Array = jax.Array
+
+_LOG = logging.getLogger(__name__)
+# Scores of invisible keys; finite so a row whose first chunk is all masked yields no NaN.
+_MASKED = jnp.finfo(jnp.float32).min
+# Logical names of k/v gathered whole along the sequence (sequence parallelism keeps q sharded).
+_GATHERED_KV = ("batch", None, "kv_heads", None)
+_SHARDED_KV = ("batch", "length", "kv_heads", None)
+
+
+def select(requested: str, platform: str, dtype: str, splash_available: bool) -> tuple[str, str]:
+    """The kernel to run for `requested` on `platform` (cpu|gpu|tpu) at compute `dtype`, and why
+    it differs from the request ("" when it does not)."""
+    fallback = "cudnn" if platform == "gpu" and dtype in ("bfloat16", "float16") else "xla"
+    if requested == "splash" and platform != "tpu":
+        return fallback, f"splash attention runs on TPU only, not {platform}"
+    if requested == "splash" and not splash_available:
+        return "xla", "jax.experimental.pallas.ops.tpu.splash_attention is not importable"
+    if requested == "cudnn" and platform != "gpu":
+        return "xla", f"cuDNN attention runs on GPU only, not {platform}"
+    if requested == "cudnn" and dtype not in ("bfloat16", "float16"):
+        return "xla", f"cuDNN attention needs bfloat16 or float16, not {dtype}"
+    return requested, ""
+
+
+@functools.cache
+def _splash_available() -> bool:
+    try:
+        from jax.experimental.pallas.ops.tpu import splash_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def resolve(requested: str, dtype: str) -> str:
+    """`select` on the default backend; logs a fallback once per (request, dtype)."""
+    platform = jax.default_backend()
+    chosen, why = select(requested, platform, dtype, _splash_available())
+    if why:
+        _LOG.warning("model.attention=%s: %s; using %s instead", requested, why, chosen)
+    return chosen
+
+
+def uses_segment_ids(model: ml_collections.ConfigDict) -> bool:
+    """Whether the training blocks receive segment ids (fast paths) rather than the full mask."""
+    return model.attention != "einsum"
+
+
+def _group(q: Array, kv_heads: int) -> Array:
+    """[b, l, heads, d] -> [b, l, kv_heads, group, d]."""
+    b, length, heads, d = q.shape
+    return q.reshape(b, length, kv_heads, heads // kv_heads, d)
+
+
+def einsum_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+    """The plain path; `mask` is boolean [batch, q, k]."""
+    b, length, heads, d = q.shape
+    scores = jnp.einsum(
+        "bqkgd,bskd->bkgqs", _group(q, k.shape[2]), k, preferred_element_type=jnp.float32
+    )
+    scores = jnp.where(mask[:, None, None], scores * scale, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, heads, d)
+
+
+def dot_product_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, scale: float, window: int, impl: str
+) -> Array:
+    """`jax.nn.dot_product_attention` (impl "xla" or "cudnn"): causal and window as flags,
+    segments as a mask."""
+    same_segment = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        mask=same_segment,
+        scale=scale,
+        is_causal=True,
+        local_window_size=(window - 1, 0) if window else None,
+        implementation=impl,
+    )
+
+
+def splash_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    segment_ids: Array,
+    scale: float,
+    window: int,
+    interpret: bool = False,
+) -> Array:
+    """Pallas splash attention (TPU; `interpret=True` runs it anywhere, slowly, for tests). GQA
+    runs the multi-query kernel once per kv head; the scale is folded into q."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as kernels,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as masks,
+    )
+
+    b, length, heads, d = q.shape
+    kv_heads = k.shape[2]
+    shape = (length, length)
+    head_mask = masks.LocalMask(shape, (window - 1, 0), 0) if window else masks.CausalMask(shape)
+    kernel = kernels.make_splash_mqa_single_device(
+        masks.MultiHeadMask([head_mask] * (heads // kv_heads)), interpret=interpret
+    )
+
+    def one_kv_head(q, k, v, segments):  # q [group, l, d]; k, v [l, d]
+        return kernel(q, k, v, segment_ids=kernels.SegmentIds(q=segments, kv=segments))
+
+    per_row = jax.vmap(one_kv_head, in_axes=(0, 0, 0, None))
+    q = (_group(q, kv_heads) * jnp.asarray(scale, q.dtype)).transpose(0, 2, 3, 1, 4)
+    out = jax.vmap(per_row)(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, d)
+
+
+def strided_chunks(x: Array, chunks: int) -> Array:
+    """[b, l, ...] -> [chunks, b, l // chunks, ...]; chunk j holds positions j, j + chunks, ...
+
+    Strided so that a sequence-sharded x stays sharded: each device's contiguous block of
+    positions is its contiguous share of every chunk, and a scan over chunks moves no data.
+    """
+    return jnp.moveaxis(x.reshape(x.shape[0], -1, chunks, *x.shape[2:]), 2, 0)
+
+
+def _unchunk(x: Array) -> Array:
+    """Inverse of `strided_chunks`."""
+    x = jnp.moveaxis(x, 0, 2)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _block_mask(segment_ids: Array, kv_segments: Array, kv_index: Array, window: int) -> Array:
+    """Boolean [b, 1, 1, q, chunk]: which keys of one chunk each query sees."""
+    # Deferred import: layers imports this module for its kernels.
+    from phi3_jax.model.layers import causal_mask
+
+    q_index = jnp.arange(segment_ids.shape[1])
+    visible = causal_mask(q_index, kv_index, window)[None]
+    visible &= segment_ids[:, :, None] == kv_segments[:, None, :]
+    return visible[:, None, None]
+
+
+def _gather_kv(*arrays: Array) -> list[Array]:
+    """A key chunk (k, v, segment ids) whole on every device; a no-op without sequence sharding."""
+    return [nn.with_logical_constraint(x, _GATHERED_KV[: x.ndim]) for x in arrays]
+
+
+def _key_chunks(k: Array, v: Array, segment_ids: Array, chunks: int) -> tuple[Array, ...]:
+    """Scan inputs over key chunks: k, v, segment ids and the positions of each chunk."""
+    length = k.shape[1]
+    positions = jnp.arange(length).reshape(-1, chunks).T
+    return (*(strided_chunks(x, chunks) for x in (k, v, segment_ids)), positions)
+
+
+def _chunk_scores(q, k_chunk, segment_ids, kv_segments, kv_index, scale, window):
+    """Scaled scores [b, kv, g, q, chunk] and visibility of one key chunk."""
+    scores = jnp.einsum("bqkgd,bckd->bkgqc", q, k_chunk, preferred_element_type=jnp.float32)
+    return scores * scale, _block_mask(segment_ids, kv_segments, kv_index, window)
+
+
+def _chunked_forward(q, k, v, segment_ids, scale, window, chunk):
+    """Output [b, q, kv, g, d] and log-sum-exp [b, kv, g, q] by online softmax over key chunks."""
+    b, length, kv_heads, group, d = q.shape
+
+    def step(carry, x):
+        running_max, total, acc = carry
+        k_chunk, v_chunk, kv_seg = _gather_kv(*x[:3])
+        kv_index = x[3]
+        scores, visible = _chunk_scores(q, k_chunk, segment_ids, kv_seg, kv_index, scale, window)
+        new_max = jnp.maximum(running_max, jnp.max(jnp.where(visible, scores, _MASKED), -1))
+        probs = jnp.where(visible, jnp.exp(scores - new_max[..., None]), 0.0)
+        correction = jnp.exp(running_max - new_max)
+        total = total * correction + jnp.sum(probs, -1)
+        update = jnp.einsum(
+            "bkgqc,bckd->bkgqd", probs.astype(v.dtype), v_chunk, preferred_element_type=jnp.float32
+        )
+        return (new_max, total, acc * correction[..., None] + update), None
+
+    stats = jnp.full((b, kv_heads, group, length), _MASKED)
+    init = (stats, jnp.zeros_like(stats), jnp.zeros((b, kv_heads, group, length, d), jnp.float32))
+    xs = _key_chunks(k, v, segment_ids, length // chunk)
+    (running_max, total, acc), _ = jax.lax.scan(step, init, xs)
+    out = (acc / total[..., None]).astype(q.dtype).transpose(0, 3, 1, 2, 4)
+    return out, running_max + jnp.log(total)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _chunked(q, k, v, segment_ids, scale, window, chunk):
+    return _chunked_forward(q, k, v, segment_ids, scale, window, chunk)[0]
+
+
+def _chunked_fwd(q, k, v, segment_ids, scale, window, chunk):
+    out, lse = _chunked_forward(q, k, v, segment_ids, scale, window, chunk)
+    # k and v as they came in (sharded along the sequence, if it is): each chunk is gathered
+    # again when the backward pass reaches it.
+    return out, (q, k, v, segment_ids, out, lse)
+
+
+def _chunked_bwd(scale, window, chunk, residuals, d_out):
+    """Flash-attention backward: per key chunk, recompute the probabilities from the saved
+    log-sum-exp, then dV = P^T dO, dS = P (dO V^T - rowsum(dO * O)), dQ += dS K, dK = dS^T Q."""
+    q, k, v, segment_ids, out, lse = residuals
+    d_out = d_out.astype(jnp.float32).transpose(0, 2, 3, 1, 4)  # [b, kv, g, q, d]
+    delta = jnp.sum(d_out * out.astype(jnp.float32).transpose(0, 2, 3, 1, 4), -1)
+
+    def step(d_q, x):
+        k_chunk, v_chunk, kv_seg = _gather_kv(*x[:3])
+        kv_index = x[3]
+        scores, visible = _chunk_scores(q, k_chunk, segment_ids, kv_seg, kv_index, scale, window)
+        probs = jnp.where(visible, jnp.exp(scores - lse[..., None]), 0.0)
+        d_v = jnp.einsum("bkgqc,bkgqd->bckd", probs, d_out)
+        d_probs = jnp.einsum("bkgqd,bckd->bkgqc", d_out, v_chunk.astype(jnp.float32))
+        d_scores = probs * (d_probs - delta[..., None]) * scale
+        d_q = d_q + jnp.einsum("bkgqc,bckd->bqkgd", d_scores, k_chunk.astype(jnp.float32))
+        d_k = jnp.einsum("bkgqc,bqkgd->bckd", d_scores, q.astype(jnp.float32))
+        # Each device's partial sums go to the devices that own those keys (reduce-scatter).
+        return d_q, tuple(nn.with_logical_constraint(g, _SHARDED_KV) for g in (d_k, d_v))
+
+    xs = _key_chunks(k, v, segment_ids, q.shape[1] // chunk)
+    d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros(q.shape, jnp.float32), xs)
+    d_k, d_v = (_unchunk(g).astype(k.dtype) for g in (d_k, d_v))
+    return d_q.astype(q.dtype), d_k, d_v, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def chunked_attention(
+    q: Array, k: Array, v: Array, segment_ids: Array, scale: float, window: int, chunk: int
+) -> Array:
+    """Online-softmax attention over key chunks of `chunk` tokens (must divide the length);
+    chunk j holds keys j, j + n, j + 2n, ... of the n chunks (`strided_chunks`)."""
+    b, length, heads, d = q.shape
+    chunk = min(chunk, length)
+    out = _chunked(_group(q, k.shape[2]), k, v, segment_ids, scale, window, chunk)
+    return out.reshape(b, length, heads, d)
+
+
+def attend(
+    model: ml_collections.ConfigDict, q: Array, k: Array, v: Array, mask: Array, impl: str
+) -> Array:
+    """Run kernel `impl`; `mask` is the boolean [b, q, k] mask for einsum, else segment ids."""
+    scale = config_lib.head_dim(model) ** -0.5
+    window = model.sliding_window
+    if impl == "einsum":
+        return einsum_attention(q, k, v, mask, scale)
+    if impl in ("xla", "cudnn"):
+        return dot_product_attention(q, k, v, mask, scale, window, impl)
+    if impl == "splash":
+        return splash_attention(q, k, v, mask, scale, window)
+    return chunked_attention(q, k, v, mask, scale, window, model.attention_chunk)
