@@ -31,13 +31,14 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # Train the tiny model on the bundled corpus (CPU; re-running resumes), plot its loss curve and
-# print a greedy sample from the final checkpoint.
+# print a sample from the final checkpoint.
 TRAIN_DIR ?= workdir/tiny
 PROMPT ?= The list type supports
 train: $(STAMP)
 	$(PY) -m phi3_jax.train --config=configs/phi3_tiny.py --workdir=$(TRAIN_DIR)
 	$(PY) -m phi3_jax.plot --workdir=$(TRAIN_DIR)
-	$(PY) -m phi3_jax.generate --workdir=$(TRAIN_DIR) --prompt="$(PROMPT)" --max_new_tokens=48
+	$(PY) -m phi3_jax.generate --workdir=$(TRAIN_DIR) --prompt="$(PROMPT)" --max_new_tokens=48 \
+		--temperature=0.8 --top_p=0.95
 
 # Rebuild the bundled corpus in data/ from scratch (see data/README.md); intermediates in workdir/.
 DATA_WORK := workdir/data

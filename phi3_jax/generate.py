@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 
 from phi3_jax import checkpoint, model
 from phi3_jax.data.tokenizer import load_tokenizer
@@ -73,6 +73,9 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # orbax logs its read-only restore at INFO and WARNING; the sample is the output.
+        logging.set_verbosity(logging.ERROR)
     config, params, step = checkpoint.restore_params_of_run(FLAGS.workdir)
     tokenizer = load_tokenizer(config.data.tokenizer_path)
     prompt = [tokenizer.bos_id, *tokenizer.encode(FLAGS.prompt)]

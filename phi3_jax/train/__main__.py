@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from phi3_jax import config as config_lib
@@ -22,6 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and Tensor
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # orbax and grain log every save and restore at INFO; the progress lines are enough.
+        logging.set_verbosity(logging.WARNING)
     distributed.initialize()
     try:
         loop.train(_CONFIG.value, _WORKDIR.value)
