@@ -24,6 +24,8 @@ from phi3_jax.data import pipeline
 from phi3_jax.data.sources import SourceSpec
 from phi3_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 
+RESULT_KEY = "data"
+
 _DOCUMENTS = flags.DEFINE_integer("documents", 20_000, "documents in the generated corpus")
 _SHARDS = flags.DEFINE_integer("shards", 8, "jsonl.zst shards they are written to")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "grain worker processes of the pipeline")

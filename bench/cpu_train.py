@@ -1,0 +1,210 @@
+"""Training throughput on this CPU: a 134M-parameter Phi-3-shaped model (hidden 768, 12 layers,
+12 heads, mlp 2048, vocab 32064, batch 8 x 512 tokens, fp32, AdamW) in phi3_jax against the same
+model in transformers (`Phi3ForCausalLM`, sdpa attention) with `torch.optim.AdamW`, in one
+process, run alternately (`train_rounds` rounds of `train_steps` steps each side; medians).
+
+Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) over the matmul
+peak that a JAX matmul probe measures in the same process. Both sides use all cores.
+
+    python -m bench.cpu_train [--train_rounds=3] [--train_steps=2] [--train_attention=einsum]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from configs import base
+from phi3_jax import config as config_lib
+from phi3_jax import metrics, model, sharding, train
+
+_ROUNDS = flags.DEFINE_integer("train_rounds", 3, "alternating rounds (ours, then torch)")
+_STEPS = flags.DEFINE_integer("train_steps", 2, "timed steps of each side per round")
+_ATTENTION = flags.DEFINE_enum(
+    "train_attention", "einsum", config_lib.ATTENTION_IMPLEMENTATIONS, "phi3_jax's kernel"
+)
+_LOSS_CHUNK = flags.DEFINE_integer("train_loss_chunk", 0, "phi3_jax's train.loss_chunk")
+_REMAT = flags.DEFINE_enum("train_remat", "none", config_lib.REMAT_POLICIES, "model.remat")
+
+BATCH, SEQ_LEN = 8, 512
+MODEL = dict(
+    vocab_size=32064,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_layers=12,
+    num_heads=12,
+    num_kv_heads=12,
+    max_position_embeddings=4096,
+    original_max_position_embeddings=4096,
+    sliding_window=0,
+    dtype="float32",
+)
+# torch.optim.AdamW's update on every parameter, no clipping; the same on both sides.
+OPTIM = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+
+
+def config_134m(**model_overrides) -> config_lib.ml_collections.ConfigDict:
+    """The benchmark model as a phi3_jax config on one device."""
+    config = base.get_config("mini")
+    config.model.update(MODEL, name="bench_134m", **model_overrides)
+    config.train.update(seq_len=SEQ_LEN, global_batch_size=BATCH, microbatches=1, loss_chunk=0)
+    config.optim.update(OPTIM, clip_norm=0.0, weight_decay_mask="all", warmup_steps=0)
+    config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1)
+    return config_lib.validate(config)
+
+
+def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """The config's batch of random unpadded rows: tokens, next-token targets, positions, masks."""
+    rows, length = config.train.global_batch_size, config.train.seq_len
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, config.model.vocab_size, (rows, length + 1), np.int32)
+    ones = np.ones((rows, length), np.int32)
+    return {
+        "tokens": tokens[:, :-1],
+        "targets": tokens[:, 1:],
+        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)),
+        "segment_ids": ones,
+        "loss_mask": ones,
+    }
+
+
+def device_batch(config, mesh) -> dict[str, jax.Array]:
+    """`random_batch` placed in the train step's batch shardings."""
+    shardings = train.batch_shardings(config, mesh)
+    return {
+        key: jax.device_put(value, shardings[key]) for key, value in random_batch(config).items()
+    }
+
+
+class JaxTrainer:
+    """phi3_jax's jitted train step on one device; `steps(n)` runs n and waits for them."""
+
+    def __init__(self, config):
+        mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+        self.state = train.init_state(config, mesh)
+        self.batch = device_batch(config, mesh)
+        self.step = train.make_train_step(config, mesh)
+
+    def steps(self, n: int) -> float:
+        for _ in range(n):
+            self.state, step_metrics = self.step(self.state, self.batch)
+        return float(step_metrics["loss"])
+
+
+class TorchTrainer:
+    """transformers' Phi3ForCausalLM (sdpa) with torch.optim.AdamW, fp32."""
+
+    def __init__(self, config):
+        import torch
+        import transformers
+
+        cfg = transformers.Phi3Config(
+            vocab_size=MODEL["vocab_size"],
+            hidden_size=MODEL["hidden_size"],
+            intermediate_size=MODEL["intermediate_size"],
+            num_hidden_layers=MODEL["num_layers"],
+            num_attention_heads=MODEL["num_heads"],
+            num_key_value_heads=MODEL["num_kv_heads"],
+            max_position_embeddings=MODEL["max_position_embeddings"],
+            sliding_window=None,
+            attn_implementation="sdpa",
+            pad_token_id=0,
+        )
+        torch.manual_seed(0)
+        self.model = transformers.Phi3ForCausalLM(cfg).train()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=OPTIM["lr"],
+            betas=(OPTIM["b1"], OPTIM["b2"]),
+            eps=OPTIM["eps"],
+            weight_decay=OPTIM["weight_decay"],
+        )
+        batch = random_batch(config)
+        self.tokens = torch.from_numpy(batch["tokens"]).long()
+        self.targets = torch.from_numpy(batch["targets"]).long()
+
+    def steps(self, n: int) -> float:
+        import torch
+
+        for _ in range(n):
+            logits = self.model(input_ids=self.tokens).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), self.targets.reshape(-1)
+            )
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+
+def seconds_per_step(trainer, steps: int) -> float:
+    start = time.perf_counter()
+    trainer.steps(steps)
+    return (time.perf_counter() - start) / steps
+
+
+# run() returns results.json sections, not one module's figures.
+SECTIONED = True
+
+
+def run() -> dict[str, dict]:
+    """Measure both sides alternately, print the figures; returns the cpu_train and cpu_mfu
+    sections."""
+    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value)
+    config.train.loss_chunk = _LOSS_CHUNK.value
+    config_lib.validate(config)
+    ours, theirs = JaxTrainer(config), TorchTrainer(config)
+    ours.steps(1)  # compile
+    theirs.steps(1)  # allocator and thread pools
+    times = {"ours": [], "torch": []}
+    for _ in range(_ROUNDS.value):
+        times["ours"].append(seconds_per_step(ours, _STEPS.value))
+        times["torch"].append(seconds_per_step(theirs, _STEPS.value))
+    tokens = BATCH * SEQ_LEN
+    ours_rate = tokens / statistics.median(times["ours"])
+    torch_rate = tokens / statistics.median(times["torch"])
+    peak = metrics.cpu_matmul_flops()
+    model_flops = metrics.flops_per_token(config)["model"] * ours_rate
+    train_figures = {
+        "ours_tokens_per_s": ours_rate,
+        "torch_tokens_per_s": torch_rate,
+        "ratio": ours_rate / torch_rate,
+        "params": model.param_count(config),
+        "attention": _ATTENTION.value,
+        "loss_chunk": _LOSS_CHUNK.value,
+        "remat": _REMAT.value,
+        "step_seconds_ours": times["ours"],
+        "step_seconds_torch": times["torch"],
+        "load_average": os.getloadavg()[0],
+    }
+    mfu_figures = {
+        "mfu": model_flops / peak,
+        "model_gflops_per_s": model_flops / 1e9,
+        "matmul_peak_gflops_per_s": peak / 1e9,
+    }
+    figures = train_figures | mfu_figures
+    print(
+        f"cpu_train: {figures['params'] / 1e6:.1f}M params, batch {BATCH} x {SEQ_LEN}, fp32,"
+        f" {os.cpu_count()} CPUs, load average {figures['load_average']:.1f}\n"
+        f"  phi3_jax ({_ATTENTION.value} attention): {ours_rate:8.1f} tokens/s\n"
+        f"  transformers + torch AdamW (sdpa):     {torch_rate:8.1f} tokens/s\n"
+        f"  ratio ours / torch: {figures['ratio']:.2f}\n"
+        f"cpu_mfu: {figures['model_gflops_per_s']:.1f} model GFLOP/s over a"
+        f" {figures['matmul_peak_gflops_per_s']:.1f} GFLOP/s JAX matmul peak: MFU"
+        f" {100 * figures['mfu']:.1f}%"
+    )
+    return {"cpu_train": train_figures, "cpu_mfu": mfu_figures}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    run()
+
+
+if __name__ == "__main__":
+    app.run(main)
