@@ -193,7 +193,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     # Decoupled weight decay (AdamW), multiplied by the learning rate.
     o.weight_decay = 0.1
-    # Which params decay: all | no_norms (norm scales skipped) | no_norms_no_embedding.
+    # Which params decay: all | no_norms (norm scales and biases skipped) | no_norms_no_embedding.
     o.weight_decay_mask = "no_norms"
     # Clip gradients to this global L2 norm before Adam; 0 disables clipping.
     o.clip_norm = 1.0

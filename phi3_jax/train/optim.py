@@ -41,21 +41,21 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
-def _is_norm(logical_axes: jax.sharding.PartitionSpec) -> bool:
-    # Norm scales are the only per-layer vectors: one logical axis besides the scanned 'layers'.
-    return len([name for name in logical_axes if name != "layers"]) == 1
+# Weight matrices and the embedding decay; norm scales and biases (of any rank: Phi-3-small's
+# q/k/v biases are [heads, head_dim]) do not.
+_DECAYED_LEAVES = ("kernel", "embedding")
 
 
 def weight_decay_mask(config: ml_collections.ConfigDict):
     """Pytree of bools over the params: True where weight decay applies."""
     choice = config.optim.weight_decay_mask
 
-    def decays(path, logical_axes) -> bool:
+    def decays(path, _) -> bool:
         if choice == "all":
             return True
-        if choice == "no_norms_no_embedding" and "embed_tokens" in jax.tree_util.keystr(path):
+        if choice == "no_norms_no_embedding" and path[-1].key == "embedding":
             return False
-        return not _is_norm(logical_axes)
+        return path[-1].key in _DECAYED_LEAVES
 
     return jax.tree_util.tree_map_with_path(
         decays,

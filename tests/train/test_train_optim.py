@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from train_fixtures import small_config
 
+from configs import base
 from phi3_jax import model, train
 
 
@@ -69,6 +70,17 @@ def test_weight_decay_masks():
     assert _decayed("all") == MATRICES | NORMS | {"embed_tokens/embedding"}
     assert _decayed("no_norms") == MATRICES | {"embed_tokens/embedding"}
     assert _decayed("no_norms_no_embedding") == MATRICES
+
+
+def test_biases_never_decay_except_with_all():
+    """Phi-3-small's biases (q/k/v biases are 2-D) and LayerNorm parameters are not decayed."""
+    config = base.get_config("small_tiny")
+    config.optim.weight_decay_mask = "no_norms"
+    flat = jax.tree_util.tree_leaves_with_path(train.weight_decay_mask(config))
+    decayed = {p[-1].key for p, decays in flat if decays}
+    skipped = {p[-1].key for p, decays in flat if not decays}
+    assert decayed == {"kernel", "embedding"}
+    assert skipped == {"bias", "scale"}
 
 
 def test_one_adamw_step_against_the_formula():
