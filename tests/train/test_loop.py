@@ -14,16 +14,13 @@ import subprocess
 import sys
 import time
 
+import fasteners
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from configs import phi3_tiny
-from phi3_jax import checkpoint, metrics, sharding
-from phi3_jax import config as config_lib
+from phi3_jax import checkpoint, metrics
 from phi3_jax.train import loop
-from phi3_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12
@@ -43,15 +40,6 @@ OVERRIDES = {
     "eval.every_steps": 0,
     "checkpoint.every_steps": 6,
 }
-
-
-def loop_config(**overrides):
-    """OVERRIDES (and `overrides`) applied to the tiny config, as the CLI would."""
-    config = phi3_tiny.get_config()
-    for key, value in {**OVERRIDES, **overrides}.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config_lib.validate(config)
 
 
 def command(workdir, **overrides) -> list[str]:
@@ -102,33 +90,29 @@ def losses(workdir) -> dict[int, tuple[float, float]]:
     }
 
 
-def saved_params(workdir, step: int) -> dict:
+def saved_params(workdir, step: int) -> list[np.ndarray]:
     """The params of a checkpoint, on one device, as host numpy arrays."""
-    config = loop_config()
-    mesh = sharding.make_mesh(config.mesh, [jax.devices()[0]])
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, checkpoint.CHECKPOINTS_DIR), item_names=checkpoint.ITEMS
-    )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(state_lib.abstract_state(config, mesh))
-        ),
-    )
-    manager.close()
-    return jax.tree.map(np.asarray, restored["state"].params)
+    _, params, _ = checkpoint.restore_params_of_run(str(workdir), step)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
 
 
 def steps_on_disk(workdir) -> list[str]:
     return sorted(os.listdir(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)))
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """12 steps uninterrupted; checkpoints at 6 and 12."""
-    workdir = tmp_path_factory.mktemp("straight")
-    result = run(workdir)
-    assert "starting from a random init" in result.stdout
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, worker_id):
+    """12 steps uninterrupted, checkpoints at 6 and 12: run once, shared by the xdist workers."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent
+    workdir = root / "straight"
+    with fasteners.InterProcessLock(str(root / "straight.lock")):
+        if not (workdir / "complete").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            result = run(workdir)
+            assert "starting from a random init" in result.stdout
+            (workdir / "complete").write_text("")
     return workdir
 
 
@@ -153,8 +137,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, tmp_p
     for step in range(7, STEPS + 1):
         assert got[step] == expected[step], step  # bitwise: exact float equality
     assert len(expected) == STEPS and expected[STEPS][0] < expected[1][0]
-    want, have = saved_params(straight, STEPS), saved_params(workdir, STEPS)
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(have), strict=True):
+    for a, b in zip(saved_params(straight, STEPS), saved_params(workdir, STEPS), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -198,11 +181,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(straight, tm
     # The run redid steps 7-12, bitwise as before, and saved a good step 12 again.
     assert losses(workdir)[STEPS] == losses(straight)[STEPS]
     assert f"corrupted-{STEPS}" in steps_on_disk(workdir)
-    for a, b in zip(
-        jax.tree.leaves(saved_params(straight, STEPS)),
-        jax.tree.leaves(saved_params(workdir, STEPS)),
-        strict=True,
-    ):
+    for a, b in zip(saved_params(straight, STEPS), saved_params(workdir, STEPS), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

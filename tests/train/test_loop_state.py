@@ -33,43 +33,36 @@ def config_on(mesh=(1, 1, 1), **train_overrides):
     return config
 
 
-@pytest.fixture(scope="module")
-def saved_on_2x4x1(tmp_path_factory):
-    """A checkpoint of the state after 2 steps on a (2,4,1) mesh, and that mesh's next step."""
-    path = str(tmp_path_factory.mktemp("ckpt"))
+def test_state_saved_on_2x4x1_restores_on_8x1x1_and_one_device(tmp_path):
     source = config_on(mesh=(2, 4, 1))
     _, _, state = run_steps(source, steps=2)
-    iterator = data_iterator()
-    next(iterator)
-    manager = checkpoint.make_manager(path, source)
-    checkpoint.save(manager, 2, state, iterator, source)
+    saved_iterator = data_iterator()
+    next(saved_iterator)
+    manager = checkpoint.make_manager(str(tmp_path), source)
+    checkpoint.save(manager, 2, state, saved_iterator, source)
     manager.wait_until_finished()
     manager.close()
-    expected, _, _ = run_steps(source, initial=state, steps=1)
-    return path, expected[0]
+    expected = run_steps(source, initial=state, steps=1)[0][0]
 
-
-@pytest.mark.parametrize("target", [(8, 1, 1), (1, 1, 1)], ids=["8x1x1", "one-device"])
-def test_state_saved_on_2x4x1_restores_on_another_mesh(saved_on_2x4x1, target):
-    path, expected = saved_on_2x4x1
-    config = config_on(mesh=target)
-    devices = jax.devices()[: int(np.prod(target))]
-    mesh = sharding.make_mesh(config.mesh, devices)
-    iterator = data_iterator()
-    manager = checkpoint.make_manager(path, config)
-    restored, step = checkpoint.restore_latest(
-        manager, state_lib.abstract_state(config, mesh), iterator, config
-    )
-    manager.close()
-    assert step == 2 and int(restored.step) == 2 and next(iterator) == 1
-    wanted = state_lib.state_shardings(config, mesh)
-    for leaf, sharding_ in zip(
-        jax.tree.leaves(restored.params), jax.tree.leaves(wanted.params), strict=True
-    ):
-        assert leaf.sharding == sharding_
-    got, _, _ = run_steps(config, devices, initial=restored, steps=1)
-    assert abs(got[0]["loss"] - expected["loss"]) <= 1e-6
-    assert abs(got[0]["grad_norm"] - expected["grad_norm"]) <= 1e-6
+    for target in ((8, 1, 1), (1, 1, 1)):
+        config = config_on(mesh=target)
+        devices = jax.devices()[: int(np.prod(target))]
+        mesh = sharding.make_mesh(config.mesh, devices)
+        iterator = data_iterator()
+        manager = checkpoint.make_manager(str(tmp_path), config)
+        restored, step = checkpoint.restore_latest(
+            manager, state_lib.abstract_state(config, mesh), iterator, config
+        )
+        manager.close()
+        assert step == 2 and int(restored.step) == 2 and next(iterator) == 1
+        wanted = state_lib.state_shardings(config, mesh)
+        for leaf, sharding_ in zip(
+            jax.tree.leaves(restored.params), jax.tree.leaves(wanted.params), strict=True
+        ):
+            assert leaf.sharding == sharding_
+        got = run_steps(config, devices, initial=restored, steps=1)[0][0]
+        assert abs(got["loss"] - expected["loss"]) <= 1e-6, target
+        assert abs(got["grad_norm"] - expected["grad_norm"]) <= 1e-6, target
 
 
 def poisoned(state):
