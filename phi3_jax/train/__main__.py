@@ -19,6 +19,23 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file."
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and TensorBoard go here.")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing; an override of a key the config lacks is a one-line error naming it
+    (ml_collections raises a bare AttributeError of the key)."""
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as error:
+        key = str(error).strip("\"'")
+        named = [
+            arg.split("=")[0]
+            for arg in argv
+            if arg.startswith("--config.") and key in arg.split("=")[0].split(".")
+        ]
+        sys.exit(f"error: {', '.join(named) or key}: unknown config key")
+    except flags.Error as error:
+        sys.exit(f"error: {error}")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -34,4 +51,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,5 +1,6 @@
 """The training loop through its CLI: bitwise exact resume after SIGKILL, a kill during an async
-save, a corrupted latest checkpoint, a checkpoint of other shapes, an unwritable workdir.
+save, SIGTERM, a corrupted latest checkpoint, a checkpoint of other shapes, an unwritable workdir
+and an unknown config key.
 
 Runs are subprocesses of `python -m phi3_jax.train` on one CPU device, on the bundled corpus and
 tokenizer, with a model smaller than tiny (2 layers of width 64; the tokenizer's 32064 rows).
@@ -221,3 +222,11 @@ def test_sigterm_saves_a_last_checkpoint_and_exits_cleanly(straight, tmp_path):
     resumed = run(workdir)
     assert f"resuming from step {saved[0]}" in resumed.stdout
     assert losses(workdir)[STEPS] == losses(straight)[STEPS]
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    result = run(tmp_path / "run", check=False, **{"train.nope": 1})
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines()[-1] == "error: --config.train.nope: unknown config key"
+    )
