@@ -95,6 +95,37 @@ def test_oom_message_temporaries():
     assert aot.oom_temporary_bytes("RESOURCE_EXHAUSTED: something else") is None
 
 
+def test_a_compiler_out_of_memory_still_reports_the_bytes():
+    # The numbers of `python -m phi3_jax.aot --config=configs/phi3_small.py --topology=v5e-256
+    # --config.mesh.fsdp=256 --config.model.remat=full --config.train.microbatches=2`.
+    error = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (16.86G) exceeds available HBM (15.75G)."
+    )
+    state = int(0.34 * GIB)
+    report = aot.Report(
+        topology=aot.parse_topology("v5e-256"),
+        mesh={"data": 1, "fsdp": 256, "tensor": 1},
+        memory=aot.Memory(state, state, aot.oom_temporary_bytes(error), state),
+        hbm_bytes=16 * GIB,
+        compiled_flops=None,
+        analytic_flops=1.237e15,
+        model_flops=9.378e14,
+        peak_flops=197e12,
+        compile_seconds=143.0,
+        compiler_error=error,
+    )
+    assert not report.fits and report.mfu is None
+    text = aot.format_report(phi3_tiny.get_config(), report)
+    assert "  temporaries  16.86 GiB\n" in text
+    assert f"  compiler: {error}\n" in text
+    assert (
+        "fits: no (needs 17.20 GiB per chip, the chip has 16.00 GiB, 1.20 GiB over; more fsdp, "
+        "remat or microbatches may fit: try --search)"
+    ) in text
+    assert "compiled FLOPs" not in text and "MFU" not in text
+
+
 def test_jaxpr_flops_count_scan_trips():
     def f(x, w):
         return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=5)[0] @ w
