@@ -64,6 +64,20 @@ def test_unknown_topologies_are_named(name, message):
     assert message in str(error.value)
 
 
+def test_cli_names_an_unknown_topology():
+    result = subprocess.run(
+        [sys.executable, "-m", "phi3_jax.aot", "--config=configs/phi3_tiny.py", "--topology=v7-8"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: topology='v7-8': unknown TPU generation 'v7'; expected one of v4, v5e, v5p, v6e "
+        "(e.g. v4-128, v5e-256, v5p-128, v6e-64)"
+    )
+
+
 def test_a_mesh_not_matching_the_chips_names_both_counts():
     config = phi3_tiny.get_config()
     config.mesh.update(data=1, fsdp=8, tensor=1)
