@@ -65,9 +65,9 @@ def assert_same_run(actual, reference) -> None:
         # Falls back to xla on CPU.
         dict(attention="cudnn"),
         dict(loss_chunk=8),
-        dict(attention="chunked", loss_chunk=4),
+        pytest.param(dict(attention="chunked", loss_chunk=4), marks=pytest.mark.slow),
     ],
-    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+    ids=["chunked", "xla", "cudnn-falls-back", "loss_chunk", "chunked+loss_chunk"],
 )
 def test_fast_path_trains_like_the_plain_path(overrides):
     assert_same_run(run(**overrides), run())
@@ -77,7 +77,7 @@ def test_fast_path_trains_like_the_plain_path(overrides):
     "mesh,overrides",
     [
         ((1, 2, 4, 1), dict(attention="chunked", loss_chunk=8)),
-        ((1, 1, 8, 1), dict(attention="chunked")),
+        pytest.param((1, 1, 8, 1), dict(attention="chunked"), marks=pytest.mark.slow),
         ((2, 1, 2, 2), dict()),
     ],
     ids=["fsdp2-seq4-chunked", "seq8-chunked", "data2-seq2-tensor2-einsum"],
