@@ -150,3 +150,29 @@ def test_sweep_dry_run_prints_one_launch_per_run():
         "lr=0.003",
         "lr=0.01",
     ]
+
+
+@pytest.mark.slow
+def test_sweep_runs_launch_locally_one_after_another(tmp_path):
+    sweep_file = tmp_path / "two.py"
+    sweep_file.write_text(
+        "def runs():\n"
+        "    return [dict(config='configs/phi3_tiny.py', overrides={\n"
+        "        'train.steps': 2, 'optim.lr': lr, 'optim.warmup_steps': 1,\n"
+        "        'data.phase2_start_step': 1, 'checkpoint.every_steps': 2,\n"
+        "        'eval.every_steps': 100, 'data.num_workers': 0})\n"
+        "        for lr in (1e-3, 3e-3)]\n"
+    )
+    root = tmp_path / "sweeps"
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.sweep", str(sweep_file), "--launcher=local"]
+        + [f"--workdir_root={root}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in (root / "two").iterdir())
+    assert [name.split("-")[2] for name in runs] == ["lr=0.001", "lr=0.003"]
+    for name in runs:
+        assert (root / "two" / name / "checkpoints" / "2").is_dir()
