@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -381,7 +382,7 @@ def search(
     tensors: list[int],
     remats: list[str],
     microbatches: list[int],
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> list[tuple[Candidate, Report]]:
     """The candidates that fit, fastest estimated step first (then least memory).
 
