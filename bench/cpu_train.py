@@ -6,7 +6,7 @@ process, run alternately (`train_rounds` rounds of `train_steps` steps each side
 Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) over the matmul
 peak that a JAX matmul probe measures in the same process. Both sides use all cores.
 
-    python -m bench.cpu_train [--train_rounds=3] [--train_steps=2] [--train_attention=einsum]
+    python -m bench.cpu_train [--train_rounds=3] [--train_steps=1] [--train_attention=einsum]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from phi3_jax import config as config_lib
 from phi3_jax import metrics, model, sharding, train
 
 _ROUNDS = flags.DEFINE_integer("train_rounds", 3, "alternating rounds (ours, then torch)")
-_STEPS = flags.DEFINE_integer("train_steps", 2, "timed steps of each side per round")
+_STEPS = flags.DEFINE_integer("train_steps", 1, "timed steps of each side per round")
 _ATTENTION = flags.DEFINE_enum(
     "train_attention", "einsum", config_lib.ATTENTION_IMPLEMENTATIONS, "phi3_jax's kernel"
 )
@@ -139,7 +139,7 @@ class TorchTrainer:
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
 
 def seconds_per_step(trainer, steps: int) -> float:
