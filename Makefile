@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 # The default suite: fast tests only (slow ones are marked and run by test-all).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15 tests
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
