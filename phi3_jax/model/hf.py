@@ -110,6 +110,11 @@ def model_config_from_hf(hf: Mapping, where: str) -> ml_collections.ConfigDict:
         model.update(_rope_from_hf(hf, where))
     except KeyError as e:
         raise HFFormatError(f"{where}: missing key {e.args[0]!r}") from None
+    return validated_model(model, where)
+
+
+def validated_model(model: ml_collections.ConfigDict, where: str) -> ml_collections.ConfigDict:
+    """The model section, validated; an invalid value is an HFFormatError naming `where`."""
     try:
         config_lib.validate_model(model)
     except config_lib.ConfigError as e:

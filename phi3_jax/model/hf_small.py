@@ -109,11 +109,7 @@ def model_config_from_hf(hf_config: Mapping, where: str) -> ml_collections.Confi
         )
     except KeyError as e:
         raise HFFormatError(f"{where}: missing key {e.args[0]!r}") from None
-    try:
-        config_lib.validate_model(model)
-    except config_lib.ConfigError as e:
-        raise HFFormatError(f"{where}: {e}") from None
-    return model
+    return hf.validated_model(model, where)
 
 
 def model_config_to_hf(model: ml_collections.ConfigDict) -> dict:

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 import transformers
+from cli_fixtures import run_module
 from hf_fixtures import hf_logits, random_hf_model, random_tokens
 from safetensors.numpy import load_file
 
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tensors_of(directory) -> dict[str, np.ndarray]:
@@ -65,14 +62,7 @@ def test_round_trip_bit_identical_and_loads_in_transformers(hf_dir, tmp_path, ma
 
 
 def run_convert(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "phi3_jax.convert", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
+    return run_module("phi3_jax.convert", *args)
 
 
 def test_convert_cli_round_trip(hf_dir, tmp_path):

@@ -3,20 +3,15 @@ config validation, and the summary CLI."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_fixtures import run_module
 
 from configs import base, phi3_medium, phi3_mini, phi3_mini_128k
 from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize(
@@ -155,14 +150,7 @@ def test_config_json_round_trip():
 
 
 def test_summary_cli():
-    result = subprocess.run(
-        [sys.executable, "-m", "phi3_jax.model.summary", "--config=configs/phi3_medium.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
+    result = run_module("phi3_jax.model.summary", "--config=configs/phi3_medium.py")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == "total: 13,960,238,080 parameters"

@@ -7,21 +7,18 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_fixtures import REPO, run_module
 from safetensors.numpy import load_file, save_file
 
 from configs import phi3_small
 from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf, hf_small, small
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # ----------------------------------------------------------------------------------------------
 # The NumPy reference: PHI3.md §3 written out on HF tensor names, in float64.
@@ -176,14 +173,7 @@ def test_full_size_parameter_count():
 
 
 def test_summary_cli():
-    result = subprocess.run(
-        [sys.executable, "-m", "phi3_jax.model.summary", "--config=configs/phi3_small.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
+    result = run_module("phi3_jax.model.summary", "--config=configs/phi3_small.py")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == "total: 7,392,272,384 parameters"
