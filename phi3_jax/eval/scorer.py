@@ -1,0 +1,284 @@
+"""The model side of evaluation: log-likelihoods, rolling log-likelihoods and greedy generations.
+
+Text becomes ids the way lm-eval-harness's `hf` backend does it, so the numbers are comparable:
+a context's trailing spaces move to the continuation; the continuation's ids are those of
+context + continuation after the context's ids; an empty context is the prefix token (BOS, else
+EOS); with `add_bos` every context starts with BOS. A request longer than the context window
+keeps its last `max_length + 1` ids (left truncation, as lm-eval does) and is counted.
+
+Requests are tokenized once, sorted by length and cut into batches of a few padded shapes
+(lengths rounded up to powers of two, rows filling a token budget), so a task compiles a handful
+of times. The params stay where they are (a run's mesh or one device); batches follow them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from phi3_jax import model
+
+Log = Callable[[str], None]
+MIN_LENGTH = 32
+
+
+@dataclasses.dataclass
+class Counters:
+    """What the scorer did: requests, left-truncated requests, padded batch shapes compiled."""
+
+    requests: int = 0
+    truncated: int = 0
+    shapes: set = dataclasses.field(default_factory=set)
+
+
+def padded_length(n: int, max_length: int) -> int:
+    """n rounded up to a power of two (at least MIN_LENGTH), at most max_length."""
+    return min(max(MIN_LENGTH, 1 << max(n - 1, 0).bit_length()), max_length)
+
+
+def _token_logprobs(config, params, tokens, targets, mask):
+    """Per row: the summed log-probability of the masked targets and whether each masked target
+    is the argmax (lm-eval's is_greedy)."""
+    logits = model.logits(config, params, tokens)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    greedy = jnp.argmax(logits, axis=-1) == targets
+    return jnp.sum(picked * mask, axis=-1), jnp.all(greedy | (mask == 0), axis=-1)
+
+
+class Scorer:
+    """Scores text with one model: `loglikelihood`, `loglikelihood_rolling`, `generate`.
+
+    `tokenizer` has encode(text) -> ids (no special tokens), decode(ids), bos_id and eos_id.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        params,
+        tokenizer,
+        *,
+        add_bos: bool = False,
+        max_length: int | None = None,
+        batch_tokens: int = 4096,
+        log: Log | None = print,
+        progress_every_s: float = 30.0,
+    ):
+        self.config, self.params, self.tokenizer = config, params, tokenizer
+        self.add_bos = add_bos
+        self.max_length = max_length or config.model.max_position_embeddings
+        self.batch_tokens = batch_tokens
+        self.log = log or (lambda _: None)
+        self.progress_every_s = progress_every_s
+        bos = getattr(tokenizer, "bos_id", None)
+        self.prefix_id = bos if bos is not None and bos >= 0 else tokenizer.eos_id
+        self.counters = Counters()
+        self._score = jax.jit(functools.partial(_token_logprobs, config))
+        self._decode = jax.jit(functools.partial(model.decode, config))
+
+    # ------------------------------------------------------------------------------------------
+    # Tokenization (lm-eval's conventions)
+
+    def encode(self, text: str) -> list[int]:
+        head = [self.prefix_id] if self.add_bos else []
+        return head + list(self.tokenizer.encode(text))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) as lm-eval's causal backends split them."""
+        if not context:
+            cont = list(self.tokenizer.encode(continuation))
+            if cont and cont[0] == self.prefix_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_id], cont
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return context_ids, whole[len(context_ids) :]
+
+    # ------------------------------------------------------------------------------------------
+    # Log-likelihood
+
+    def loglikelihood(
+        self, pairs: Sequence[tuple[str, str]], desc: str = "loglikelihood"
+    ) -> list[tuple[float, bool, int]]:
+        """(log-probability of the continuation, is it greedy, its token count) per pair."""
+        return self.loglikelihood_ids([self.encode_pair(c, x) for c, x in pairs], desc)
+
+    def loglikelihood_ids(
+        self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "loglikelihood"
+    ) -> list[tuple[float, bool, int]]:
+        """Scores id pairs; the window is each pair's last max_length + 1 ids."""
+        rows = []
+        for context, continuation in pairs:
+            if not continuation:
+                raise ValueError("a continuation of no tokens cannot be scored")
+            if len(continuation) > self.max_length:
+                raise ValueError(
+                    f"a continuation of {len(continuation)} tokens exceeds the context window "
+                    f"of {self.max_length}"
+                )
+            ids = (context + continuation)[-(self.max_length + 1) :]
+            self.counters.truncated += len(context) + len(continuation) > len(ids)
+            rows.append((ids[:-1], ids[1:], len(continuation)))
+        out = self._score_rows(rows, desc)
+        return [(ll, greedy, n) for (ll, greedy), (_, _, n) in zip(out, rows, strict=True)]
+
+    def _score_rows(self, rows: list[tuple[list[int], list[int], int]], desc: str):
+        """(summed logprob, greedy) of the last n targets of each (inputs, targets, n) row."""
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+        results: list = [None] * len(rows)
+        progress = _Progress(desc, len(rows), self.log, self.progress_every_s)
+        start = 0
+        while start < len(order):
+            length = padded_length(len(rows[order[start]][0]), self.max_length)
+            batch = max(1, self.batch_tokens // length)
+            chunk = order[start : start + batch]
+            tokens = np.zeros((batch, length), np.int32)
+            targets = np.zeros((batch, length), np.int32)
+            mask = np.zeros((batch, length), np.float32)
+            for r, i in enumerate(chunk):
+                inputs, outs, n = rows[i]
+                tokens[r, : len(inputs)] = inputs
+                targets[r, : len(outs)] = outs
+                mask[r, len(outs) - n : len(outs)] = 1.0
+            self.counters.shapes.add((batch, length))
+            ll, greedy = jax.device_get(self._score(self.params, tokens, targets, mask))
+            for r, i in enumerate(chunk):
+                results[i] = (float(ll[r]), bool(greedy[r]))
+            start += len(chunk)
+            progress.update(len(chunk))
+        self.counters.requests += len(rows)
+        progress.done()
+        return results
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        """(log-probability of the whole text, its token count) per text, scored in windows of
+        max_length tokens (lm-eval's disjoint rolling windows)."""
+        pairs, owner = [], []
+        for k, text in enumerate(texts):
+            ids = self.encode(text)
+            if not ids:
+                raise ValueError(f"text {k} has no tokens")
+            windows = rolling_windows(ids, self.prefix_id, self.max_length)
+            pairs += windows
+            owner += [k] * len(windows)
+        totals = [[0.0, 0] for _ in texts]
+        scores = self.loglikelihood_ids(pairs, "loglikelihood_rolling")
+        for k, (ll, _, n) in zip(owner, scores, strict=True):
+            totals[k][0] += ll
+            totals[k][1] += n
+        return [(ll, n) for ll, n in totals]
+
+    # ------------------------------------------------------------------------------------------
+    # Generation
+
+    def generate(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
+        """Greedy continuation of each (context, stop sequences, max new tokens), cut before the
+        first stop sequence; EOS ends it too. The context keeps its last
+        max_length - max_new_tokens ids (left truncation, counted)."""
+        progress = _Progress("generate_until", len(requests), self.log, self.progress_every_s)
+        out = []
+        for context, until, max_new in requests:
+            ids = self.encode(context)
+            keep = self.max_length - max_new
+            if keep <= 0:
+                raise ValueError(
+                    f"max_gen_toks={max_new} leaves no room for a context in {self.max_length}"
+                )
+            self.counters.truncated += len(ids) > keep
+            new = self._greedy(ids[-keep:], max_new, until)
+            out.append(cut_at_stop(self._decode_text(new), until))
+            self.counters.requests += 1
+            progress.update(1)
+        progress.done()
+        return out
+
+    def _decode_text(self, ids: Sequence[int]) -> str:
+        specials = set(getattr(self.tokenizer, "special_ids", {}).values()) | {
+            self.tokenizer.eos_id
+        }
+        return self.tokenizer.decode([i for i in ids if i not in specials])
+
+    def _greedy(self, prompt: list[int], max_new: int, until: Sequence[str]) -> list[int]:
+        """Greedy ids after `prompt` with the key/value cache: the prompt goes in chunks of
+        PREFILL ids, then one id per call (two compiled shapes for every request)."""
+        prompt = prompt or [self.prefix_id]
+        cache = model.init_cache(self.config, 1, self.max_length)
+        chunks = [prompt[i : i + PREFILL] for i in range(0, len(prompt), PREFILL)]
+        last = chunks.pop() if len(chunks[-1]) < PREFILL else []
+        for chunk in chunks:
+            logits, cache = self._decode(self.params, np.asarray([chunk], np.int32), cache)
+        for token in last:
+            logits, cache = self._decode(self.params, np.asarray([[token]], np.int32), cache)
+        new: list[int] = []
+        while True:
+            token = int(jnp.argmax(logits[0, -1]))
+            new.append(token)
+            if token == self.tokenizer.eos_id or len(new) == max_new:
+                return new
+            if until and any(s in self._decode_text(new) for s in until):
+                return new
+            logits, cache = self._decode(self.params, np.asarray([[token]], np.int32), cache)
+
+
+PREFILL = 64
+
+
+def rolling_windows(ids: list[int], prefix: int, max_length: int) -> list[tuple[list, list]]:
+    """lm-eval's disjoint rolling windows (context, targets): every id is a target once; the
+    first window is conditioned on `prefix`, each later one on the max_length + 1 - n ids
+    before its n targets."""
+    first = min(max_length, len(ids))
+    windows = [([prefix], ids[:first])]
+    end = first
+    while end < len(ids):
+        n = min(max_length, len(ids) - end)
+        end += n
+        windows.append((ids[end - max_length - 1 : end - n], ids[end - n : end]))
+    return windows
+
+
+def cut_at_stop(text: str, until: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop sequence."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+class _Progress:
+    """A progress line every `every_s` seconds: done/total, requests/s, ETA."""
+
+    def __init__(self, desc: str, total: int, log: Log, every_s: float):
+        self.desc, self.total, self.log, self.every_s = desc, total, log, every_s
+        self.done_n, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done_n += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.log(self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = self.done_n / max(now - self.start, 1e-9)
+        eta = (self.total - self.done_n) / rate if rate else math.inf
+        return (
+            f"{self.desc}: {self.done_n}/{self.total} requests | {rate:.1f} requests/s | "
+            f"ETA {eta:.0f} s"
+        )
+
+    def done(self) -> None:
+        if self.total and time.perf_counter() - self.start >= self.every_s:
+            self.log(self.line(time.perf_counter()))
