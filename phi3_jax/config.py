@@ -25,6 +25,14 @@ PACKINGS = ("first_fit", "concat_split")
 ON_BAD_RECORD = ("raise", "skip")
 # What a non-finite loss or gradient norm does: stop the run, or skip that update.
 ON_NAN = ("stop", "skip")
+# Tokenizer files (phi3_jax.data.tokenizer): a sentencepiece .model (ids as Hugging Face's
+# conversion of it gives), a Hugging Face tokenizer directory, or tiktoken ranks (Phi-3-small).
+TOKENIZER_KINDS = ("sentencepiece", "hf", "tiktoken")
+# Keys that existed once: setting one is an error that says what replaced it.
+REMOVED_KEYS = {
+    "data.tokenizer_path": "removed; name the tokenizer with data.tokenizer.kind "
+    f"({' | '.join(TOKENIZER_KINDS)}) and data.tokenizer.path",
+}
 
 
 class ConfigError(ValueError):
@@ -222,8 +230,12 @@ def _data_source(globs: str, fmt: str = "jsonl") -> ml_collections.ConfigDict:
 def default_data_config() -> ml_collections.ConfigDict:
     """The input pipeline: sources, the two mixing phases, packing, workers, bad input, eval."""
     d = ml_collections.ConfigDict()
-    # Sentencepiece model of the tokenizer (phi3_jax.data.tokenizer adds the Phi-3 specials).
-    d.tokenizer_path = "data/tokenizer.model"
+    d.tokenizer = ml_collections.ConfigDict()
+    # One of TOKENIZER_KINDS: sentencepiece (a .model; Phi-3's specials added after its pieces),
+    # hf (a Hugging Face tokenizer directory or tokenizer.json), tiktoken (a ranks file).
+    d.tokenizer.kind = "sentencepiece"
+    # Its file or directory; sentencepiece reads the tokenizer.json beside the .model if there.
+    d.tokenizer.path = "data/tokenizer.model"
     # Named sources, as written by phi3_jax.data.prepare (web) and phi3_jax.data.synthetic.
     d.sources = ml_collections.ConfigDict(
         {
@@ -577,8 +589,10 @@ def _validate_mixture(data: ml_collections.ConfigDict, phase: str) -> None:
 
 def validate_data(data: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming the first invalid data key."""
-    if not data.tokenizer_path:
-        _fail("data.tokenizer_path", data.tokenizer_path, "must name a sentencepiece model")
+    if data.tokenizer.kind not in TOKENIZER_KINDS:
+        _fail("data.tokenizer.kind", data.tokenizer.kind, f"must be one of {TOKENIZER_KINDS}")
+    if not data.tokenizer.path:
+        _fail("data.tokenizer.path", data.tokenizer.path, "must name the tokenizer's file")
     for name, source in data.sources.items():
         if not [g for g in source.globs.split(",") if g]:
             _fail(f"data.sources.{name}.globs", source.globs, "needs at least one glob")
@@ -640,6 +654,8 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if name in REMOVED_KEYS:
+            raise ConfigError(f"{name}={value!r}: {REMOVED_KEYS[name]}")
         if key not in target:
             raise ConfigError(f"{name}={value!r}: unknown key")
         if isinstance(target[key], ml_collections.ConfigDict):

@@ -2,7 +2,7 @@
 
 The prompt goes through the model once into a key/value cache (`model.init_cache`/`model.decode`),
 then one token per step; temperature 0 is greedy, otherwise nucleus (top-p) sampling. Text is
-encoded and decoded with the run's own tokenizer (its saved `data.tokenizer_path`).
+encoded and decoded with the run's own tokenizer (its saved `data.tokenizer`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         # orbax logs its read-only restore at INFO and WARNING; the sample is the output.
         logging.set_verbosity(logging.ERROR)
     config, params, step = checkpoint.restore_params_of_run(FLAGS.workdir)
-    tokenizer = load_tokenizer(config.data.tokenizer_path)
+    tokenizer = load_tokenizer(config)
     prompt = [tokenizer.bos_id, *tokenizer.encode(FLAGS.prompt)]
     new = generate(
         config,

@@ -2,7 +2,8 @@
 
     python -m phi3_jax.data.prepare --input=GLOB[,GLOB] --output=DIR --quality_model=MODEL.bin
         [--executor=local|slurm|ray] [--tasks=N] [--phase=1|2] [--on_bad_record=raise|skip]
-        [--work_dir=WORK] [--workers=N] [--tokenizer=MODEL] [--slurm_partition=P --slurm_time=T]
+        [--work_dir=WORK] [--workers=N] [--tokenizer=PATH [--tokenizer_kind=KIND]]
+        [--slurm_partition=P --slurm_time=T]
 
 One pipeline definition, four datatrove stages chained by `depends`, runs on any executor:
 
@@ -20,7 +21,7 @@ files fall into tasks (the clusters, and so the number kept, do not).
 `--phase=2` adds a fifth stage, `phase2`, that rereads the phase-1 shards with stricter thresholds
 and writes `DIR/phase2/` (Phi-3's phase-2 web set is a subset of its phase-1 set). Shards hold one
 JSON object per line: `text`, `id`, `metadata` (source file, fastText `__label__hq` score). With
-`--tokenizer`, each phase also gets `DIR/phaseN_tokens/NNNNN.array_record`: per document, in the
+`--tokenizer` (a path of `--tokenizer_kind`, as config.data.tokenizer), each phase also gets `DIR/phaseN_tokens/NNNNN.array_record`: per document, in the
 same order, its token ids as little-endian int32 (no BOS/EOS).
 
 Intermediate files go to `--work_dir` (default `DIR/work`), and every stage logs to
@@ -60,6 +61,8 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.writers import JsonlWriter
 
+from phi3_jax.config import TOKENIZER_KINDS
+from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.data.quality import QualityFilter
 from phi3_jax.data.readers import (
     ON_BAD_RECORD,
@@ -197,11 +200,14 @@ class Stage:
     tasks: int
 
 
-def phase_writers(out: pathlib.Path, name: str, tokenizer: str | None) -> list[PipelineStep]:
-    """jsonl.zst text shards in `out/name`, and token shards in `out/name_tokens` with a tokenizer."""
+def phase_writers(
+    out: pathlib.Path, name: str, tokenizer: tuple[str, str] | None
+) -> list[PipelineStep]:
+    """jsonl.zst text shards in `out/name`, and token shards in `out/name_tokens` with a tokenizer
+    (its kind and path)."""
     writers: list[PipelineStep] = [JsonlWriter(str(out / name), SHARD_NAME, compression="zstd")]
     if tokenizer:
-        writers.append(TokenizedArrayRecordWriter(str(out / f"{name}_tokens"), tokenizer))
+        writers.append(TokenizedArrayRecordWriter(str(out / f"{name}_tokens"), *tokenizer))
     return writers
 
 
@@ -213,7 +219,7 @@ def stages(
     tasks: int,
     phase: int,
     on_bad_record: OnBadRecord,
-    tokenizer: str | None = None,
+    tokenizer: tuple[str, str] | None = None,
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
     out, work = pathlib.Path(output), pathlib.Path(work)
@@ -303,6 +309,11 @@ def file_entry(path: str) -> dict:
     return {"path": path, "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
+def tokenizer_entry(kind: str, path: str) -> dict:
+    """Kind, path and fingerprint of the tokenizer of the token shards."""
+    return {"kind": kind, "path": path, "fingerprint": tokenizer_lib.load(kind, path).fingerprint}
+
+
 def stage_counts(logging_dir: str) -> list[dict]:
     """Per pipeline step of a stage, its counters summed over all tasks (datatrove's stats files)."""
     steps: list[dict] = []
@@ -375,6 +386,7 @@ def run(
     on_bad_record: OnBadRecord = "raise",
     slurm: dict | None = None,
     tokenizer: str | None = None,
+    tokenizer_kind: str = "sentencepiece",
 ) -> dict | None:
     """Run (or resume) the job; return the manifest, or None while SLURM jobs are still queued."""
     if on_bad_record not in ON_BAD_RECORD:
@@ -385,7 +397,8 @@ def run(
         raise FileNotFoundError(f"quality model {quality_model!r} does not exist")
     files = expand_globs(input)
     work = work_dir or os.path.join(output, "work")
-    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record, tokenizer)
+    spec = (tokenizer_kind, tokenizer) if tokenizer else None
+    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record, spec)
     executors = make_executors(
         stage_list, work, executor, workers or min(tasks, os.cpu_count() or 1), slurm
     )
@@ -398,7 +411,7 @@ def run(
         "phase": phase,
         "on_bad_record": on_bad_record,
         "quality_model": file_entry(quality_model),
-        "tokenizer": file_entry(tokenizer) if tokenizer else None,
+        "tokenizer": tokenizer_entry(tokenizer_kind, tokenizer) if tokenizer else None,
         "phases": {str(p): dataclasses.asdict(PHASES[p]) for p in range(1, phase + 1)},
         "minhash": {
             k: getattr(MINHASH, k) for k in ("n_grams", "num_buckets", "hashes_per_bucket", "seed")
@@ -435,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--on_bad_record", choices=ON_BAD_RECORD, default="raise")
     parser.add_argument("--tokenizer", default=None, help="also write token ArrayRecord shards")
+    parser.add_argument("--tokenizer_kind", choices=TOKENIZER_KINDS, default="sentencepiece")
     parser.add_argument("--slurm_partition", default=None)
     parser.add_argument("--slurm_time", default="4:00:00")
     args = parser.parse_args(argv)
@@ -452,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.on_bad_record,
             slurm,
             args.tokenizer,
+            args.tokenizer_kind,
         )
     except (BadRecordError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e

@@ -1,10 +1,12 @@
-"""Phi-3-small's tokenizer: tiktoken BPE (cl100k_base ranks) plus Phi-3-small's special tokens.
+"""Phi-3-small's tokenizer: tiktoken BPE (cl100k_base-style ranks) plus Phi-3-small's special tokens.
 
-The ranks file (`cl100k_base.tiktoken`: one `base64(token) rank` per line) is read from a local
-path; nothing is downloaded. The special tokens and the 100352-row padded vocabulary are those of
-Phi-3-small's `tokenization_phi3_small.py` (PHI3.md §3.8). The interface is that of
-`phi3_jax.data.tokenizer.Tokenizer`: `encode`, `decode`, `bos_id`, `eos_id`, `pad_id`,
-`special_ids`, `vocab_size`.
+The ranks file (one `base64(token) rank` per line, ranks 0..N-1) is read from a local path; nothing
+is downloaded. Phi-3-small's 96 special and dummy ids follow the ranks in its layout (PHI3.md
+§3.8): on cl100k_base's 100256 ranks they are Phi-3-small's own ids (`<|endoftext|>` 100257,
+`<|user|>` 100262, ..., `<|dummy_id_86|>` 100351; 100352 rows), on a smaller ranks file (the tiny
+model's, `train_ranks`) the same layout sits right after its ranks. The dummy ids, the FIM tokens
+and `<|endofprompt|>` are masked in the model (their logits are -inf): this tokenizer neither
+encodes them (their strings are plain text) nor decodes them.
 """
 
 from __future__ import annotations
@@ -13,49 +15,67 @@ import base64
 import binascii
 import dataclasses
 import functools
-from collections.abc import Iterable
+import json
+import os
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import tiktoken
+
+from phi3_jax.data import tokenizer_files
+from phi3_jax.data.tokenizer_files import TokenizerError
 
 # cl100k_base's pre-tokenisation regex (tiktoken_ext.openai_public.cl100k_base).
 CL100K_PAT_STR = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
-# Embedding rows of Phi-3-small; ids above the real tokens are "<|dummy_id_N|>" placeholders.
-PHI3_SMALL_VOCAB_SIZE = 100352
-_FIRST_PADDING_ID = 100277  # "<|dummy_id_12|>"; 100276 is "<|endofprompt|>".
+# cl100k_base's ranks are 0..100255; Phi-3-small's specials take the 96 ids after them.
+CL100K_NUM_RANKS = 100256
+NUM_SPECIAL_IDS = 96
+# Embedding rows of Phi-3-small.
+PHI3_SMALL_VOCAB_SIZE = CL100K_NUM_RANKS + NUM_SPECIAL_IDS
 
-PHI3_SMALL_SPECIAL_TOKENS: dict[str, int] = {
-    "<|endoftext|>": 100257,
-    "<|fim_prefix|>": 100258,
-    "<|fim_middle|>": 100259,
-    "<|fim_suffix|>": 100260,
-    "<|system|>": 100261,
-    "<|user|>": 100262,
-    "<|assistant|>": 100263,
-    "<|dummy_id_0|>": 100264,
-    "<|dummy_id_1|>": 100265,
-    "<|end|>": 100266,
-    # cl100k rank 100256 maps to no bytes, so it is a dummy too.
-    "<|dummy_id_2|>": 100256,
-    **{f"<|dummy_id_{n}|>": 100264 + n for n in range(3, 12)},
-    "<|endofprompt|>": 100276,
-    **{
-        f"<|dummy_id_{12 + k}|>": _FIRST_PADDING_ID + k
-        for k in range(PHI3_SMALL_VOCAB_SIZE - _FIRST_PADDING_ID)
-    },
-}
-# Ids the model never predicts (their logits are masked): every dummy, the FIM tokens and
-# <|endofprompt|>, as Phi-3-small's `dummy_token_indices`.
+
+def phi3_small_special_tokens(first_id: int) -> dict[str, int]:
+    """Phi-3-small's special tokens placed from `first_id` (cl100k: 100256) on, in its layout."""
+    layout = [
+        # cl100k's id 100256 maps to no bytes: a dummy.
+        "<|dummy_id_2|>",
+        "<|endoftext|>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|dummy_id_0|>",
+        "<|dummy_id_1|>",
+        "<|end|>",
+        *(f"<|dummy_id_{n}|>" for n in range(3, 12)),
+        "<|endofprompt|>",
+        *(f"<|dummy_id_{n}|>" for n in range(12, 87)),
+    ]
+    return {token: first_id + k for k, token in enumerate(layout)}
+
+
+# Specials the model masks besides the dummies, as Phi-3-small's `dummy_token_indices`.
 _UNUSED_SPECIALS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|endofprompt|>")
-PHI3_SMALL_DUMMY_TOKEN_IDS: tuple[int, ...] = tuple(
-    sorted(
-        i
-        for token, i in PHI3_SMALL_SPECIAL_TOKENS.items()
-        if "dummy_id" in token or token in _UNUSED_SPECIALS
+
+
+def phi3_small_dummy_ids(first_id: int) -> tuple[int, ...]:
+    """The masked ids of the layout at `first_id`: every dummy, the FIM tokens, <|endofprompt|>."""
+    return tuple(
+        sorted(
+            i
+            for token, i in phi3_small_special_tokens(first_id).items()
+            if "dummy_id" in token or token in _UNUSED_SPECIALS
+        )
     )
-)
+
+
+PHI3_SMALL_SPECIAL_TOKENS = phi3_small_special_tokens(CL100K_NUM_RANKS)
+PHI3_SMALL_DUMMY_TOKEN_IDS = phi3_small_dummy_ids(CL100K_NUM_RANKS)
 
 
 def load_ranks(path: str) -> dict[bytes, int]:
@@ -69,66 +89,125 @@ def load_ranks(path: str) -> dict[bytes, int]:
                 token, rank = line.split()
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
             except (ValueError, binascii.Error):
-                raise ValueError(f"{path}:{number}: not a 'base64 rank' line: {line!r}") from None
+                raise TokenizerError(
+                    f"{path}:{number}: not a 'base64 rank' line: {line!r}"
+                ) from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1}, each once")
     return ranks
+
+
+def write_ranks(ranks: dict[bytes, int], path: str) -> None:
+    """The tiktoken ranks file of `ranks`, in rank order."""
+    with open(path, "wb") as f:
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
 
 
 @dataclasses.dataclass(frozen=True)
 class TiktokenTokenizer:
-    """tiktoken BPE plus special tokens; encode adds no BOS/EOS."""
+    """tiktoken BPE plus the special tokens it encodes and decodes; encode adds no BOS/EOS."""
 
     encoding: tiktoken.Encoding
-    # Special token string -> id, e.g. {"<|endoftext|>": 100257, "<|user|>": 100262, ...}.
+    # The specials it knows, e.g. {"<|endoftext|>": 100257, "<|user|>": 100262, ...}; the masked
+    # ones (dummies, FIM, <|endofprompt|>) are not among them.
     special_ids: dict[str, int]
     bos_id: int
     eos_id: int
     pad_id: int
-    # Embedding rows (>= every id this tokenizer returns).
+    # Embedding rows (ranks + 96 special and dummy ids).
     vocab_size: int
-    # Special tokens that `encode` maps to their ids; the others (the model's masked dummy ids,
-    # whose logits are -inf) are encoded as ordinary text, so they never become targets.
-    allowed_special: frozenset[str]
+    # The ranks file (its bytes define the tokenizer; save_hf converts it).
+    ranks_path: str
+    num_ranks: int
 
     @functools.cached_property
-    def _special_tokens(self) -> dict[int, str]:
-        return {i: t for t, i in self.special_ids.items()}
+    def _known(self) -> np.ndarray:
+        ids = [*range(self.num_ranks), *self.special_ids.values()]
+        return tokenizer_files.decodable_mask(ids, self.vocab_size)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; allowed special-token strings in it become their single ids."""
-        return self.encoding.encode(
-            text, allowed_special=self.allowed_special, disallowed_special=()
-        )
+        """Ids of `text`; known special-token strings in it become their single ids."""
+        return self.encoding.encode(text, allowed_special="all")
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; special ids become their strings, any other unknown id is an error."""
+        """Text of `ids`; special ids become their strings, dummy or unknown ids are an error."""
         ids = [int(i) for i in ids]
-        unknown = [i for i in ids if i not in self._special_tokens and i >= self.encoding.n_vocab]
-        if unknown:
-            raise ValueError(f"id {unknown[0]} is neither a BPE token nor a special token")
+        for i in tokenizer_files.undecodable(ids, self._known):
+            raise ValueError(f"id {i} is neither a BPE token nor a special token it decodes")
         return self.encoding.decode(ids)
 
+    def decodable_mask(self, num_rows: int) -> np.ndarray:
+        """[num_rows] bool: True for the ids decode accepts (False for the dummy ids)."""
+        return tokenizer_files.decodable_mask(np.flatnonzero(self._known), num_rows)
 
-def load_tiktoken_tokenizer(
-    ranks_path: str,
-    special_ids: dict[str, int] | None = None,
-    vocab_size: int = PHI3_SMALL_VOCAB_SIZE,
-    masked_ids: Iterable[int] = PHI3_SMALL_DUMMY_TOKEN_IDS,
-) -> TiktokenTokenizer:
-    """Phi-3-small's tokenizer from a local ranks file (default: Phi-3-small's specials).
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the ranks file's bytes and the special ids."""
+        with open(self.ranks_path, "rb") as f:
+            ranks = f.read()
+        return tokenizer_files.fingerprint(
+            {
+                "ranks": ranks,
+                "special_ids": self.special_ids,
+                "bos_eos_pad": [self.bos_id, self.eos_id, self.pad_id],
+            }
+        )
 
-    bos, eos and pad are all <|endoftext|>, as in Phi-3-small (it has no separate BOS). Specials
-    with `masked_ids` are never produced by `encode`.
+    def hf_tokenizer_json(self) -> str:
+        """tokenizer.json of the same BPE: transformers' TikTokenConverter of the ranks, with the
+        specials at their ids (in the vocabulary too, so that the gaps of the dummies stay)."""
+        try:
+            from transformers.convert_slow_tokenizer import TikTokenConverter
+        except ImportError:
+            raise TokenizerError(
+                f"{self.ranks_path}: writing a Hugging Face tokenizer.json of tiktoken ranks "
+                "needs transformers (pip install transformers)"
+            ) from None
+        backend = TikTokenConverter(vocab_file=self.ranks_path, pattern=CL100K_PAT_STR).converted()
+        spec = json.loads(backend.to_str())
+        for token, i in sorted(self.special_ids.items(), key=lambda item: item[1]):
+            spec["model"]["vocab"][token] = i
+            spec["added_tokens"].append(
+                {
+                    "id": i,
+                    "content": token,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+            )
+        return json.dumps(spec, ensure_ascii=False, indent=2)
+
+    def save_hf(self, out_dir: str) -> None:
+        """A directory from which `transformers.AutoTokenizer` gives exactly these ids."""
+        eos = next(t for t, i in self.special_ids.items() if i == self.eos_id)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": eos,
+            "eos_token": eos,
+            "pad_token": eos,
+            "clean_up_tokenization_spaces": False,
+        }
+        tokenizer_files.write_hf_directory(out_dir, self.hf_tokenizer_json(), config, {})
+
+
+def load_tiktoken_tokenizer(ranks_path: str) -> TiktokenTokenizer:
+    """Phi-3-small's tokenizer from a local ranks file; its specials follow the ranks.
+
+    bos, eos and pad are all <|endoftext|>, as in Phi-3-small (it has no separate BOS).
     """
-    special_ids = dict(PHI3_SMALL_SPECIAL_TOKENS if special_ids is None else special_ids)
+    if not os.path.isfile(ranks_path):
+        raise TokenizerError(f"{ranks_path}: no such tiktoken ranks file")
     ranks = load_ranks(ranks_path)
-    clash = sorted(set(ranks.values()) & set(special_ids.values()))
-    if clash:
-        raise ValueError(f"{ranks_path}: rank {clash[0]} is also a special token id")
-    top = max([*ranks.values(), *special_ids.values()])
-    if top >= vocab_size:
-        raise ValueError(f"id {top} does not fit the vocabulary of {vocab_size}")
+    masked = set(phi3_small_dummy_ids(len(ranks)))
+    special_ids = {
+        t: i for t, i in phi3_small_special_tokens(len(ranks)).items() if i not in masked
+    }
     encoding = tiktoken.Encoding(
-        name="phi3small",
+        name=os.path.basename(ranks_path),
         pat_str=CL100K_PAT_STR,
         mergeable_ranks=ranks,
         special_tokens=special_ids,
@@ -140,6 +219,43 @@ def load_tiktoken_tokenizer(
         bos_id=eos,
         eos_id=eos,
         pad_id=eos,
-        vocab_size=vocab_size,
-        allowed_special=frozenset(t for t, i in special_ids.items() if i not in set(masked_ids)),
+        vocab_size=len(ranks) + NUM_SPECIAL_IDS,
+        ranks_path=ranks_path,
+        num_ranks=len(ranks),
     )
+
+
+def train_ranks(texts: Iterator[str], num_ranks: int) -> dict[bytes, int]:
+    """A byte-level BPE of `num_ranks` ranks (256 bytes + merges) over `texts`, split by cl100k's
+    regex, trained by the `tokenizers` library; ranks in merge order, so tiktoken applies the
+    merges as they were learnt."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(CL100K_PAT_STR), behavior="isolated"), byte_level]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=num_ranks,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    # ByteLevel spells each byte as one printable character; map merges back to bytes.
+    to_byte = {c: b for b, c in enumerate(_byte_level_chars())}
+    ranks = {bytes([b]): b for b in range(256)}
+    for merge in json.loads(bpe.to_str())["model"]["merges"]:
+        left, right = merge if isinstance(merge, list) else merge.split(" ")
+        token = bytes(to_byte[c] for c in left + right)
+        ranks.setdefault(token, len(ranks))
+    if len(ranks) != num_ranks:
+        raise TokenizerError(f"the texts give {len(ranks)} ranks, not {num_ranks}")
+    return ranks
+
+
+def _byte_level_chars() -> list[str]:
+    """The character ByteLevel uses for each byte 0..255 (GPT-2's printable mapping)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]

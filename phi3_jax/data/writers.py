@@ -12,7 +12,7 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.data import tokenizer as tokenizer_lib
 
 
 def token_record(ids: list[int]) -> bytes:
@@ -26,15 +26,16 @@ class TokenizedArrayRecordWriter(PipelineStep):
     type = "💽 - WRITER"
     name = "🔢 ArrayRecord tokens"
 
-    def __init__(self, output_folder: str, tokenizer_path: str):
+    def __init__(self, output_folder: str, tokenizer_kind: str, tokenizer_path: str):
         super().__init__()
         self.output_folder = output_folder
+        self.tokenizer_kind = tokenizer_kind
         self.tokenizer_path = tokenizer_path
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from array_record.python.array_record_module import ArrayRecordWriter
 
-        tokenizer = load_tokenizer(self.tokenizer_path)
+        tokenizer = tokenizer_lib.load(self.tokenizer_kind, self.tokenizer_path)
         writer = None
         try:
             for doc in data:

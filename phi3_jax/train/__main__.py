@@ -25,6 +25,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except AttributeError as error:
+        for arg in argv:
+            name = arg.split("=")[0]
+            why = config_lib.REMOVED_KEYS.get(name.removeprefix("--config."))
+            if why:
+                sys.exit(f"error: {name}: {why}")
         key = str(error).strip("\"'")
         named = [
             arg.split("=")[0]

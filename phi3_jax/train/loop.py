@@ -73,10 +73,19 @@ def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def _check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
+    """The model has a row for every id of the tokenizer, and masks none it can produce."""
+    spec = f"data.tokenizer={config.data.tokenizer.kind}:{config.data.tokenizer.path}"
     if tokenizer.vocab_size > config.model.vocab_size:
         raise config_lib.ConfigError(
             f"model.vocab_size={config.model.vocab_size}: smaller than the tokenizer's "
-            f"{tokenizer.vocab_size} ids (data.tokenizer_path={config.data.tokenizer_path!r})"
+            f"{tokenizer.vocab_size} ids ({spec})"
+        )
+    produced = tokenizer.decodable_mask(config.model.vocab_size)
+    masked = [i for i in config.model.dummy_token_ids if produced[i]]
+    if masked:
+        raise config_lib.ConfigError(
+            f"model.dummy_token_ids: {masked[0]} is masked in the model but a token of the "
+            f"tokenizer ({spec})"
         )
 
 
@@ -176,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     train_step = step_lib.make_train_step(config, mesh)
     eval_step = step_lib.make_eval_step(config, mesh)
     batch_sharding = step_lib.batch_shardings(config, mesh)["tokens"]
-    tokenizer = load_tokenizer(config.data.tokenizer_path)
+    tokenizer = load_tokenizer(config)
     _check_vocab(config, tokenizer)
     flops = metrics.flops_per_token(config)
     peak, peak_source = metrics.peak_flops(config, mesh.devices.ravel().tolist())

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import zstandard
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from phi3_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+from phi3_jax import config as config_lib
+from phi3_jax.data.tokenizer import load_tokenizer, train_sentencepiece, write_sentencepiece_json
 
 WORDS = (
     "the of and a to in is you that it he was for on are as with his they at be this have from "
@@ -77,11 +78,19 @@ def write_source(
     return all_texts
 
 
+def tokenizer_config(kind: str, path: str):
+    """The default run config with `data.tokenizer` set to (kind, path)."""
+    config = config_lib.default_config()
+    config.data.tokenizer.update(kind=kind, path=path)
+    return config
+
+
 def make_tokenizer(directory: str):
-    """A 320-piece BPE over the test vocabulary (plus the Phi-3 specials)."""
+    """A 320-piece BPE over the test vocabulary (plus the Phi-3 specials), with its tokenizer.json."""
     sentences = texts("web", 500, seed=1) + texts("synthetic", 500, seed=1) + texts("code", 500)
     path = train_sentencepiece(iter(sentences), 320, os.path.join(directory, "sp"))
-    return load_tokenizer(path)
+    write_sentencepiece_json(path)
+    return load_tokenizer(tokenizer_config("sentencepiece", path))
 
 
 def token_bytes(ids: Sequence[int]) -> bytes:

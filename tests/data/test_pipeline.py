@@ -77,7 +77,7 @@ def assert_batches_equal(a, b):
 
 def byte_pieces(tokenizer) -> np.ndarray:
     return np.array(
-        [tokenizer.sp.IdToPiece(i).startswith("<0x") for i in range(tokenizer.num_pieces)]
+        [tokenizer.backend.id_to_token(i).startswith("<0x") for i in range(tokenizer.num_pieces)]
     )
 
 

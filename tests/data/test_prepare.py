@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
+from phi3_jax.config import default_config
 from phi3_jax.data import prepare
 from phi3_jax.data.readers import iter_documents
 from phi3_jax.data.shards import write_jsonl_zst
@@ -139,7 +140,7 @@ def test_phase2_is_a_stricter_subset_and_the_manifest_lists_outputs(filtered):
 
 def test_token_shards_hold_each_kept_document_in_order(filtered):
     out, manifest = filtered
-    tok = load_tokenizer(TOKENIZER)
+    tok = load_tokenizer(default_config())  # its tokenizer: data/tokenizer.model
     for phase in ("phase1", "phase2"):
         texts = [d.text for d in _kept(f"{out}/{phase}")]
         (shard,) = manifest["outputs"][f"{phase}_tokens"]

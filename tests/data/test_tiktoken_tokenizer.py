@@ -1,22 +1,25 @@
 """Phi-3-small's tiktoken tokenizer on a small ranks file written here: BPE merges, special
-tokens, the 100352 vocabulary, the dummy ids the model masks, and bad ranks files."""
+tokens in Phi-3-small's layout after the ranks, the dummy ids the model masks (neither encoded nor
+decoded), and bad ranks files."""
 
 from __future__ import annotations
 
 import base64
 
+import numpy as np
 import pytest
 
 from configs import phi3_small
 from phi3_jax.data import tiktoken_tokenizer as tt
 
 MERGES = [b"he", b"ll", b"hell", b"hello", b" w", b"or", b" wor", b"ld", b" world"]
+NUM_RANKS = 256 + len(MERGES)
+# Phi-3-small's ids, shifted from cl100k's 100256 ranks to these NUM_RANKS.
+SHIFT = NUM_RANKS - 100256
 
 
 def write_ranks(path, tokens) -> str:
-    path.write_bytes(
-        b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for r, t in enumerate(tokens))
-    )
+    tt.write_ranks({t: r for r, t in enumerate(tokens)}, str(path))
     return str(path)
 
 
@@ -35,12 +38,24 @@ def test_bpe_merges_and_round_trip(tokenizer):
 
 def test_special_tokens(tokenizer):
     ids = tokenizer.encode("<|user|>\nhello<|end|>\n<|assistant|>\n")
-    assert ids == [100262, 10, 256 + 3, 100266, 10, 100263, 10]
+    assert ids == [100262 + SHIFT, 10, 256 + 3, 100266 + SHIFT, 10, 100263 + SHIFT, 10]
     assert tokenizer.decode(ids) == "<|user|>\nhello<|end|>\n<|assistant|>\n"
-    assert tokenizer.bos_id == tokenizer.eos_id == tokenizer.pad_id == 100257
-    assert tokenizer.special_ids["<|system|>"] == 100261
-    assert tokenizer.special_ids["<|dummy_id_86|>"] == 100351
-    assert tokenizer.vocab_size == 100352
+    assert tokenizer.bos_id == tokenizer.eos_id == tokenizer.pad_id == 100257 + SHIFT
+    assert tokenizer.special_ids["<|system|>"] == 100261 + SHIFT
+    assert "<|dummy_id_86|>" not in tokenizer.special_ids
+    assert tokenizer.vocab_size == NUM_RANKS + 96
+
+
+def test_decodable_mask_is_false_exactly_where_decode_fails(tokenizer):
+    mask = tokenizer.decodable_mask(tokenizer.vocab_size + 4)
+    for i, decodable in enumerate(mask):
+        if decodable:
+            tokenizer.decode([i])
+        else:
+            with pytest.raises(ValueError, match=f"id {i} is neither"):
+                tokenizer.decode([i])
+    masked = np.flatnonzero(~mask[: tokenizer.vocab_size])
+    assert masked.tolist() == list(tt.phi3_small_dummy_ids(NUM_RANKS))
 
 
 def test_masked_specials_are_encoded_as_text(tokenizer):
@@ -48,7 +63,7 @@ def test_masked_specials_are_encoded_as_text(tokenizer):
     model's logit there is -inf, so as a target it would make the loss infinite."""
     text = "<|fim_prefix|>x<|dummy_id_3|><|endoftext|>"
     ids = tokenizer.encode(text)
-    assert ids[-1] == 100257
+    assert ids[-1] == 100257 + SHIFT
     assert all(i < 256 + len(MERGES) for i in ids[:-1])
     assert tokenizer.decode(ids) == text
 
@@ -73,7 +88,7 @@ def test_bad_ranks_files(tmp_path):
     bad.write_bytes(base64.b64encode(b"a") + b" 0\nnot-base64! 1\n")
     with pytest.raises(ValueError, match=r"bad\.tiktoken:2: not a 'base64 rank' line"):
         tt.load_tiktoken_tokenizer(str(bad))
-    clash = tmp_path / "clash.tiktoken"
-    clash.write_bytes(base64.b64encode(b"x") + b" 100261\n")  # <|system|>'s id
-    with pytest.raises(ValueError, match="rank 100261 is also a special token id"):
-        tt.load_tiktoken_tokenizer(str(clash))
+    gap = tmp_path / "gap.tiktoken"
+    gap.write_bytes(base64.b64encode(b"x") + b" 0\n" + base64.b64encode(b"y") + b" 100261\n")
+    with pytest.raises(ValueError, match=r"gap\.tiktoken: ranks must be 0\.\.1, each once"):
+        tt.load_tiktoken_tokenizer(str(gap))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
 
+import pytest
+from shard_fixtures import tokenizer_config
+
+from phi3_jax import config as config_lib
 from phi3_jax.data import tokenizer as tok_lib
 from phi3_jax.data.shards import write_jsonl_zst
 
@@ -25,23 +30,32 @@ ROUND_TRIPS = [
     "",
     "Hello, world.",
     "digits 0123456789 and 3.14159e-10",
-    "  leading spaces,\ttabs\t\tand   runs of    spaces  ",
+    "leading text,\ttabs\t\tand   runs of    spaces  ",
     "\n\nblank lines\n\n\n  indented\n",
     "non-ASCII: café, naïve, Straße, 漢字, Ελληνικά, emoji 🙂🚀, \u200b zero width",
     "control \x00 \x1f bytes and a lone \ufffd",
-    "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|endoftext|>",
+    "<|user|>What is 2+2?<|end|><|assistant|>4<|end|><|endoftext|>",
 ]
+# Where the Hugging Face tokenizer (the ids of record) loses text, decode gives what it gives: a
+# leading space of the text is the sentencepiece dummy prefix, and whitespace right after an
+# rstrip special token (all of Phi-3's but <|endoftext|>) belongs to the token.
+LOSSY = {
+    "  leading spaces": " leading spaces",
+    "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|endoftext|>\n": (
+        "<|user|>What is 2+2?<|end|><|assistant|>4<|end|><|endoftext|>\n"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return tok_lib.load_tokenizer(BUNDLED)
+    return tok_lib.load_tokenizer(tokenizer_config("sentencepiece", BUNDLED))
 
 
 def test_special_tokens_sit_at_their_phi3_ids(tok):
     assert tok.num_pieces == 32000 and tok.vocab_size == 32064
     assert tok.special_ids == PHI3_IDS
-    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id) == (1, 32000, 32000, 0)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 32000, 32000)
     for text, i in PHI3_IDS.items():
         assert tok.encode(text) == [i] and tok.decode([i]) == text
 
@@ -53,10 +67,16 @@ def test_round_trip(tok, text):
     assert all(0 <= i < tok.vocab_size for i in ids)
 
 
+@pytest.mark.parametrize("text", LOSSY)
+def test_what_the_hf_tokenizer_loses(tok, text):
+    assert tok.decode(tok.encode(text)) == LOSSY[text]
+
+
 def test_digits_are_split_and_unknown_characters_fall_back_to_bytes(tok):
-    digit_ids = [i for i in tok.encode("x 9081726354") if tok.sp.IdToPiece(i).strip("▁").isdigit()]
+    piece = tok.backend.id_to_token
+    digit_ids = [i for i in tok.encode("x 9081726354") if piece(i).strip("▁").isdigit()]
     assert len(digit_ids) == 10
-    pieces = [tok.sp.IdToPiece(i) for i in tok.encode("𝔘")]
+    pieces = [piece(i) for i in tok.encode("𝔘")]
     assert pieces[-4:] == ["<0xF0>", "<0x9D>", "<0x94>", "<0x98>"]
 
 
@@ -71,7 +91,46 @@ def test_train_cli_and_any_model_gets_the_specials_after_its_pieces(tmp_path):
     tok_lib.main(
         ["train", f"--input={tmp_path}/*.jsonl.zst", "--vocab_size=300", f"--out={tmp_path}/t"]
     )
-    small = tok_lib.load_tokenizer(str(tmp_path / "t.model"))
+    small = tok_lib.load_tokenizer(tokenizer_config("sentencepiece", str(tmp_path / "t.model")))
     assert small.num_pieces == 300 and small.vocab_size == 320
     assert small.special_ids["<|endoftext|>"] == 300 and small.special_ids["<|user|>"] == 310
     assert small.decode(small.encode(texts[5] + "<|end|>")) == texts[5] + "<|end|>"
+
+
+def test_a_saved_config_with_the_removed_key_is_a_clear_error():
+    saved = json.loads(config_lib.to_json(config_lib.default_config()))
+    del saved["data"]["tokenizer"]
+    saved["data"]["tokenizer_path"] = "data/tokenizer.model"
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"^data\.tokenizer_path='data/tokenizer\.model'"
+        r": removed; name the tokenizer with data\.tokenizer\.kind",
+    ):
+        config_lib.from_json(json.dumps(saved))
+
+
+@pytest.mark.parametrize(
+    "kind, path, message",
+    [
+        ("sentencepiece", "nope.model", r"nope\.model: no such sentencepiece model"),
+        ("hf", "data/raw", r"data/raw: no tokenizer\.json, nor a tokenizer\.model"),
+        ("tiktoken", "nope.tiktoken", r"nope\.tiktoken: no such tiktoken ranks file"),
+    ],
+)
+def test_a_missing_tokenizer_names_the_key_and_file(kind, path, message):
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=rf"^data\.tokenizer\.path='{path}' "
+        rf"\(kind {kind}\): {message}",
+    ):
+        tok_lib.load_tokenizer(tokenizer_config(kind, path))
+
+
+def test_a_tokenizer_json_of_another_model_is_refused(tmp_path):
+    texts = [f"Line {i}: other words entirely, {i * 3} of them." for i in range(300)]
+    other = tok_lib.train_sentencepiece(iter(texts), 300, str(tmp_path / "other"))
+    shutil.copyfile(BUNDLED.replace(".model", ".json"), tmp_path / "other.json")
+    with pytest.raises(
+        config_lib.ConfigError, match=r"other\.json: does not belong to .*other\.model"
+    ):
+        tok_lib.load_tokenizer(tokenizer_config("sentencepiece", other))

@@ -230,3 +230,12 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     assert (
         result.stderr.strip().splitlines()[-1] == "error: --config.train.nope: unknown config key"
     )
+
+
+def test_removed_tokenizer_path_key_names_its_replacement(tmp_path):
+    result = run(tmp_path / "run", check=False, **{"data.tokenizer_path": "data/tokenizer.model"})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --config.data.tokenizer_path: removed; name the tokenizer with "
+        "data.tokenizer.kind (sentencepiece | hf | tiktoken) and data.tokenizer.path"
+    )

@@ -93,9 +93,7 @@ def test_hf_checkpoint_converts_and_trains_with_transformers_step0_loss(tmp_path
 
     resolved = loop.with_init_model(config)
     assert (resolved.model.hidden_size, resolved.model.num_kv_heads) == (64, 2)
-    batch = next(
-        pipeline.train_iterator(resolved, load_tokenizer(config.data.tokenizer_path), 0, 1)
-    )
+    batch = next(pipeline.train_iterator(resolved, load_tokenizer(config), 0, 1))
     lines = metrics.read_metrics(str(tmp_path / "run"))
     assert [line["step"] for line in lines] == [1, 2]
     expected = hf_loss(hf_model, batch)
