@@ -1,7 +1,7 @@
 """`python -m phi3_jax.eval`: score a training run or a Hugging Face Phi-3 on benchmarks.
 
   python -m phi3_jax.eval --workdir=RUN [--step=N] --tasks=arc_easy,mmlu,gsm8k,ppl:FILE.jsonl
-  python -m phi3_jax.eval --hf_dir=DIR --tokenizer=TOKENIZER.model --tasks=...
+  python -m phi3_jax.eval --hf_dir=DIR [--tokenizer=PATH --tokenizer_kind=KIND] --tasks=...
       [--num_fewshot=K] [--limit=N] [--style=lm_eval|report] [--output=results.json]
       [--log_samples]
 
@@ -17,6 +17,7 @@ import os
 from absl import app, flags, logging
 
 from phi3_jax import checkpoint
+from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.eval import runner, tasks
 from phi3_jax.eval.scorer import Scorer
@@ -29,7 +30,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A training run's workdir (its latest checkpoint).")
     flags.DEFINE_integer("step", None, "With --workdir: this checkpoint step, not the latest.")
     flags.DEFINE_string("hf_dir", None, "A Hugging Face Phi-3 directory instead of a run.")
-    flags.DEFINE_string("tokenizer", None, "With --hf_dir: its sentencepiece model.")
+    flags.DEFINE_string("tokenizer", None, "With --hf_dir: its tokenizer (default: the dir).")
+    flags.DEFINE_enum("tokenizer_kind", "hf", TOKENIZER_KINDS, "The kind of --tokenizer.")
     flags.DEFINE_list("tasks", None, "Tasks: names, the group mmlu, or ppl:PATH.", required=True)
     flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: each task's).")
     flags.DEFINE_integer("limit", None, "Score only the first N documents of each task.")
@@ -45,23 +47,24 @@ def _define_flags() -> None:
     )
 
 
-def load_model(workdir: str | None, hf_dir: str | None, tokenizer_path: str | None, step=None):
-    """(config, params, tokenizer, add_bos, source description) of a run or an HF directory."""
+def load_model(
+    workdir: str | None,
+    hf_dir: str | None,
+    tokenizer_path: str | None,
+    step=None,
+    tokenizer_kind: str = "hf",
+):
+    """(config, params, tokenizer, add_bos, source description) of a run or an HF directory (its
+    tokenizer: `tokenizer_path` of `tokenizer_kind`, by default the directory's own files)."""
     if bool(workdir) == bool(hf_dir):
         raise app.UsageError("give exactly one of --workdir and --hf_dir")
     if workdir:
         config, params, step = checkpoint.restore_params_of_run(workdir, step)
-        path = config.data.tokenizer_path
-        if not path or not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{workdir}: the run's tokenizer data.tokenizer_path={path!r} is not a file"
-            )
         source = {"workdir": os.path.abspath(workdir), "step": step}
-        return config, params, load_tokenizer(path), config.data.add_bos, source
-    if not tokenizer_path:
-        raise app.UsageError("--hf_dir needs --tokenizer (its sentencepiece model)")
+        return config, params, load_tokenizer(config), config.data.add_bos, source
     config, params = hf.load_hf(hf_dir)
-    return config, params, load_tokenizer(tokenizer_path), False, {"hf_dir": hf_dir}
+    config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer_path or hf_dir)
+    return config, params, load_tokenizer(config), False, {"hf_dir": hf_dir}
 
 
 def main(argv: list[str]) -> None:
@@ -71,7 +74,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.ERROR)
     tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
     config, params, tokenizer, add_bos, source = load_model(
-        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step
+        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
     )
     config.model.dtype = FLAGS.dtype
     add_bos = add_bos if FLAGS.add_bos is None else FLAGS.add_bos
