@@ -59,15 +59,20 @@ def rotary_inverse_frequencies(model: ml_collections.ConfigDict, extension: Arra
     return 1.0 / jnp.asarray(base, jnp.float32)
 
 
-def rotary_cos_sin(model: ml_collections.ConfigDict, positions: Array) -> tuple[Array, Array]:
+def rotary_cos_sin(
+    model: ml_collections.ConfigDict, positions: Array, use_long: Array | None = None
+) -> tuple[Array, Array]:
     """cos and sin tables [batch, seq, head_dim] (float32) for the given positions.
 
-    LongRoPE picks, per call, the long factors when the largest position + 1 exceeds
-    original_max_position_embeddings and the short ones otherwise (HF's rule), and always scales
-    cos/sin by the attention factor.
+    LongRoPE takes the long factors where `use_long` (a bool, or one per row) is true and the short
+    ones elsewhere, and always scales cos/sin by the attention factor. By default `use_long` is
+    HF's rule for one forward call: the largest position + 1 exceeds
+    original_max_position_embeddings.
     """
     if model.rope_scaling == "longrope":
-        use_long = jnp.max(positions) + 1 > model.original_max_position_embeddings
+        if use_long is None:
+            use_long = jnp.max(positions) + 1 > model.original_max_position_embeddings
+        use_long = jnp.broadcast_to(use_long, positions.shape[:1])[:, None, None]
         inv_freq = jnp.where(
             use_long,
             rotary_inverse_frequencies(model, model.rope_long_factor),
@@ -80,6 +85,16 @@ def rotary_cos_sin(model: ml_collections.ConfigDict, positions: Array) -> tuple[
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(angles) * scale, jnp.sin(angles) * scale
+
+
+def rotates_cached_keys(model: ml_collections.ConfigDict) -> bool:
+    """Whether decoding caches keys unrotated and rotates them at every step (LongRoPE).
+
+    A LongRoPE sequence that grows past original_max_position_embeddings switches every position,
+    the cached ones included, from the short to the long factors (HF recomputes its cache then);
+    rotating the cached keys with the row's current factors at each step gives the same numbers.
+    """
+    return model.rope_scaling == "longrope"
 
 
 def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
@@ -111,10 +126,24 @@ def attention_mask(segment_ids: Array, sliding_window: int) -> Array:
     return causal_mask(index, index, sliding_window)[None] & same_segment
 
 
-def decode_mask(index: Array, length: int, cache_length: int, sliding_window: int) -> Array:
-    """Boolean [1, length, cache_length] for `length` new tokens written at cache slot `index`."""
-    query = index + jnp.arange(length)
-    return causal_mask(query, jnp.arange(cache_length), sliding_window)[None]
+def decode_mask(
+    index: Array, start: Array, length: int, cache_length: int, sliding_window: int
+) -> Array:
+    """Boolean [batch, length, cache_length] for `length` new tokens written at cache slot
+    `index` [batch] of rows whose sequences begin at slot `start` [batch] (left padding before)."""
+    query = index[:, None] + jnp.arange(length)
+    key = jnp.arange(cache_length)
+    visible = jax.vmap(causal_mask, in_axes=(0, None, None))(query, key, sliding_window)
+    return visible & (key >= start[:, None, None])
+
+
+def write_cache(cache: Array, new: Array, index: Array) -> Array:
+    """`new` [batch, n, ...] written into `cache` [batch, length, ...] at slot `index` [batch]."""
+
+    def write_row(row: Array, value: Array, at: Array) -> Array:
+        return jax.lax.dynamic_update_slice_in_dim(row, value.astype(row.dtype), at, axis=0)
+
+    return jax.vmap(write_row)(cache, new, index)
 
 
 class Attention(nn.Module):
@@ -137,11 +166,20 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, cos: Array, sin: Array, mask: Array, kv: dict | None, index: Array | None
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        kv: dict | None,
+        index: Array | None,
+        key_rotary: tuple[Array, Array] | None = None,
     ) -> tuple[Array, dict | None]:
-        """Attention output, and the key/value cache `kv` with this call's keys written at
-        `index` (kv is None when not decoding). `mask` is boolean [batch, q, k], or in training
-        with a fast kernel the segment ids [batch, length] (see attention.uses_segment_ids)."""
+        """Attention output, and the key/value cache `kv` with this call's keys written at slot
+        `index` [batch] (kv is None when not decoding). `mask` is boolean [batch, q, k], or in
+        training with a fast kernel the segment ids [batch, length] (see
+        attention.uses_segment_ids). With `key_rotary` (cos, sin of every cache slot) the cache
+        holds unrotated keys, rotated when read (`rotates_cached_keys`)."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         q_shape = (m.hidden_size, m.num_heads, head_dim)
@@ -153,14 +191,20 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(
             apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
-        k = nn.with_logical_constraint(
-            apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
-        )
+        if key_rotary is None:
+            k = apply_rotary(k, cos, sin)
+        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", None))
 
         if kv is not None:
-            k = jax.lax.dynamic_update_slice(kv["k"], k.astype(kv["k"].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(kv["v"], v.astype(kv["v"].dtype), (0, index, 0, 0))
-            kv = {"k": k, "v": v}
+            kv = {
+                name: nn.with_logical_constraint(
+                    write_cache(kv[name], new, index), ("batch", None, "kv_heads", None)
+                )
+                for name, new in (("k", k), ("v", v))
+            }
+            k, v = kv["k"], kv["v"]
+            if key_rotary is not None:
+                k = apply_rotary(k, *key_rotary)
 
         # Decoding attends over the cache with its mask; training runs the configured kernel.
         impl = "einsum" if kv is not None else attention.resolve(m.attention, m.dtype)

@@ -29,12 +29,14 @@ class DecoderBlock(nn.Module):
     model: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, kv=None, index=None) -> tuple[Array, dict | None]:
+    def __call__(
+        self, x, cos, sin, mask, kv=None, index=None, key_rotary=None
+    ) -> tuple[Array, dict | None]:
         """(carry, per-layer output) for nn.scan: the residual stream, and this layer's kv cache."""
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         attn_in = layers.RMSNorm(self.model, name="input_layernorm")(x)
         attn_out, kv = layers.Attention(self.model, name="self_attn")(
-            attn_in, cos, sin, mask, kv, index
+            attn_in, cos, sin, mask, kv, index, key_rotary
         )
         h = x + attn_out
         mlp_in = layers.RMSNorm(self.model, name="post_attention_layernorm")(h)
@@ -60,10 +62,16 @@ class Phi3(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens: Array, positions: Array, segment_ids: Array, cache: dict | None = None
+        self,
+        tokens: Array,
+        positions: Array,
+        segment_ids: Array,
+        cache: dict | None = None,
+        lengths: Array | None = None,
     ) -> tuple[Array, dict | None]:
-        """(float32 logits, updated cache). With a cache (decoding), the new tokens are written
-        at cache["index"] and attend to everything cached before them; segment_ids is unused."""
+        """(float32 logits, updated cache). With a cache (decoding, see `decode`), row b's new
+        tokens are written at slot cache["index"][b], the first `lengths[b]` of them real, and
+        attend to the row's cached slots from cache["start"][b] on; segment_ids is unused."""
         m = self.model
         embed = nn.Embed(
             m.vocab_size,
@@ -74,30 +82,36 @@ class Phi3(nn.Module):
             name="embed_tokens",
         )
         x = embed(tokens)
-        cos, sin = layers.rotary_cos_sin(m, positions)
+        kv, index, key_rotary = None, None, None
         if cache is None:
-            kv, index = None, None
+            cos, sin = layers.rotary_cos_sin(m, positions)
             # Fast kernels build their masks blockwise from the segment ids.
             if attention.uses_segment_ids(m):
                 mask = segment_ids
             else:
                 mask = layers.attention_mask(segment_ids, m.sliding_window)
         else:
-            kv, index = cache["kv"], cache["index"]
+            kv, index, start = cache["kv"], cache["index"], cache["start"]
             cache_length = kv["k"].shape[2]
-            mask = layers.decode_mask(index, tokens.shape[1], cache_length, m.sliding_window)
+            # Each row picks its LongRoPE factors from its own length after this call.
+            use_long = index + lengths - start > m.original_max_position_embeddings
+            cos, sin = layers.rotary_cos_sin(m, positions, use_long)
+            mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, m.sliding_window)
+            if layers.rotates_cached_keys(m):
+                slots = jnp.arange(cache_length)[None] - start[:, None]
+                key_rotary = layers.rotary_cos_sin(m, slots, use_long)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
         blocks = nn.scan(
             _block_class(m),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
             length=m.num_layers,
             unroll=1 if m.scan_layers else m.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index)
+        x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index, key_rotary)
         x = layers.RMSNorm(m, name="norm")(x)
         if self.hidden_only:
             return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
@@ -106,7 +120,7 @@ class Phi3(nn.Module):
         )
         if cache is None:
             return out, None
-        return out, {"kv": kv, "index": index + tokens.shape[1]}
+        return out, {"kv": kv, "index": index + lengths, "start": cache["start"]}
 
 
 def lm_head(model: ml_collections.ConfigDict, name: str | None = None) -> nn.DenseGeneral:
@@ -211,25 +225,40 @@ def lm_head_logits(config: ml_collections.ConfigDict, params, hidden: Array) -> 
     return head.apply({"params": params["lm_head"]}, hidden).astype(jnp.float32)
 
 
-def init_cache(config: ml_collections.ConfigDict, batch: int, length: int) -> dict:
-    """An empty key/value cache for decoding up to `length` tokens: per layer k and v
-    [layers, batch, length, kv_heads, head_dim] in the compute dtype, and the write index."""
+def init_cache(
+    config: ml_collections.ConfigDict, batch: int, length: int, start: Array | None = None
+) -> dict:
+    """An empty key/value cache for decoding up to `length` tokens per row: per layer k and v
+    [layers, batch, length, kv_heads, head_dim] in the compute dtype, each row's write slot
+    `index` [batch] (0) and the slot where its sequence begins, `start` [batch] (default 0; a
+    left-padded row begins after its padding)."""
     m = config.model
     shape = (m.num_layers, batch, length, m.num_kv_heads, m.hidden_size // m.num_heads)
     zeros = jnp.zeros(shape, layers.dtype_of(m.dtype))
-    return {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((), jnp.int32)}
+    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
+    return {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((batch,), jnp.int32), "start": start}
 
 
-def decode(config: ml_collections.ConfigDict, params, tokens: Array, cache: dict):
-    """Logits of `tokens` [batch, n] that continue the cached sequence, and the updated cache.
+def decode(
+    config: ml_collections.ConfigDict,
+    params,
+    tokens: Array,
+    cache: dict,
+    lengths: Array | None = None,
+):
+    """Logits of `tokens` [batch, n] that continue the cached rows, and the updated cache.
 
-    The prompt goes through once (n = prompt length), then one token per call. LongRoPE picks its
-    factors from the largest position seen in the call, as HF does; HF also recomputes the whole
-    cache when a sequence first grows past original_max_position_embeddings, which this does not.
+    The prompts go through once, then one token per call. Row b's tokens are written from its
+    slot cache["index"][b] on and sit at positions index - start; only its first `lengths[b]`
+    (default n) count: the index advances by that many, so a right-padded prompt's padding is
+    overwritten by the tokens that follow it before anything attends to it. Left padding is the
+    slots before cache["start"], which nothing attends to. Every call gives each row the logits
+    of a full forward pass over its sequence so far, LongRoPE included (`rotates_cached_keys`).
     """
     tokens = jnp.asarray(tokens, jnp.int32)
-    positions = cache["index"] + jnp.arange(tokens.shape[1], dtype=jnp.int32)
-    positions = jnp.broadcast_to(positions, tokens.shape)
+    n = tokens.shape[1]
+    lengths = jnp.full(tokens.shape[:1], n, jnp.int32) if lengths is None else lengths
+    positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(n, dtype=jnp.int32)
     return Phi3(config.model).apply(
-        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache
+        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache, lengths
     )
