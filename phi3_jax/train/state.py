@@ -27,7 +27,8 @@ class TrainState:
     params: Any
     # optax state: Adam moments sharded like the params, counters replicated.
     opt_state: optax.OptState
-    # Typed PRNG key reserved for stochastic parts of a step (Phi-3 itself has no dropout).
+    # Typed PRNG key of the step's stochastic parts: dropout keys fold in the step (train.step's
+    # dropout_key; only Phi-3-small has dropout).
     rng: jax.Array
 
 

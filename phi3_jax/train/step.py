@@ -7,7 +7,12 @@ A batch is a dict of int32 [global_batch, seq_len] arrays, sharded over the batc
   segment_ids  document index within the row, 0 for padding
   loss_mask    1 where the target counts in the loss (0 on padding, later on prompts)
 The loss is the cross-entropy averaged over the loss-masked tokens of the whole global batch, so
-splitting the batch into microbatches changes nothing but the summation order.
+splitting the batch into microbatches changes nothing but the summation order (with dropout,
+Phi-3-small's, it also changes which units drop: each microbatch draws its own mask).
+
+Dropout keys are a pure function of the state's rng (from train.seed), the step and the
+microbatch (`dropout_key`), so a resumed run draws the masks an uninterrupted one draws; eval and
+generation pass no key and are deterministic.
 """
 
 from __future__ import annotations
@@ -65,15 +70,25 @@ def chunked_token_sums(config: ml_collections.ConfigDict, params, hidden, batch:
     return jax.lax.scan(accumulate, zeros, xs)[0]
 
 
-def loss_sums(config: ml_collections.ConfigDict, params, batch: Batch) -> Metrics:
+def loss_sums(
+    config: ml_collections.ConfigDict, params, batch: Batch, dropout_rng: jax.Array | None = None
+) -> Metrics:
     """Sums over loss-masked tokens of the cross-entropy (`ce`) and of logsumexp^2 (`z`); with
-    train.loss_chunk the logits are made chunk by chunk (`chunked_token_sums`)."""
+    train.loss_chunk the logits are made chunk by chunk (`chunked_token_sums`). A `dropout_rng`
+    turns the model's dropout on (training); without one the loss is deterministic."""
     inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
     if config.train.loss_chunk:
+        # phi3 only (validated), which has no dropout.
         hidden = model.hidden_states(config, params, batch["tokens"], **inputs)
         return chunked_token_sums(config, params, hidden, batch)
-    logits = model.logits(config, params, batch["tokens"], **inputs)
+    logits = model.logits(config, params, batch["tokens"], **inputs, dropout_rng=dropout_rng)
     return token_sums(logits, batch["targets"], batch["loss_mask"])
+
+
+def dropout_key(state_rng: jax.Array, step: jax.Array, microbatch: jax.Array) -> jax.Array:
+    """The dropout key of one microbatch of one step: a pure function of the state's rng, the
+    step and the microbatch index, so a resumed run draws the masks an uninterrupted one does."""
+    return jax.random.fold_in(jax.random.fold_in(state_rng, step), microbatch)
 
 
 def split_microbatches(batch: Batch, microbatches: int) -> Batch:
@@ -91,13 +106,18 @@ def split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
 
 def loss_and_grads(
-    config: ml_collections.ConfigDict, params, batch: Batch, param_shardings=None
+    config: ml_collections.ConfigDict,
+    params,
+    batch: Batch,
+    param_shardings=None,
+    dropout: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[object, Metrics]:
     """Gradients of the global-batch objective, accumulated over train.microbatches by a scan.
 
     Each microbatch's sums are divided by the token count of the whole global batch, so the
     accumulated gradient is that of the global mean. `param_shardings` (a pytree of shardings)
-    pins the gradient accumulator to the params' layout. Returns (grads, metrics).
+    pins the gradient accumulator to the params' layout. `dropout` = (state rng, step) turns
+    dropout on, microbatch i with `dropout_key(rng, step, i)`. Returns (grads, metrics).
     """
 
     def like_params(tree):
@@ -109,21 +129,24 @@ def loss_and_grads(
     denominator = jnp.maximum(tokens, 1.0)
     z_coefficient = config.train.z_loss
 
-    def objective(p, microbatch: Batch):
-        sums = loss_sums(config, p, microbatch)
+    def objective(p, microbatch: Batch, rng: jax.Array | None):
+        sums = loss_sums(config, p, microbatch, rng)
         return (sums["ce"] + z_coefficient * sums["z"]) / denominator, sums
 
-    def accumulate(carry, microbatch: Batch):
+    def accumulate(carry, xs: tuple[Batch, jax.Array]):
         grads, sums = carry
-        micro_grads, micro_sums = jax.grad(objective, has_aux=True)(params, microbatch)
+        microbatch, index = xs
+        rng = None if dropout is None else dropout_key(*dropout, index)
+        micro_grads, micro_sums = jax.grad(objective, has_aux=True)(params, microbatch, rng)
         grads = like_params(jax.tree.map(jnp.add, grads, micro_grads))
         return (grads, jax.tree.map(jnp.add, sums, micro_sums)), None
 
     zeros = like_params(jax.tree.map(jnp.zeros_like, params))
+    microbatches = config.train.microbatches
     (grads, sums), _ = jax.lax.scan(
         accumulate,
         (zeros, {"ce": jnp.zeros(()), "z": jnp.zeros(())}),
-        split_microbatches(batch, config.train.microbatches),
+        (split_microbatches(batch, microbatches), jnp.arange(microbatches)),
     )
     metrics = {
         "loss": sums["ce"] / denominator,
@@ -142,8 +165,11 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on the global batch; metrics: loss, z_loss, grad_norm (before
     clipping), param_norm (after the update), learning_rate (used by this step), tokens, and with
-    train.on_nan=skip `skipped` (the update was dropped for a non-finite loss or grad norm)."""
-    grads, metrics = loss_and_grads(config, state.params, batch, param_shardings)
+    train.on_nan=skip `skipped` (the update was dropped for a non-finite loss or grad norm).
+    The model's dropout (Phi-3-small's) is on, keyed by the state's rng and step."""
+    grads, metrics = loss_and_grads(
+        config, state.params, batch, param_shardings, dropout=(state.rng, state.step)
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics |= {

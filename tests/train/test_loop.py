@@ -1,6 +1,6 @@
-"""The training loop through its CLI: bitwise exact resume after SIGKILL, a kill during an async
-save, SIGTERM, a corrupted latest checkpoint, a checkpoint of other shapes, an unwritable workdir
-and an unknown config key.
+"""The training loop through its CLI: bitwise exact resume after SIGKILL (also of a Phi-3-small
+twin with dropout on), a kill during an async save, SIGTERM, a corrupted latest checkpoint, a
+checkpoint of other shapes, an unwritable workdir and an unknown config key.
 
 Runs are subprocesses of `python -m phi3_jax.train` on one CPU device, on the bundled corpus and
 tokenizer, with a model smaller than tiny (2 layers of width 64; the tokenizer's 32064 rows).
@@ -101,45 +101,89 @@ def steps_on_disk(workdir) -> list[str]:
     return sorted(os.listdir(os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)))
 
 
-@pytest.fixture(scope="session")
-def straight(tmp_path_factory, worker_id):
-    """12 steps uninterrupted, checkpoints at 6 and 12: run once, shared by the xdist workers."""
+# Phi-3-small's structure on the same model (GQA, one blocksparse and one dense layer, blocks of 8
+# tokens: 32 tokens reach its vertical stripes) with its 0.1 embedding and FFN dropout on; 6 steps,
+# checkpoints at 3 and 6.
+SMALL_STEPS = 6
+SMALL_OVERRIDES = {
+    "model.architecture": "phi3small",
+    "model.num_kv_heads": 2,
+    "model.blocksparse_block_size": 8,
+    "model.blocksparse_num_local_blocks": 2,
+    "model.blocksparse_vert_stride": 4,
+    "model.embedding_dropout": 0.1,
+    "model.ffn_dropout": 0.1,
+    "train.steps": SMALL_STEPS,
+    "checkpoint.every_steps": SMALL_STEPS // 2,
+}
+
+
+def straight_run(tmp_path_factory, worker_id, name: str, **overrides):
+    """An uninterrupted run, made once and shared by the xdist workers."""
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         root = root.parent
-    workdir = root / "straight"
-    with fasteners.InterProcessLock(str(root / "straight.lock")):
+    workdir = root / name
+    with fasteners.InterProcessLock(str(root / f"{name}.lock")):
         if not (workdir / "complete").exists():
             shutil.rmtree(workdir, ignore_errors=True)
-            result = run(workdir)
+            result = run(workdir, **overrides)
             assert "starting from a random init" in result.stdout
             (workdir / "complete").write_text("")
     return workdir
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, tmp_path):
-    workdir = tmp_path / "killed"
-    process = start(workdir)
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory, worker_id):
+    """12 steps uninterrupted, checkpoints at 6 and 12."""
+    return straight_run(tmp_path_factory, worker_id, "straight")
+
+
+@pytest.fixture(scope="session")
+def straight_small(tmp_path_factory, worker_id):
+    """The Phi-3-small twin's 6 steps uninterrupted, checkpoints at 3 and 6."""
+    return straight_run(tmp_path_factory, worker_id, "straight_small", **SMALL_OVERRIDES)
+
+
+def kill_after_checkpoint_then_resume(straight, workdir, steps: int, **overrides) -> None:
+    """SIGKILL a run once its checkpoint at steps / 2 is complete, resume it, and assert that
+    every later step's loss and grad norm and the final params equal `straight`'s bitwise."""
+    middle = steps // 2
+    process = start(workdir, **overrides)
     checkpoints = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
-    # Freeze the run at each progress line past step 6 until checkpoint 6 has completed.
+    # Freeze the run at each progress line past the middle until its checkpoint has completed.
     for line in process.stdout:
-        if line.startswith("step ") and int(line.split()[1].split("/")[0]) > 6:
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) > middle:
             process.send_signal(signal.SIGSTOP)
-            if os.path.isdir(os.path.join(checkpoints, "6")):
+            if os.path.isdir(os.path.join(checkpoints, str(middle))):
                 break
             process.send_signal(signal.SIGCONT)
     process.kill()
     process.wait()
-    assert "6" in os.listdir(checkpoints) and "12" not in os.listdir(checkpoints)
+    assert str(middle) in os.listdir(checkpoints) and str(steps) not in os.listdir(checkpoints)
 
-    resumed = run(workdir)
-    assert "resuming from step 6" in resumed.stdout
+    resumed = run(workdir, **overrides)
+    assert f"resuming from step {middle}" in resumed.stdout
     expected, got = losses(straight), losses(workdir)
-    for step in range(7, STEPS + 1):
+    for step in range(middle + 1, steps + 1):
         assert got[step] == expected[step], step  # bitwise: exact float equality
-    assert len(expected) == STEPS and expected[STEPS][0] < expected[1][0]
-    for a, b in zip(saved_params(straight, STEPS), saved_params(workdir, STEPS), strict=True):
+    assert len(expected) == steps
+    for a, b in zip(saved_params(straight, steps), saved_params(workdir, steps), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(straight, tmp_path):
+    kill_after_checkpoint_then_resume(straight, tmp_path / "killed", STEPS)
+    expected = losses(straight)
+    assert expected[STEPS][0] < expected[1][0]
+
+
+@pytest.mark.slow  # three more runs (~45 s); the fast check of the keying is in test_small_train
+def test_small_with_dropout_resumes_bitwise_exact_after_sigkill(straight_small, tmp_path):
+    """Dropout masks are keyed by the seed and step, not drawn from process state."""
+    kill_after_checkpoint_then_resume(
+        straight_small, tmp_path / "killed", SMALL_STEPS, **SMALL_OVERRIDES
+    )
 
 
 def test_kill_during_async_save_leaves_the_previous_checkpoint(straight, tmp_path):
