@@ -12,16 +12,12 @@ with --log_samples every request with its scores.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import app, flags, logging
 
-from phi3_jax import checkpoint
 from phi3_jax.config import TOKENIZER_KINDS
-from phi3_jax.data.tokenizer import load_tokenizer
-from phi3_jax.eval import runner, tasks
+from phi3_jax.eval import runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
-from phi3_jax.model import hf
 
 FLAGS = flags.FLAGS
 
@@ -47,38 +43,27 @@ def _define_flags() -> None:
     )
 
 
-def load_model(
-    workdir: str | None,
-    hf_dir: str | None,
-    tokenizer_path: str | None,
-    step=None,
-    tokenizer_kind: str = "hf",
-):
-    """(config, params, tokenizer, add_bos, source description) of a run or an HF directory (its
-    tokenizer: `tokenizer_path` of `tokenizer_kind`, by default the directory's own files)."""
-    if bool(workdir) == bool(hf_dir):
-        raise app.UsageError("give exactly one of --workdir and --hf_dir")
-    if workdir:
-        config, params, step = checkpoint.restore_params_of_run(workdir, step)
-        source = {"workdir": os.path.abspath(workdir), "step": step}
-        return config, params, load_tokenizer(config), config.data.add_bos, source
-    config, params = hf.load_hf(hf_dir)
-    config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer_path or hf_dir)
-    return config, params, load_tokenizer(config), False, {"hf_dir": hf_dir}
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
     tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
-    config, params, tokenizer, add_bos, source = load_model(
-        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
+    try:
+        loaded = source.load(
+            FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
+        )
+    except source.SourceError as e:
+        raise app.UsageError(str(e)) from None
+    loaded.config.model.dtype = FLAGS.dtype
+    add_bos = loaded.add_bos if FLAGS.add_bos is None else FLAGS.add_bos
+    scorer = Scorer(
+        loaded.config,
+        loaded.params,
+        loaded.tokenizer,
+        add_bos=add_bos,
+        batch_tokens=FLAGS.batch_tokens,
     )
-    config.model.dtype = FLAGS.dtype
-    add_bos = add_bos if FLAGS.add_bos is None else FLAGS.add_bos
-    scorer = Scorer(config, params, tokenizer, add_bos=add_bos, batch_tokens=FLAGS.batch_tokens)
     results = runner.evaluate(
         scorer,
         FLAGS.tasks,
@@ -93,7 +78,7 @@ def main(argv: list[str]) -> None:
         print(f"{truncated} requests were longer than the context and left-truncated")
     if FLAGS.output:
         out = {
-            "source": source,
+            "source": loaded.source,
             "settings": {
                 "style": FLAGS.style,
                 "num_fewshot": FLAGS.num_fewshot,

@@ -1,0 +1,47 @@
+"""Where the model under evaluation comes from: a training run's checkpoint or an HF directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+
+from phi3_jax import checkpoint
+from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.model import hf
+
+
+class SourceError(ValueError):
+    """The model source is missing or incomplete; the message names the path or flag."""
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to score: its config, params, tokenizer, BOS habit and where it came from."""
+
+    config: ml_collections.ConfigDict
+    params: dict
+    tokenizer: object
+    add_bos: bool
+    source: dict
+
+
+def load(
+    workdir: str | None = None,
+    hf_dir: str | None = None,
+    tokenizer: str | None = None,
+    step: int | None = None,
+    tokenizer_kind: str = "hf",
+) -> Loaded:
+    """A run's checkpoint (latest, or `step`) with the run's tokenizer, or a Hugging Face Phi-3
+    directory with its tokenizer (`tokenizer` of `tokenizer_kind`, by default its own files)."""
+    if bool(workdir) == bool(hf_dir):
+        raise SourceError("give exactly one of workdir and hf_dir")
+    if workdir:
+        config, params, step = checkpoint.restore_params_of_run(workdir, step)
+        source = {"workdir": os.path.abspath(workdir), "step": int(step)}
+        return Loaded(config, params, load_tokenizer(config), bool(config.data.add_bos), source)
+    config, params = hf.load_hf(hf_dir)
+    config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer or hf_dir)
+    return Loaded(config, params, load_tokenizer(config), False, {"hf_dir": hf_dir})
