@@ -28,7 +28,6 @@ from phi3_jax.eval.scorer import Scorer
 DEFAULT_MAX_GEN_TOKS = 256
 
 
-@register_model("phi3_jax")
 class Phi3JaxLM(LM):
     """An lm-eval model over our Scorer. model_args: workdir=RUN [step=N] | hf_dir=DIR
     tokenizer=MODEL; dtype (float32), batch_tokens, add_bos, max_length."""
@@ -230,4 +229,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Run from the importable module, which registers phi3_jax once (utils.py imports it too).
+    from phi3_jax.eval import harness
+
+    harness.main(sys.argv[1:])
+else:
+    register_model("phi3_jax")(Phi3JaxLM)

@@ -57,7 +57,8 @@ def _token_logprobs(config, params, tokens, targets, mask):
 class Scorer:
     """Scores text with one model: `loglikelihood`, `loglikelihood_rolling`, `generate`.
 
-    `tokenizer` has encode(text) -> ids (no special tokens), decode(ids), bos_id and eos_id.
+    `tokenizer` is a `load_tokenizer` tokenizer: encode (no special tokens), decode, bos_id,
+    eos_id, pad_id, special_ids, decodable_mask.
     """
 
     def __init__(
@@ -83,6 +84,11 @@ class Scorer:
         self.counters = Counters()
         self._score = jax.jit(functools.partial(_token_logprobs, config))
         self._decode = jax.jit(functools.partial(model.decode, config))
+        tok = tokenizer
+        self._specials = set(tok.special_ids.values()) | {tok.bos_id, tok.eos_id, tok.pad_id}
+        # Generation never picks an id the tokenizer cannot decode (padding rows, dummy ids).
+        rows = config.model.vocab_size
+        self._undecodable = jnp.asarray(~np.asarray(tok.decodable_mask(rows), bool))
 
     # ------------------------------------------------------------------------------------------
     # Tokenization (lm-eval's conventions)
@@ -204,10 +210,8 @@ class Scorer:
         return out
 
     def _decode_text(self, ids: Sequence[int]) -> str:
-        specials = set(getattr(self.tokenizer, "special_ids", {}).values()) | {
-            self.tokenizer.eos_id
-        }
-        return self.tokenizer.decode([i for i in ids if i not in specials])
+        """Text of generated ids without special tokens (transformers' skip_special_tokens)."""
+        return self.tokenizer.decode([i for i in ids if i not in self._specials])
 
     def _greedy(self, prompt: list[int], max_new: int, until: Sequence[str]) -> list[int]:
         """Greedy ids after `prompt` with the key/value cache: the prompt goes in chunks of
@@ -222,7 +226,7 @@ class Scorer:
             logits, cache = self._decode(self.params, np.asarray([[token]], np.int32), cache)
         new: list[int] = []
         while True:
-            token = int(jnp.argmax(logits[0, -1]))
+            token = int(jnp.argmax(jnp.where(self._undecodable, -jnp.inf, logits[0, -1])))
             new.append(token)
             if token == self.tokenizer.eos_id or len(new) == max_new:
                 return new

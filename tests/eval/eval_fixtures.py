@@ -1,5 +1,5 @@
 """A tiny random Phi-3 in Hugging Face format (transformers' own save_pretrained) with a small
-byte-level BPE tokenizer, and the adapter that gives our scorer that tokenizer's ids."""
+byte-level BPE tokenizer (read on our side as a tokenizer of kind `hf`)."""
 
 from __future__ import annotations
 
@@ -55,23 +55,3 @@ def save_tiny_hf(out: str, *, vocab: int = 384, seed: int = 0, init_range: float
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-class HFTokenizer:
-    """encode/decode/bos_id/eos_id/special_ids over a transformers tokenizer directory."""
-
-    def __init__(self, path: str):
-        import transformers
-
-        self.tok = transformers.AutoTokenizer.from_pretrained(path)
-        self.bos_id = self.tok.bos_token_id
-        self.eos_id = self.tok.eos_token_id
-        self.special_ids = {
-            t: self.tok.convert_tokens_to_ids(t) for t in self.tok.all_special_tokens
-        }
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def decode(self, ids) -> str:
-        return self.tok.decode(list(ids))

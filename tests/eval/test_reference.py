@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from eval_fixtures import HFTokenizer, save_tiny_hf
+from eval_fixtures import save_tiny_hf
 
+from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.eval import metrics, runner, scorer, tasks
 from phi3_jax.model import hf
 
@@ -28,7 +29,12 @@ def _ours(path: str, max_length: int | None = None, add_bos: bool = False) -> sc
     config, params = hf.load_hf(path)
     config.model.dtype = "float32"
     return scorer.Scorer(
-        config, params, HFTokenizer(path), add_bos=add_bos, max_length=max_length, log=None
+        config,
+        params,
+        tokenizer_lib.load("hf", path),
+        add_bos=add_bos,
+        max_length=max_length,
+        log=None,
     )
 
 
