@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from phi3_jax import generate as generate_lib
 from phi3_jax import model
 
 Log = Callable[[str], None]
@@ -70,6 +71,8 @@ class Scorer:
         add_bos: bool = False,
         max_length: int | None = None,
         batch_tokens: int = 4096,
+        gen_batch: int = 16,
+        mesh=None,
         log: Log | None = print,
         progress_every_s: float = 30.0,
     ):
@@ -77,18 +80,18 @@ class Scorer:
         self.add_bos = add_bos
         self.max_length = max_length or config.model.max_position_embeddings
         self.batch_tokens = batch_tokens
+        self.gen_batch, self.mesh = gen_batch, mesh
         self.log = log or (lambda _: None)
         self.progress_every_s = progress_every_s
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_id = bos if bos is not None and bos >= 0 else tokenizer.eos_id
         self.counters = Counters()
         self._score = jax.jit(functools.partial(_token_logprobs, config))
-        self._decode = jax.jit(functools.partial(model.decode, config))
         tok = tokenizer
         self._specials = set(tok.special_ids.values()) | {tok.bos_id, tok.eos_id, tok.pad_id}
         # Generation never picks an id the tokenizer cannot decode (padding rows, dummy ids).
         rows = config.model.vocab_size
-        self._undecodable = jnp.asarray(~np.asarray(tok.decodable_mask(rows), bool))
+        self._decodable = np.asarray(tok.decodable_mask(rows), bool)
 
     # ------------------------------------------------------------------------------------------
     # Tokenization (lm-eval's conventions)
@@ -191,51 +194,49 @@ class Scorer:
     def generate(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
         """Greedy continuation of each (context, stop sequences, max new tokens), cut before the
         first stop sequence; EOS ends it too. The context keeps its last
-        max_length - max_new_tokens ids (left truncation, counted)."""
-        progress = _Progress("generate_until", len(requests), self.log, self.progress_every_s)
-        out = []
-        for context, until, max_new in requests:
-            ids = self.encode(context)
+        max_length - max_new_tokens ids (left truncation, counted). Requests go through
+        `generate.generate_batch` in batches of `gen_batch`, longest first, grouped by their
+        stop sequences and token budget."""
+        prompts = []
+        for context, _, max_new in requests:
             keep = self.max_length - max_new
             if keep <= 0:
                 raise ValueError(
                     f"max_gen_toks={max_new} leaves no room for a context in {self.max_length}"
                 )
+            ids = self.encode(context) or [self.prefix_id]
             self.counters.truncated += len(ids) > keep
-            new = self._greedy(ids[-keep:], max_new, until)
-            out.append(cut_at_stop(self._decode_text(new), until))
-            self.counters.requests += 1
-            progress.update(1)
+            prompts.append(ids[-keep:])
+        groups: dict[tuple, list[int]] = {}
+        for i in sorted(range(len(requests)), key=lambda i: -len(prompts[i])):
+            groups.setdefault((tuple(requests[i][1]), requests[i][2]), []).append(i)
+        out: list = [None] * len(requests)
+        progress = _Progress("generate_until", len(requests), self.log, self.progress_every_s)
+        for (until, max_new), indices in groups.items():
+            # Stop early once the ids of a stop string come out; the text is cut either way.
+            stops = [ids for ids in map(self.tokenizer.encode, until) if ids]
+            for start in range(0, len(indices), self.gen_batch):
+                chunk = indices[start : start + self.gen_batch]
+                new = generate_lib.generate_batch(
+                    self.config,
+                    self.params,
+                    [prompts[i] for i in chunk],
+                    max_new_tokens=max_new,
+                    stop_ids=[{self.tokenizer.eos_id}] * len(chunk),
+                    stop_sequences=[stops] * len(chunk),
+                    mesh=self.mesh,
+                    decodable=self._decodable,
+                )
+                for i, ids in zip(chunk, new, strict=True):
+                    out[i] = cut_at_stop(self._decode_text(ids), until)
+                self.counters.requests += len(chunk)
+                progress.update(len(chunk))
         progress.done()
         return out
 
     def _decode_text(self, ids: Sequence[int]) -> str:
         """Text of generated ids without special tokens (transformers' skip_special_tokens)."""
         return self.tokenizer.decode([i for i in ids if i not in self._specials])
-
-    def _greedy(self, prompt: list[int], max_new: int, until: Sequence[str]) -> list[int]:
-        """Greedy ids after `prompt` with the key/value cache: the prompt goes in chunks of
-        PREFILL ids, then one id per call (two compiled shapes for every request)."""
-        prompt = prompt or [self.prefix_id]
-        cache = model.init_cache(self.config, 1, self.max_length)
-        chunks = [prompt[i : i + PREFILL] for i in range(0, len(prompt), PREFILL)]
-        last = chunks.pop() if len(chunks[-1]) < PREFILL else []
-        for chunk in chunks:
-            logits, cache = self._decode(self.params, np.asarray([chunk], np.int32), cache)
-        for token in last:
-            logits, cache = self._decode(self.params, np.asarray([[token]], np.int32), cache)
-        new: list[int] = []
-        while True:
-            token = int(jnp.argmax(jnp.where(self._undecodable, -jnp.inf, logits[0, -1])))
-            new.append(token)
-            if token == self.tokenizer.eos_id or len(new) == max_new:
-                return new
-            if until and any(s in self._decode_text(new) for s in until):
-                return new
-            logits, cache = self._decode(self.params, np.asarray([[token]], np.int32), cache)
-
-
-PREFILL = 64
 
 
 def rolling_windows(ids: list[int], prefix: int, max_length: int) -> list[tuple[list, list]]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from eval_fixtures import save_tiny_hf
 
+from phi3_jax import generate
 from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.eval import metrics, runner, scorer, tasks
 from phi3_jax.model import hf
@@ -96,7 +97,9 @@ def _check_loglikelihood(path, names, limit, shots, max_length=None):
     theirs = theirs_lm.loglikelihood(_instances("loglikelihood", pairs))
     # Plus id-level requests whose continuation is the model's own greedy ids (is_greedy true).
     ids = [ours.encode_pair(*p) for p in pairs[:: max(len(pairs) // 8, 1)]]
-    extra = [(c, ours._greedy(c[-ours.max_length + 4 :], 4, ())) for c, _ in ids]
+    contexts = [c[-ours.max_length + 4 :] for c, _ in ids]
+    greedy = generate.generate_batch(ours.config, ours.params, contexts, max_new_tokens=4)
+    extra = list(zip(contexts, greedy, strict=True))
     mine += ours.loglikelihood_ids(extra + ids)
     theirs += theirs_lm._loglikelihood_tokens([(("", ""), c, x) for c, x in extra + ids])
     diff = np.abs([m[0] - t[0] for m, t in zip(mine, theirs, strict=True)])
