@@ -87,16 +87,6 @@ def rotary_cos_sin(
     return jnp.cos(angles) * scale, jnp.sin(angles) * scale
 
 
-def rotates_cached_keys(model: ml_collections.ConfigDict) -> bool:
-    """Whether decoding caches keys unrotated and rotates them at every step (LongRoPE).
-
-    A LongRoPE sequence that grows past original_max_position_embeddings switches every position,
-    the cached ones included, from the short to the long factors (HF recomputes its cache then);
-    rotating the cached keys with the row's current factors at each step gives the same numbers.
-    """
-    return model.rope_scaling == "longrope"
-
-
 def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
     """Rotate-half RoPE over the full head dim; x is [batch, seq, heads, head_dim]."""
     cos = cos[:, :, None, :].astype(x.dtype)
@@ -166,20 +156,12 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x: Array,
-        cos: Array,
-        sin: Array,
-        mask: Array,
-        kv: dict | None,
-        index: Array | None,
-        key_rotary: tuple[Array, Array] | None = None,
+        self, x: Array, cos: Array, sin: Array, mask: Array, kv: dict | None, index: Array | None
     ) -> tuple[Array, dict | None]:
         """Attention output, and the key/value cache `kv` with this call's keys written at slot
         `index` [batch] (kv is None when not decoding). `mask` is boolean [batch, q, k], or in
         training with a fast kernel the segment ids [batch, length] (see
-        attention.uses_segment_ids). With `key_rotary` (cos, sin of every cache slot) the cache
-        holds unrotated keys, rotated when read (`rotates_cached_keys`)."""
+        attention.uses_segment_ids)."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         q_shape = (m.hidden_size, m.num_heads, head_dim)
@@ -191,9 +173,9 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(
             apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
-        if key_rotary is None:
-            k = apply_rotary(k, cos, sin)
-        k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", None))
+        k = nn.with_logical_constraint(
+            apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
+        )
 
         if kv is not None:
             kv = {
@@ -203,8 +185,6 @@ class Attention(nn.Module):
                 for name, new in (("k", k), ("v", v))
             }
             k, v = kv["k"], kv["v"]
-            if key_rotary is not None:
-                k = apply_rotary(k, *key_rotary)
 
         # Decoding attends over the cache with its mask; training runs the configured kernel.
         impl = "einsum" if kv is not None else attention.resolve(m.attention, m.dtype)

@@ -7,6 +7,8 @@ nothing is allocated to learn the layout.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,14 +31,12 @@ class DecoderBlock(nn.Module):
     model: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(
-        self, x, cos, sin, mask, kv=None, index=None, key_rotary=None
-    ) -> tuple[Array, dict | None]:
+    def __call__(self, x, cos, sin, mask, kv=None, index=None) -> tuple[Array, dict | None]:
         """(carry, per-layer output) for nn.scan: the residual stream, and this layer's kv cache."""
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         attn_in = layers.RMSNorm(self.model, name="input_layernorm")(x)
         attn_out, kv = layers.Attention(self.model, name="self_attn")(
-            attn_in, cos, sin, mask, kv, index, key_rotary
+            attn_in, cos, sin, mask, kv, index
         )
         h = x + attn_out
         mlp_in = layers.RMSNorm(self.model, name="post_attention_layernorm")(h)
@@ -69,9 +69,10 @@ class Phi3(nn.Module):
         cache: dict | None = None,
         lengths: Array | None = None,
     ) -> tuple[Array, dict | None]:
-        """(float32 logits, updated cache). With a cache (decoding, see `decode`), row b's new
-        tokens are written at slot cache["index"][b], the first `lengths[b]` of them real, and
-        attend to the row's cached slots from cache["start"][b] on; segment_ids is unused."""
+        """(float32 logits, or with hidden_only the final-norm hidden states; the key/value cache
+        with this call's keys and values written). With a cache (decoding, see `decode`), row
+        b's tokens are written from slot cache["index"][b] on, the first `lengths[b]` of them
+        real, and attend to the row's slots from cache["start"][b] on; segment_ids is unused."""
         m = self.model
         embed = nn.Embed(
             m.vocab_size,
@@ -82,7 +83,7 @@ class Phi3(nn.Module):
             name="embed_tokens",
         )
         x = embed(tokens)
-        kv, index, key_rotary = None, None, None
+        kv, index = None, None
         if cache is None:
             cos, sin = layers.rotary_cos_sin(m, positions)
             # Fast kernels build their masks blockwise from the segment ids.
@@ -97,30 +98,25 @@ class Phi3(nn.Module):
             use_long = index + lengths - start > m.original_max_position_embeddings
             cos, sin = layers.rotary_cos_sin(m, positions, use_long)
             mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, m.sliding_window)
-            if layers.rotates_cached_keys(m):
-                slots = jnp.arange(cache_length)[None] - start[:, None]
-                key_rotary = layers.rotary_cos_sin(m, slots, use_long)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
         blocks = nn.scan(
             _block_class(m),
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=m.num_layers,
             unroll=1 if m.scan_layers else m.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index, key_rotary)
+        x, kv = blocks(m, name="layers")(x, cos, sin, mask, kv, index)
         x = layers.RMSNorm(m, name="norm")(x)
         if self.hidden_only:
-            return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+            return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv
         out = nn.with_logical_constraint(
             lm_head(m, name="lm_head")(x).astype(jnp.float32), ("batch", "length", "vocab")
         )
-        if cache is None:
-            return out, None
-        return out, {"kv": kv, "index": index + lengths, "start": cache["start"]}
+        return out, kv
 
 
 def lm_head(model: ml_collections.ConfigDict, name: str | None = None) -> nn.DenseGeneral:
@@ -231,12 +227,36 @@ def init_cache(
     """An empty key/value cache for decoding up to `length` tokens per row: per layer k and v
     [layers, batch, length, kv_heads, head_dim] in the compute dtype, each row's write slot
     `index` [batch] (0) and the slot where its sequence begins, `start` [batch] (default 0; a
-    left-padded row begins after its padding)."""
+    left-padded row begins after its padding). LongRoPE models also keep the token ids
+    [batch, length], to recompute the cache when a row first grows past the original length."""
     m = config.model
     shape = (m.num_layers, batch, length, m.num_kv_heads, m.hidden_size // m.num_heads)
     zeros = jnp.zeros(shape, layers.dtype_of(m.dtype))
     start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
-    return {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((batch,), jnp.int32), "start": start}
+    cache = {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((batch,), jnp.int32)}
+    cache["start"] = start
+    if m.rope_scaling == "longrope":
+        cache["tokens"] = jnp.zeros((batch, length), jnp.int32)
+    return cache
+
+
+def _decode_step(config, params, tokens: Array, cache: dict, lengths: Array, hidden_only=False):
+    """The decoder over `tokens` written into the cache from each row's index on."""
+    positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(tokens.shape[1])
+    out, kv = Phi3(config.model, hidden_only=hidden_only).apply(
+        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache, lengths
+    )
+    return out, {**cache, "kv": kv, "index": cache["index"] + lengths}
+
+
+def _recompute(config, params, tokens: Array, cache: dict, lengths: Array):
+    """`_decode_step`'s result by running each row's whole sequence (the cached token ids and
+    these) through the model again, every key and value recomputed."""
+    index, n = cache["index"], tokens.shape[1]
+    fresh = {**cache, "index": jnp.zeros_like(index)}
+    hidden, new = _decode_step(config, params, cache["tokens"], fresh, index + lengths, True)
+    picked = jnp.take_along_axis(hidden, (index[:, None] + jnp.arange(n))[..., None], axis=1)
+    return lm_head_logits(config, params, picked), new
 
 
 def decode(
@@ -252,13 +272,28 @@ def decode(
     slot cache["index"][b] on and sit at positions index - start; only its first `lengths[b]`
     (default n) count: the index advances by that many, so a right-padded prompt's padding is
     overwritten by the tokens that follow it before anything attends to it. Left padding is the
-    slots before cache["start"], which nothing attends to. Every call gives each row the logits
-    of a full forward pass over its sequence so far, LongRoPE included (`rotates_cached_keys`).
+    slots before cache["start"], which nothing attends to.
+
+    Every call gives each row the logits of a full forward pass over its sequence so far. For
+    LongRoPE that means the long factors at every position once the sequence is longer than
+    original_max_position_embeddings: the call in which a row with cached tokens first grows
+    past it recomputes the whole cache from the token ids (as HF regenerates its cache then).
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     n = tokens.shape[1]
     lengths = jnp.full(tokens.shape[:1], n, jnp.int32) if lengths is None else lengths
-    positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(n, dtype=jnp.int32)
-    return Phi3(config.model).apply(
-        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache, lengths
+    if "tokens" not in cache:
+        return _decode_step(config, params, tokens, cache, lengths)
+    cache = {**cache, "tokens": layers.write_cache(cache["tokens"], tokens, cache["index"])}
+    before = cache["index"] - cache["start"]
+    original = config.model.original_max_position_embeddings
+    crosses = (before > 0) & (before <= original) & (before + lengths > original)
+    return jax.lax.cond(
+        jnp.any(crosses),
+        functools.partial(_recompute, config),
+        functools.partial(_decode_step, config),
+        params,
+        tokens,
+        cache,
+        lengths,
     )

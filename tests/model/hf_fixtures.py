@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import transformers
 
+from configs import base
+
 
 def random_hf_model(seed: int = 0, **overrides) -> transformers.Phi3ForCausalLM:
     """A small randomly initialised Phi3ForCausalLM (eager attention, fp32), norms randomised too."""
@@ -42,3 +44,20 @@ def hf_logits(model: transformers.Phi3ForCausalLM, tokens: np.ndarray) -> np.nda
 
 def random_tokens(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, length), dtype=np.int64)
+
+
+# A LongRoPE model with mini-128k's real factors, its original length shrunk to 32.
+LONGROPE = dict(
+    hidden_size=192,  # 2 heads of 96, as mini: 48 factors
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    max_position_embeddings=32 * 32,  # the real 128K/4K ratio, with the original length shrunk
+    original_max_position_embeddings=32,
+    rope_parameters={
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": list(base.LONGROPE_SHORT_FACTOR),
+        "long_factor": list(base.LONGROPE_LONG_FACTOR),
+        "original_max_position_embeddings": 32,
+    },
+)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import safetensors.torch
-from hf_fixtures import hf_logits, random_hf_model, random_tokens
+from hf_fixtures import LONGROPE, hf_logits, random_hf_model, random_tokens
 
 from configs import base
 from phi3_jax import model as phi3
@@ -43,22 +43,6 @@ def test_gqa_medium_like(tmp_path):
     hf_model = random_hf_model(hidden_size=128, num_attention_heads=8, num_key_value_heads=2)
     config = assert_parity(hf_model, tmp_path, length=16)
     assert (config.model.num_heads, config.model.num_kv_heads) == (8, 2)
-
-
-LONGROPE = dict(
-    hidden_size=192,  # 2 heads of 96, as mini: 48 factors
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    max_position_embeddings=32 * 32,  # the real 128K/4K ratio, with the original length shrunk
-    original_max_position_embeddings=32,
-    rope_parameters={
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "short_factor": list(base.LONGROPE_SHORT_FACTOR),
-        "long_factor": list(base.LONGROPE_LONG_FACTOR),
-        "original_max_position_embeddings": 32,
-    },
-)
 
 
 @pytest.mark.parametrize("length", [24, 32, 40], ids=["short", "at-original", "long"])
