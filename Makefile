@@ -68,5 +68,6 @@ data: $(STAMP)
 	$(PY) -m phi3_jax.data.prepare --input=data/raw/stdlib.jsonl.zst --output=data/web \
 		--work_dir=$(DATA_WORK)/prepare --quality_model=data/quality/edu.bin --phase=2 --tasks=2
 	$(PY) -m phi3_jax.data.synthetic --out=data/synthetic --docs=4000 --seed=0
+	$(PY) -m phi3_jax.posttrain.demo_data --synthetic='data/synthetic/*.jsonl.zst' --out=data/chat
 	$(PY) -m phi3_jax.data.tokenizer train --vocab_size=32000 --out=data/tokenizer \
 		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst

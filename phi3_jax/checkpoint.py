@@ -23,7 +23,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
-from phi3_jax import sharding
+from phi3_jax import model, sharding
 from phi3_jax.train import state as state_lib
 
 PARAMS_DIR = "params"
@@ -65,6 +65,16 @@ def restore_params(path: str, abstract_params=None):
         return checkpointer.restore(
             os.path.join(os.path.abspath(path), PARAMS_DIR), abstract_params
         )
+
+
+def restore_sharded_params(path: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """A params checkpoint's params, each in its shards of the config's param sharding on `mesh`."""
+    targets = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        model.abstract_params(config),
+        state_lib.param_shardings(config, mesh),
+    )
+    return restore_params(path, targets)
 
 
 def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:

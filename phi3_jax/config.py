@@ -33,6 +33,13 @@ REMOVED_KEYS = {
     "data.tokenizer_path": "removed; name the tokenizer with data.tokenizer.kind "
     f"({' | '.join(TOKENIZER_KINDS)}) and data.tokenizer.path",
 }
+# What the run trains: next-token prediction on documents (pretraining), SFT on chat
+# conversations, or DPO on preference pairs (phi3_jax.posttrain).
+OBJECTIVES = ("lm", "sft", "dpo")
+# A conversation longer than a row (train.seq_len + 1 ids): dropped, or cut to the row (counted).
+TOO_LONG = ("drop", "truncate")
+# DPO losses: sigmoid (Rafailov et al. 2023; label_smoothing: cDPO), ipo (Azar et al. 2023), hinge.
+DPO_LOSSES = ("sigmoid", "ipo", "hinge")
 
 
 class ConfigError(ValueError):
@@ -186,7 +193,38 @@ def default_train_config() -> ml_collections.ConfigDict:
     t.loss_chunk = 0
     # A NaN/inf loss or grad norm: "stop" (report its step, exit) or "skip" (keep the old params).
     t.on_nan = "stop"
+    # One of OBJECTIVES: lm (pretraining), sft or dpo (configs/phi3_sft.py, configs/phi3_dpo.py).
+    t.objective = "lm"
     return t
+
+
+def default_sft_config() -> ml_collections.ConfigDict:
+    """Supervised fine-tuning on {"messages": [...]} records in Phi-3's chat format."""
+    s = ml_collections.ConfigDict()
+    # The record field holding the conversation (a list of {"role", "content"}).
+    s.messages_field = "messages"
+    # Also train on each assistant message's "<|assistant|>\n" header (default: content + <|end|>).
+    s.train_header = False
+    # Also train on the <|endoftext|> that ends each conversation.
+    s.train_eos = False
+    # One of TOO_LONG: a conversation longer than a row is dropped or truncated; both are counted.
+    s.too_long = "drop"
+    return s
+
+
+def default_dpo_config() -> ml_collections.ConfigDict:
+    """Direct preference optimisation on {"prompt", "chosen", "rejected"} records."""
+    d = ml_collections.ConfigDict()
+    # Strength of the KL tie to the reference (beta; IPO's tau).
+    d.beta = 0.1
+    # One of DPO_LOSSES.
+    d.loss = "sigmoid"
+    # sigmoid only: the assumed probability that a pair's preference is flipped (cDPO).
+    d.label_smoothing = 0.0
+    # Reference log-probs from one pass over the data before training instead of a frozen copy
+    # of the params beside the policy (saves the reference's memory).
+    d.precompute_reference = False
+    return d
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
@@ -314,6 +352,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.sharding = default_sharding_config()
     config.train = default_train_config()
     config.optim = default_optim_config()
+    config.sft = default_sft_config()
+    config.dpo = default_dpo_config()
     config.checkpoint = default_checkpoint_config()
     config.log = default_log_config()
     config.eval = default_eval_config()
@@ -534,6 +574,25 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
     _validate_chunks(config)
     if train.on_nan not in ON_NAN:
         _fail("train.on_nan", train.on_nan, f"must be one of {', '.join(ON_NAN)}")
+    if train.objective not in OBJECTIVES:
+        _fail("train.objective", train.objective, f"must be one of {', '.join(OBJECTIVES)}")
+
+
+def validate_posttrain(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first invalid sft or dpo key."""
+    sft, dpo = config.sft, config.dpo
+    if not sft.messages_field:
+        _fail("sft.messages_field", sft.messages_field, "must be non-empty")
+    if sft.too_long not in TOO_LONG:
+        _fail("sft.too_long", sft.too_long, f"must be one of {', '.join(TOO_LONG)}")
+    if not dpo.beta > 0:
+        _fail("dpo.beta", dpo.beta, "must be positive")
+    if dpo.loss not in DPO_LOSSES:
+        _fail("dpo.loss", dpo.loss, f"must be one of {', '.join(DPO_LOSSES)}")
+    if not 0 <= dpo.label_smoothing < 0.5:
+        _fail("dpo.label_smoothing", dpo.label_smoothing, "must lie in [0, 0.5)")
+    if dpo.label_smoothing and dpo.loss != "sigmoid":
+        _fail("dpo.label_smoothing", dpo.label_smoothing, "applies to dpo.loss=sigmoid only")
 
 
 def _validate_chunks(config: ml_collections.ConfigDict) -> None:
@@ -641,6 +700,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     validate_mesh(config.mesh)
     validate_sharding(config.sharding)
     validate_train(config)
+    validate_posttrain(config)
     validate_optim(config)
     validate_loop(config)
     return config
@@ -651,6 +711,10 @@ def to_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json(indent=2, sort_keys=True)
 
 
+# Maps whose keys are names a run chooses (its sources), not schema keys: taken as saved.
+NAMED_MAPS = ("data.sources", "data.phase1", "data.phase2")
+
+
 def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -658,7 +722,9 @@ def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None
             raise ConfigError(f"{name}={value!r}: {REMOVED_KEYS[name]}")
         if key not in target:
             raise ConfigError(f"{name}={value!r}: unknown key")
-        if isinstance(target[key], ml_collections.ConfigDict):
+        if name in NAMED_MAPS:
+            target[key] = ml_collections.ConfigDict(value)
+        elif isinstance(target[key], ml_collections.ConfigDict):
             _merge(target[key], value, f"{name}.")
         elif isinstance(target[key], tuple):
             target[key] = tuple(value)  # JSON has no tuples

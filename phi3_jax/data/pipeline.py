@@ -14,13 +14,17 @@ workers. The iterator's state (grain's, JSON) saves and restores through orbax w
 Batch format, per process: `tokens`, `targets`, `segment_ids` (1, 2, ... per document in a row, 0
 on padding), `positions` (restart at 0 per document) as int32 [batch, seq_len], and `loss_mask`
 float32 (1 where `targets` is a real next token of the same document, 0 on padding).
+
+Post-training plugs in through `Records`: the fields a source's records are read with and the
+function that turns a record into ids (`phi3_jax.posttrain`); a document that also carries a
+`trained` bool per id trains only the targets it marks (SFT: the assistant's tokens).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grain
@@ -41,6 +45,17 @@ class Tokenizer(Protocol):
     pad_id: int
 
     def encode(self, text: str) -> list[int]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+    """How a source's records become documents: read `fields` (empty: the text field's text) and
+    pass each payload to `to_ids` (see `sources.ShardSource`)."""
+
+    to_ids: Callable[[Any], Any]
+    fields: tuple[str, ...] = ()
+    # The documents carry `trained` (see the module docstring).
+    trained: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +175,14 @@ class NextTokenPieces(grain.experimental.FlatMapTransform):
 
     def flat_map(self, element: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         ids = element["ids"]
-        tokens, targets = ids[:-1], ids[1:]
-        step = self.max_len or len(tokens)
+        pairs = {"tokens": ids[:-1], "targets": ids[1:]}
+        if "trained" in element:
+            # A target counts in the loss where its id is trained.
+            pairs["trained"] = element["trained"][1:].astype(np.int32)
+        step = self.max_len or len(ids) - 1
         return [
-            {"tokens": tokens[i : i + step], "targets": targets[i : i + step]}
-            for i in range(0, len(tokens), step)
+            {key: value[i : i + step] for key, value in pairs.items()}
+            for i in range(0, len(ids) - 1, step)
         ]
 
 
@@ -172,18 +190,21 @@ def train_row(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
     """A packed row in the train step's format (segment ids/positions are those of `tokens`)."""
     segment_ids = row["tokens_segment_ids"].astype(np.int32)
     real = segment_ids > 0
+    trained = real & (row["trained"] > 0) if "trained" in row else real
     return {
         # Both packers pad with zeros; padding shows as pad_id, masked out of the loss.
         "tokens": np.where(real, row["tokens"], pad_id).astype(np.int32),
         "targets": np.where(real, row["targets"], pad_id).astype(np.int32),
         "segment_ids": segment_ids,
         "positions": row["tokens_positions"].astype(np.int32),
-        "loss_mask": real.astype(np.float32),
+        "loss_mask": trained.astype(np.float32),
     }
 
 
-def _pack(examples: grain.IterDataset, opts: PipelineOptions) -> grain.IterDataset:
+def _pack(examples: grain.IterDataset, opts: PipelineOptions, trained: bool) -> grain.IterDataset:
     lengths = {"tokens": opts.seq_len, "targets": opts.seq_len}
+    if trained:
+        lengths["trained"] = opts.seq_len
     if opts.packing == "first_fit":
         return grain.experimental.FirstFitPackIterDataset(
             examples, length_struct=lengths, num_packing_bins=opts.packing_bins, seed=opts.seed
@@ -194,20 +215,25 @@ def _pack(examples: grain.IterDataset, opts: PipelineOptions) -> grain.IterDatas
 
 
 def pack_and_batch(
-    documents: grain.IterDataset, opts: PipelineOptions, pad_id: int
+    documents: grain.IterDataset, opts: PipelineOptions, pad_id: int, trained: bool = False
 ) -> grain.IterDataset:
-    """Documents (`{"ids"}`) → next-token pairs → packed rows → batches of `opts.batch_size`."""
+    """Documents (`{"ids"}`, with `trained`: also `{"trained"}`) → next-token pairs → packed rows
+    → batches of `opts.batch_size`."""
     # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
     max_len = opts.seq_len if opts.packing == "first_fit" else None
     examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
-    rows = _pack(examples, opts).map(functools.partial(train_row, pad_id=pad_id))
+    rows = _pack(examples, opts, trained).map(functools.partial(train_row, pad_id=pad_id))
     return rows.batch(opts.batch_size, drop_remainder=True)
 
 
-def _source(opts: PipelineOptions, name: str, tokenizer: Tokenizer, split: str) -> ShardSource:
+def _records(opts: PipelineOptions, tokenizer: Tokenizer, records: Records | None) -> Records:
+    return records or Records(DocumentIds(tokenizer, opts.add_bos))
+
+
+def _source(opts: PipelineOptions, name: str, records: Records, split: str) -> ShardSource:
     return ShardSource(
-        opts.sources[name],
-        DocumentIds(tokenizer, opts.add_bos),
+        dataclasses.replace(opts.sources[name], fields=records.fields),
+        records.to_ids,
         ReadOptions(
             on_bad=opts.on_bad_record,
             split=split,
@@ -220,20 +246,29 @@ def _source(opts: PipelineOptions, name: str, tokenizer: Tokenizer, split: str) 
 
 
 def mixed_documents(
-    opts: PipelineOptions, weights: Mapping[str, float], tokenizer: Tokenizer
+    opts: PipelineOptions,
+    weights: Mapping[str, float],
+    tokenizer: Tokenizer,
+    records: Records | None = None,
 ) -> grain.IterDataset:
     """One phase's training documents (`{"ids"}`), mixed by `weights` with grain's mixing."""
     names = sorted(weights)
+    records = _records(opts, tokenizer, records)
     return grain.IterDataset.mix(
-        [_source(opts, name, tokenizer, "train") for name in names],
+        [_source(opts, name, records, "train") for name in names],
         [weights[name] for name in names],
     )
 
 
 def _phase_batches(
-    opts: PipelineOptions, weights: Mapping[str, float], tokenizer: Tokenizer
+    opts: PipelineOptions,
+    weights: Mapping[str, float],
+    tokenizer: Tokenizer,
+    records: Records | None,
 ) -> grain.IterDataset:
-    batches = pack_and_batch(mixed_documents(opts, weights, tokenizer), opts, tokenizer.pad_id)
+    documents = mixed_documents(opts, weights, tokenizer, records)
+    trained = records is not None and records.trained
+    batches = pack_and_batch(documents, opts, tokenizer.pad_id, trained)
     return batches.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
@@ -241,16 +276,20 @@ def _phase_batches(
     )
 
 
-def train_dataset(opts: PipelineOptions, tokenizer: Tokenizer) -> grain.IterDataset:
+def train_dataset(
+    opts: PipelineOptions, tokenizer: Tokenizer, records: Records | None = None
+) -> grain.IterDataset:
     """The endless training batches of this process: phase 1, then phase 2 from its start step."""
-    phase1 = _phase_batches(opts, opts.phase1, tokenizer)
+    phase1 = _phase_batches(opts, opts.phase1, tokenizer, records)
     if not opts.phase2:
         return phase1
-    phase2 = _phase_batches(opts, opts.phase2, tokenizer)
+    phase2 = _phase_batches(opts, opts.phase2, tokenizer, records)
     return _PhasedIterDataset(phase1, phase2, opts.phase2_start_step)
 
 
-def eval_datasets(opts: PipelineOptions, tokenizer: Tokenizer) -> dict[str, grain.IterDataset]:
+def eval_datasets(
+    opts: PipelineOptions, tokenizer: Tokenizer, records: Records | None = None
+) -> dict[str, grain.IterDataset]:
     """Per source, `eval_batches` batches of its held-out documents (the same ones every time).
 
     Reaching them reads through the training documents around them, so build them once and keep
@@ -259,9 +298,11 @@ def eval_datasets(opts: PipelineOptions, tokenizer: Tokenizer) -> dict[str, grai
     if not opts.eval_fraction:
         raise ValueError("eval batches need held-out documents: eval_fraction is 0")
     names = sorted({*opts.phase1, *opts.phase2})
+    trained = records is not None and records.trained
+    records = _records(opts, tokenizer, records)
     return {
         name: grain.experimental.LimitIterDataset(
-            pack_and_batch(_source(opts, name, tokenizer, "eval"), opts, tokenizer.pad_id),
+            pack_and_batch(_source(opts, name, records, "eval"), opts, tokenizer.pad_id, trained),
             opts.eval_batches,
         )
         for name in names
@@ -273,9 +314,11 @@ def train_iterator(
     tokenizer: Tokenizer,
     process_index: int | None = None,
     process_count: int | None = None,
+    records: Records | None = None,
 ) -> grain.DatasetIterator:
     """The training iterator of a run config (save/restore it with grain.checkpoint.*)."""
-    return iter(train_dataset(options_from_config(config, process_index, process_count), tokenizer))
+    opts = options_from_config(config, process_index, process_count)
+    return iter(train_dataset(opts, tokenizer, records))
 
 
 def source_counters(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]]:

@@ -2,7 +2,8 @@
 
 A source is a named list of globs over shards of one format: jsonl (plain, .gz or .zst) with a text
 field, parquet with a text column (read one row group at a time), or ArrayRecord holding UTF-8 text
-or pre-tokenized int32 ids. `ShardSource` is a grain `IterDataset` divided among processes
+or pre-tokenized int32 ids. With `fields` (post-training data: chat messages, preference pairs) a
+jsonl or parquet record gives those fields' JSON values as a dict instead of a text. `ShardSource` is a grain `IterDataset` divided among processes
 (constructor arguments) and grain workers (`set_slice`, called by `mp_prefetch`): by shard, or by
 record index where there are fewer shards than readers, so no two readers share a record. Its
 iterator's state is (epoch, shard position, record index) plus per-source counters, all small JSON
@@ -14,6 +15,7 @@ values, so a restored iterator re-opens the shard and skips to the record. Bad i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import itertools
@@ -34,8 +36,16 @@ from array_record.python.array_record_module import ArrayRecordReader
 from phi3_jax.config import DATA_FORMATS, ON_BAD_RECORD
 
 SPLITS = ("train", "eval")
-# The keys of a source iterator's state that count what it has read (see `counters`).
-COUNTER_KEYS = ("documents", "tokens", "bad_records", "bad_shards")
+# The keys of a source iterator's state that count what it has read (see `counters`); the
+# too_long ones count records longer than a row that `to_ids` dropped or truncated (`Counted`).
+COUNTER_KEYS = (
+    "documents",
+    "tokens",
+    "bad_records",
+    "bad_shards",
+    "too_long_dropped",
+    "too_long_truncated",
+)
 # Compressed bytes read per step: bounds memory per open shard, whatever the shard size.
 _CHUNK_BYTES = 1 << 20
 # ArrayRecord records fetched per read call.
@@ -54,6 +64,17 @@ class SourceSpec:
     globs: tuple[str, ...]
     format: str = "jsonl"
     text_field: str = "text"
+    # jsonl/parquet: read these fields as a {field: JSON value} dict instead of text_field's text.
+    fields: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Counted:
+    """What `to_ids` returns for a record it cut (`arrays`) or left out (`arrays` None) on purpose,
+    e.g. one longer than a row: counted under `counter` (one of COUNTER_KEYS), not an error."""
+
+    counter: str
+    arrays: dict[str, np.ndarray] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +103,10 @@ def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
     return files, problems
 
 
-def eval_fraction_of(payload: str | np.ndarray) -> float:
+def eval_fraction_of(payload: str | np.ndarray | dict) -> float:
     """A stable pseudo-random number in [0, 1) from the document's content (not Python's hash)."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     data = payload.encode("utf-8") if isinstance(payload, str) else payload.tobytes()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") / 2.0**64
 
@@ -140,7 +163,7 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield tail
 
 
-def _json_text(line: bytes, field: str) -> str | Bad:
+def _json_object(line: bytes) -> dict | Bad:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -149,22 +172,49 @@ def _json_text(line: bytes, field: str) -> str | Bad:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return Bad(f"invalid JSON: {e.msg}")
-    if not isinstance(obj, dict) or field not in obj:
-        return Bad(f"no field {field!r}")
-    value = _text_value(obj[field])
+    return obj if isinstance(obj, dict) else Bad(f"not a JSON object: {type(obj).__name__}")
+
+
+def _encodable(value: str | Bad, what: str) -> str | Bad:
     try:
         # JSON escapes can spell lone surrogates, which no tokenizer can encode.
         if isinstance(value, str):
             value.encode("utf-8")
     except UnicodeEncodeError as e:
-        return Bad(f"invalid Unicode in the text at character {e.start}")
+        return Bad(f"invalid Unicode in {what} at character {e.start}")
     return value
+
+
+def _json_text(line: bytes, field: str) -> str | Bad:
+    obj = _json_object(line)
+    if isinstance(obj, Bad):
+        return obj
+    if field not in obj:
+        return Bad(f"no field {field!r}")
+    return _encodable(_text_value(obj[field]), "the text")
+
+
+def _fields_value(obj: dict, fields: tuple[str, ...]) -> dict | Bad:
+    for field in fields:
+        if obj.get(field) is None:
+            return Bad(f"no field {field!r}")
+        bad = _encodable(json.dumps(obj[field], ensure_ascii=False), f"field {field!r}")
+        if isinstance(bad, Bad):
+            return bad
+    return {f: obj[f] for f in fields}
+
+
+def _json_fields(line: bytes, fields: tuple[str, ...]) -> dict | Bad:
+    obj = _json_object(line)
+    return obj if isinstance(obj, Bad) else _fields_value(obj, fields)
 
 
 _READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
 
 
-def _jsonl_records(path: str, field: str, start: int) -> Iterator[tuple[int, Any]]:
+def _jsonl_records(
+    path: str, value: Callable[[bytes], Any], start: int
+) -> Iterator[tuple[int, Any]]:
     lines = _lines(_file_chunks(path))
     for index in itertools.count():
         # Only the read is guarded: a generator closed at its yield must not run an except clause.
@@ -177,30 +227,35 @@ def _jsonl_records(path: str, field: str, start: int) -> Iterator[tuple[int, Any
             return
         # Blank lines are separators, not records; they still count for the record index.
         if index >= start and line.strip():
-            yield index, _json_text(line, field)
+            yield index, value(line)
 
 
-def _parquet_records(path: str, field: str, start: int) -> Iterator[tuple[int, Any]]:
+def _parquet_records(
+    path: str, columns: tuple[str, ...], value: Callable[[dict], Any], start: int
+) -> Iterator[tuple[int, Any]]:
+    """`value` of each row's {column: value} dict."""
     try:
         pf = pq.ParquetFile(path)
     except _READ_ERRORS as e:
         yield start, Bad(f"cannot open parquet: {e}", ends_shard=True)
         return
-    if field not in pf.schema_arrow.names:
-        names = ", ".join(pf.schema_arrow.names)
-        yield start, Bad(f"no column {field!r} (columns: {names})", ends_shard=True)
-        return
+    for field in columns:
+        if field not in pf.schema_arrow.names:
+            names = ", ".join(pf.schema_arrow.names)
+            yield start, Bad(f"no column {field!r} (columns: {names})", ends_shard=True)
+            return
     offset = 0
     for group in range(pf.num_row_groups):
         rows = pf.metadata.row_group(group).num_rows
         if offset + rows > start:
             try:
-                values = pf.read_row_group(group, columns=[field]).column(0).to_pylist()
+                table = pf.read_row_group(group, columns=list(columns))
             except _READ_ERRORS as e:
                 yield max(offset, start), Bad(f"unreadable row group {group}: {e}", ends_shard=True)
                 return
+            values = table.to_pylist()
             for i in range(max(start - offset, 0), rows):
-                yield offset + i, _text_value(values[i])
+                yield offset + i, value(values[i])
         offset += rows
 
 
@@ -251,11 +306,20 @@ def _arrayrecord_records(
 
 
 def read_records(spec: SourceSpec, path: str, start: int = 0) -> Iterator[tuple[int, Any]]:
-    """(record index, text | int32 ids | Bad) of one shard from record `start`, streamed."""
+    """(record index, text | int32 ids | {field: value} | Bad) of one shard from record `start`,
+    streamed."""
+    if spec.fields and spec.format not in ("jsonl", "parquet"):
+        raise ValueError(f"source {spec.name}: fields {spec.fields} need jsonl or parquet shards")
     if spec.format == "jsonl":
-        return _jsonl_records(path, spec.text_field, start)
+        if spec.fields:
+            return _jsonl_records(path, functools.partial(_json_fields, fields=spec.fields), start)
+        return _jsonl_records(path, functools.partial(_json_text, field=spec.text_field), start)
     if spec.format == "parquet":
-        return _parquet_records(path, spec.text_field, start)
+        if spec.fields:
+            value = functools.partial(_fields_value, fields=spec.fields)
+            return _parquet_records(path, spec.fields, value, start)
+        field = spec.text_field
+        return _parquet_records(path, (field,), lambda row: _text_value(row[field]), start)
     if spec.format == "arrayrecord_text":
         return _arrayrecord_records(path, _decode_text, start)
     if spec.format == "arrayrecord_tokens":
@@ -291,8 +355,15 @@ def divide(
     return files, (r + n * index, n * count)
 
 
+# What a source's `to_ids` makes of a payload (see ShardSource).
+ToIdsResult = np.ndarray | dict[str, np.ndarray] | Bad | Counted
+
+
 class ShardSource(grain.IterDataset):
     """Documents of one source as `{"ids": int32 array}`, `to_ids` applied to each payload.
+
+    `to_ids` may also return a dict of arrays holding "ids" (the document as it is), a `Bad` (the
+    record is unusable: raised or skipped as `options.on_bad` says) or a `Counted`.
 
     Divided first among processes (the constructor's), then among grain workers (`set_slice`):
     by shard while there are enough shards, else by record index within the shared shards.
@@ -301,7 +372,7 @@ class ShardSource(grain.IterDataset):
     def __init__(
         self,
         spec: SourceSpec,
-        to_ids: Callable[[str | np.ndarray], np.ndarray],
+        to_ids: Callable[[Any], ToIdsResult],
         options: ReadOptions = ReadOptions(),
         process_index: int = 0,
         process_count: int = 1,
@@ -344,7 +415,7 @@ class _ShardSourceIterator(grain.DatasetIterator):
         spec: SourceSpec,
         files: list[str],
         stride: tuple[int, int],
-        to_ids: Callable[[str | np.ndarray], np.ndarray],
+        to_ids: Callable[[Any], ToIdsResult],
         options: ReadOptions,
         missing_shards: int,
     ):
@@ -427,10 +498,21 @@ class _ShardSourceIterator(grain.DatasetIterator):
                 if reports_it:
                     self._bad(index, payload)
             elif mine and self._in_split(payload):
-                ids = self._to_ids(payload)
-                state["documents"] += 1
-                state["tokens"] += len(ids)
-                return {"ids": ids}
+                example = self._example(index, self._to_ids(payload))
+                if example is not None:
+                    state["documents"] += 1
+                    state["tokens"] += len(example["ids"])
+                    return example
+
+    def _example(self, index: int, result: ToIdsResult) -> dict[str, np.ndarray] | None:
+        """The document `to_ids` made of record `index`, None if it left the record out."""
+        if isinstance(result, Bad):
+            self._bad(index, result)
+            return None
+        if isinstance(result, Counted):
+            self._state[result.counter] = self._state.get(result.counter, 0) + 1
+            result = result.arrays
+        return {"ids": result} if isinstance(result, np.ndarray) else result
 
     def get_state(self) -> dict[str, Any]:
         return dict(self._state)
@@ -454,7 +536,8 @@ def counters(state: Any) -> dict[str, dict[str, int]]:
         if isinstance(node, dict) and "source" in node and "epoch_start_documents" in node:
             total = totals.setdefault(node["source"], dict.fromkeys(COUNTER_KEYS, 0))
             for key in COUNTER_KEYS:
-                total[key] += node[key]
+                # States saved before a counter existed lack it.
+                total[key] += node.get(key, 0)
         elif isinstance(node, dict):
             stack.extend(node.values())
         elif isinstance(node, list | tuple):

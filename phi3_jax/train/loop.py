@@ -27,6 +27,7 @@ from phi3_jax import checkpoint, metrics, model, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.posttrain import objective
 from phi3_jax.train import state as state_lib
 from phi3_jax.train import step as step_lib
 
@@ -99,13 +100,7 @@ def _initial_state(config, mesh, manager, iterator, log: Log):
         log(f"resuming from step {step} (checkpoint {manager.directory / str(step)})")
         return state, step
     if config.checkpoint.init_from:
-        abstract = model.abstract_params(config)
-        targets = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract,
-            state_lib.param_shardings(config, mesh),
-        )
-        params = checkpoint.restore_params(config.checkpoint.init_from, targets)
+        params = checkpoint.restore_sharded_params(config.checkpoint.init_from, config, mesh)
         log(f"starting from the params checkpoint {config.checkpoint.init_from}")
         return state_lib.state_from_params(config, mesh, params), 0
     log(f"starting from a random init (train.seed={config.train.seed})")
@@ -114,11 +109,10 @@ def _initial_state(config, mesh, manager, iterator, log: Log):
 
 def _eval_batches(config, tokenizer, batch_sharding) -> dict[str, list]:
     """Per source, its held-out batches as global arrays, built once."""
-    opts = pipeline.options_from_config(config)
     size = config.train.global_batch_size
     return {
         name: [sharding.global_batch(b, batch_sharding, size) for b in dataset]
-        for name, dataset in pipeline.eval_datasets(opts, tokenizer).items()
+        for name, dataset in objective.eval_datasets(config, tokenizer).items()
     }
 
 
@@ -182,8 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
     mesh = sharding.make_mesh(config.mesh)
-    train_step = step_lib.make_train_step(config, mesh)
-    eval_step = step_lib.make_eval_step(config, mesh)
+    train_step, eval_step = objective.make_steps(config, mesh)
     batch_sharding = step_lib.batch_shardings(config, mesh)["tokens"]
     tokenizer = load_tokenizer(config)
     _check_vocab(config, tokenizer)
@@ -198,7 +191,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     )
 
     manager = checkpoint.make_manager(workdir, config)
-    iterator = pipeline.train_iterator(config, tokenizer)
+    iterator = objective.train_iterator(config, tokenizer)
     writer = metrics.Writer(workdir) if primary else None
     last: dict[str, float] = {}
     try:

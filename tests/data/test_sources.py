@@ -144,7 +144,14 @@ def test_counters_sum_readers_found_anywhere_in_a_state_tree(tmp_path):
     state = it.get_state()
     tree = {"parents": [state, {"x": [state]}], "other": 3}
     assert counters(tree) == {
-        "test": {"documents": 4, "tokens": 10, "bad_records": 0, "bad_shards": 0}
+        "test": {
+            "documents": 4,
+            "tokens": 10,
+            "bad_records": 0,
+            "bad_shards": 0,
+            "too_long_dropped": 0,
+            "too_long_truncated": 0,
+        }
     }
 
 
