@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import transformers
 from phi3_tokenizer_fixtures import PHI3_CHAT_TEMPLATE_GENERATION, write_phi3_tokenizer_dir
 
+from phi3_jax.data import tokenizer
 from phi3_jax.posttrain import chat
 
 CONVERSATIONS = {
@@ -46,24 +48,8 @@ CONVERSATIONS = {
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     """(transformers' tokenizer, ours) of the same Phi-3 tokenizer directory."""
-    transformers = pytest.importorskip("transformers")
     path = write_phi3_tokenizer_dir(str(tmp_path_factory.mktemp("phi3_tokenizer")))
-    reference = transformers.AutoTokenizer.from_pretrained(path)
-    return reference, HFEncoder(reference)
-
-
-class HFEncoder:
-    """Ids as transformers gives them for plain text (no BOS/EOS added)."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self.special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in chat.STOP_TOKENS}
-        self.special_ids |= {
-            t: tokenizer.convert_tokens_to_ids(t) for t in ("<|user|>", "<|system|>")
-        }
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer(text, add_special_tokens=False).input_ids
+    return transformers.AutoTokenizer.from_pretrained(path), tokenizer.load("hf", path)
 
 
 def _template_ids(tokenizer, messages, **kwargs) -> dict:

@@ -49,7 +49,7 @@ def write_jsonl(path, records) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer("data/tokenizer.model")
+    return load_tokenizer(phi3_sft.get_config("tiny"))
 
 
 def sft_config(globs: str, fmt: str = "jsonl", **train):
