@@ -71,3 +71,5 @@ data: $(STAMP)
 	$(PY) -m phi3_jax.posttrain.demo_data --synthetic='data/synthetic/*.jsonl.zst' --out=data/chat
 	$(PY) -m phi3_jax.data.tokenizer train --vocab_size=32000 --out=data/tokenizer \
 		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst
+	$(PY) -m phi3_jax.data.tokenizer train_tiktoken --num_ranks=416 --out=data/tokenizer_small.tiktoken \
+		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst

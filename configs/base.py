@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from phi3_jax import config as config_lib
-from phi3_jax.data.tiktoken_tokenizer import PHI3_SMALL_DUMMY_TOKEN_IDS
+from phi3_jax.data.tiktoken_tokenizer import PHI3_SMALL_DUMMY_TOKEN_IDS, phi3_small_dummy_ids
 
 # Phi-3-mini-128k (April 2024 release, rope_scaling type "su"): LongRoPE factors, 48 = head_dim / 2.
 LONGROPE_SHORT_FACTOR = (
@@ -170,7 +170,8 @@ MODELS = {
     ),
     "small": _PHI3_SMALL,
     # Phi-3-small's structure at test size: blocks of 8 tokens, so 48 tokens reach the vertical
-    # stripes; the top 16 ids play the dummy tokens.
+    # stripes. Its tokenizer (data/tokenizer_small.tiktoken) has 416 ranks, then Phi-3-small's 96
+    # special and dummy ids in Phi-3-small's layout (<|endoftext|> 417).
     "small_tiny": dict(
         _PHI3_SMALL,
         vocab_size=512,
@@ -184,10 +185,10 @@ MODELS = {
         blocksparse_block_size=8,
         blocksparse_num_local_blocks=2,
         blocksparse_vert_stride=4,
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=1,
-        dummy_token_ids=tuple(range(496, 512)),
+        bos_token_id=417,
+        eos_token_id=417,
+        pad_token_id=417,
+        dummy_token_ids=phi3_small_dummy_ids(416),
         dtype="float32",
     ),
     "medium": dict(

@@ -93,5 +93,12 @@ def make_tokenizer(directory: str):
     return load_tokenizer(tokenizer_config("sentencepiece", path))
 
 
+def bundled_texts(count: int) -> list[str]:
+    """The first `count` documents of the bundled corpus (Python's documentation)."""
+    with open("data/raw/stdlib.jsonl.zst", "rb") as f:
+        lines = zstandard.ZstdDecompressor().stream_reader(f).read().decode().splitlines()
+    return [json.loads(line)["text"] for line in lines[:count]]
+
+
 def token_bytes(ids: Sequence[int]) -> bytes:
     return np.asarray(ids, dtype="<i4").tobytes()

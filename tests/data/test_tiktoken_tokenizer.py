@@ -5,12 +5,16 @@ decoded), and bad ranks files."""
 from __future__ import annotations
 
 import base64
+import os
 
 import numpy as np
 import pytest
+from shard_fixtures import bundled_texts
 
 from configs import phi3_small
 from phi3_jax.data import tiktoken_tokenizer as tt
+from phi3_jax.data import tokenizer as tokenizer_lib
+from phi3_jax.data.shards import write_jsonl_zst
 
 MERGES = [b"he", b"ll", b"hell", b"hello", b" w", b"or", b" wor", b"ld", b" world"]
 NUM_RANKS = 256 + len(MERGES)
@@ -92,3 +96,60 @@ def test_bad_ranks_files(tmp_path):
     gap.write_bytes(base64.b64encode(b"x") + b" 0\n" + base64.b64encode(b"y") + b" 100261\n")
     with pytest.raises(ValueError, match=r"gap\.tiktoken: ranks must be 0\.\.1, each once"):
         tt.load_tiktoken_tokenizer(str(gap))
+
+
+SHIPPED = "data/tokenizer_small.tiktoken"
+TEXTS = [
+    "hello world, héllo!\n\tcode  = 1234",
+    "def f(x):\n    return x ** 2  # square\n\n\n    \n",
+    "it's 'quoted', we'll   see; 漢字 🙂🚀 naïve \u200b\r\n",
+    "<|user|>\nhi<|end|>\n<|assistant|>\nok<|end|><|endoftext|><|dummy_id_5|><|fim_prefix|>",
+    "",
+]
+
+
+def test_shipped_ranks_file_is_in_tiktokens_format():
+    """tiktoken's own reader gives the same ranks; 416 ranks and the 96 ids after them."""
+    from tiktoken.load import load_tiktoken_bpe
+
+    assert os.path.getsize(SHIPPED) < 1_000_000
+    assert tt.load_ranks(SHIPPED) == load_tiktoken_bpe(SHIPPED)
+    tokenizer = tt.load_tiktoken_tokenizer(SHIPPED)
+    assert (tokenizer.num_ranks, tokenizer.vocab_size, tokenizer.eos_id) == (416, 512, 417)
+    tiny = phi3_small.get_config("tiny")
+    assert (tiny.data.tokenizer.kind, tiny.data.tokenizer.path) == ("tiktoken", SHIPPED)
+    assert tiny.model.vocab_size == tokenizer.vocab_size
+    assert tiny.model.dummy_token_ids == tt.phi3_small_dummy_ids(416)
+    assert tiny.model.eos_token_id == tokenizer.eos_id
+
+
+@pytest.mark.parametrize("ranks", ["shipped", "merges"])
+def test_hugging_face_export_gives_the_tiktoken_ids(ranks, tokenizer, tmp_path):
+    """save_hf's tokenizer.json (transformers' TikTokenConverter + the specials) in
+    transformers' AutoTokenizer: the ids and text of tiktoken."""
+    transformers = pytest.importorskip("transformers")
+    ours = tt.load_tiktoken_tokenizer(SHIPPED) if ranks == "shipped" else tokenizer
+    ours.save_hf(str(tmp_path))
+    reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    texts = TEXTS + bundled_texts(100)
+    want = reference(texts, add_special_tokens=False).input_ids
+    for text, ids in zip(texts, want, strict=True):
+        assert ours.encode(text) == ids, text[:200]
+        assert reference.decode(ids) == ours.decode(ids) == text
+    assert reference.eos_token_id == reference.pad_token_id == ours.eos_id
+    for i in np.flatnonzero(ours.decodable_mask(ours.vocab_size)):
+        assert reference.decode([int(i)]) == ours.decode([i])
+
+
+def test_train_tiktoken_cli(tmp_path):
+    texts = [f"Line {i}: the quick brown fox jumps over {i * 7} lazy dogs." for i in range(300)]
+    write_jsonl_zst([{"text": t} for t in texts], str(tmp_path / "in.jsonl.zst"))
+    out = str(tmp_path / "ranks.tiktoken")
+    tokenizer_lib.main(
+        ["train_tiktoken", f"--input={tmp_path}/*.jsonl.zst", "--num_ranks=300", f"--out={out}"]
+    )
+    tokenizer = tt.load_tiktoken_tokenizer(out)
+    assert tokenizer.num_ranks == 300 and tokenizer.vocab_size == 396
+    ids = tokenizer.encode(texts[5] + "<|end|>")
+    assert max(ids[:-1]) >= 256  # merges are used
+    assert tokenizer.decode(ids) == texts[5] + "<|end|>"

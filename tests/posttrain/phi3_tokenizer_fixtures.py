@@ -43,12 +43,13 @@ def _added_token(content: str, rstrip: bool, special: bool = True) -> dict:
     )
 
 
-def write_phi3_tokenizer_dir(path: str) -> str:
-    """Write Phi-3-mini's tokenizer files into `path` (as in its Hugging Face repo); return it."""
-    if not os.path.isfile(LLAMA2_TOKENIZER):
-        pytest.fail(f"{LLAMA2_TOKENIZER}: missing; run `make llama2-tokenizer`")
+def write_phi3_tokenizer_dir(path: str, model: str = LLAMA2_TOKENIZER) -> str:
+    """Write Phi-3-mini's tokenizer files into `path` (as in its Hugging Face repo); return it.
+    `model`: its tokenizer.model (any 32000-piece one, e.g. the bundled data/tokenizer.model)."""
+    if not os.path.isfile(model):
+        pytest.fail(f"{model}: missing; run `make llama2-tokenizer`")
     os.makedirs(path, exist_ok=True)
-    shutil.copy(LLAMA2_TOKENIZER, os.path.join(path, "tokenizer.model"))
+    shutil.copy(model, os.path.join(path, "tokenizer.model"))
     added = {
         "0": _added_token("<unk>", rstrip=False),
         "1": _added_token("<s>", rstrip=False),
