@@ -85,7 +85,7 @@ def test_dropout_acts_in_the_train_step_keyed_by_the_step():
     step = train.make_train_step(config, mesh)
     state = train.init_state(config, mesh)
     # Sharper logits than at init (near uniform), so dropping units moves the loss visibly.
-    state = state.replace(params=jax.tree.map(lambda x: 4 * x, state.params))
+    state = state.replace(params=jax.tree.map(lambda x: 8 * x, state.params))
     eval_step = train.make_eval_step(config, mesh)
     deterministic = float(eval_step(state.params, batch)["loss"])
     assert deterministic == float(eval_step(state.params, batch)["loss"])
