@@ -47,6 +47,7 @@ def pair(request, tmp_path_factory):
     saved = str(tmp_path_factory.mktemp("saved"))
     ours["sentencepiece"].save_hf(saved)
     ours["hf_saved"] = load_tokenizer(tokenizer_config("hf", saved))
+    ours["sentencepiece_dir"] = load_tokenizer(tokenizer_config("sentencepiece", saved))
     references = {
         "hf_style": transformers.AutoTokenizer.from_pretrained(hf_style),
         "save_hf": transformers.AutoTokenizer.from_pretrained(saved),

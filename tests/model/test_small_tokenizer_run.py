@@ -5,11 +5,15 @@ batches is one the tokenizer produces and decodes, below the vocabulary, never a
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from cli_fixtures import run_module
 
+from configs import phi3_small
 from phi3_jax import checkpoint, metrics
+from phi3_jax import config as config_lib
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.train import loop
 
 STEPS = 3
 OVERRIDES = {
@@ -57,3 +61,25 @@ def test_tiny_small_trains_from_the_cli_on_ids_its_tokenizer_produces(tmp_path):
         assert tokenizer.decode(batch["tokens"][0])
     # Byte-level BPE ids with merges, and the end of documents.
     assert max(seen - {tokenizer.eos_id}) >= 300 and tokenizer.eos_id in seen
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"data.tokenizer.kind": "sentencepiece", "data.tokenizer.path": "data/tokenizer.model"},
+            r"^model\.vocab_size=512: smaller than the tokenizer's 32064 ids "
+            r"\(data\.tokenizer=sentencepiece:data/tokenizer\.model\)",
+        ),
+        (
+            {"model.dummy_token_ids": (417, 500)},
+            r"^model\.dummy_token_ids: 417 is masked in the model but a token of the tokenizer "
+            r"\(data\.tokenizer=tiktoken:data/tokenizer_small\.tiktoken\)",
+        ),
+    ],
+)
+def test_a_model_that_cannot_hold_its_tokenizers_ids_is_refused(overrides, message, tmp_path):
+    config = phi3_small.get_config("tiny")
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        loop.train(config, str(tmp_path / "run"), log=lambda _: None)
