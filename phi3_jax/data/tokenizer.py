@@ -185,8 +185,11 @@ def _from_backend(
     backend: tokenizers.Tokenizer, hf_config: dict, source: str, extra_files: dict[str, str]
 ) -> Tokenizer:
     """bos/eos/pad by the names in `hf_config` (Phi-3's when absent; no bos: the eos)."""
-    base = backend.get_vocab_size(with_added_tokens=False)
     added = backend.get_added_tokens_decoder()
+    # The model's own tokens: its vocabulary but the added tokens in it (Llama's <unk>, <s>, </s>
+    # at 0-2; an exported tiktoken's specials, kept at their ids there).
+    model_vocab = backend.get_vocab(with_added_tokens=False)
+    base = len(model_vocab) - sum(t.content in model_vocab for t in added.values())
     ids = {}
     for key, default in (("eos_token", "<|endoftext|>"), ("bos_token", "<s>"), ("pad_token", None)):
         name = _token_name(hf_config, key, default)

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from shard_fixtures import bundled_texts
+from shard_fixtures import bundled_texts, tokenizer_config
 
 from configs import phi3_small
 from phi3_jax.data import tiktoken_tokenizer as tt
@@ -139,6 +139,14 @@ def test_hugging_face_export_gives_the_tiktoken_ids(ranks, tokenizer, tmp_path):
     assert reference.eos_token_id == reference.pad_token_id == ours.eos_id
     for i in np.flatnonzero(ours.decodable_mask(ours.vocab_size)):
         assert reference.decode([int(i)]) == ours.decode([i])
+    # The exported directory loads back as kind hf with the same ids and specials.
+    back = tokenizer_lib.load_tokenizer(tokenizer_config("hf", str(tmp_path)))
+    assert back.special_ids == ours.special_ids
+    assert (back.bos_id, back.eos_id, back.pad_id) == (ours.bos_id, ours.eos_id, ours.pad_id)
+    assert [back.encode(text) for text in texts] == want
+    np.testing.assert_array_equal(
+        back.decodable_mask(ours.vocab_size), ours.decodable_mask(ours.vocab_size)
+    )
 
 
 def test_train_tiktoken_cli(tmp_path):
