@@ -176,28 +176,38 @@ class Tokenizer:
         )
 
 
-def _token_name(config: dict, key: str, default: str | None) -> str | None:
-    value = config.get(key, default)
+def _token_name(config: dict, key: str) -> str | None:
+    value = config.get(key)
     return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_tokenizer_json(path: str) -> tokenizers.Tokenizer:
+    try:
+        return tokenizers.Tokenizer.from_file(path)
+    except Exception as error:  # the tokenizers library raises a bare Exception
+        raise TokenizerError(f"{path}: not a tokenizer.json ({error})") from None
 
 
 def _from_backend(
     backend: tokenizers.Tokenizer, hf_config: dict, source: str, extra_files: dict[str, str]
 ) -> Tokenizer:
-    """bos/eos/pad by the names in `hf_config` (Phi-3's when absent; no bos: the eos)."""
+    """bos/eos/pad by the names in `hf_config` (none: Phi-3's); no bos or pad: the eos."""
     added = backend.get_added_tokens_decoder()
     # The model's own tokens: its vocabulary but the added tokens in it (Llama's <unk>, <s>, </s>
     # at 0-2; an exported tiktoken's specials, kept at their ids there).
     model_vocab = backend.get_vocab(with_added_tokens=False)
     base = len(model_vocab) - sum(t.content in model_vocab for t in added.values())
+    names = hf_config or {"eos_token": "<|endoftext|>", "bos_token": "<s>"}
     ids = {}
-    for key, default in (("eos_token", "<|endoftext|>"), ("bos_token", "<s>"), ("pad_token", None)):
-        name = _token_name(hf_config, key, default)
+    for key in ("eos_token", "bos_token", "pad_token"):
+        name = _token_name(names, key)
         if name is None:
             continue
         ids[key] = backend.token_to_id(name)
         if ids[key] is None:
             raise TokenizerError(f"{source}: {key}={name!r} is not a token of the tokenizer")
+    if "eos_token" not in ids:
+        raise TokenizerError(f"{source}: its tokenizer_config.json names no eos_token")
     eos = ids["eos_token"]
     top = max(backend.get_vocab(with_added_tokens=True).values())
     return Tokenizer(
@@ -278,7 +288,7 @@ def load_sentencepiece(path: str) -> Tokenizer:
     sp = spm.SentencePieceProcessor(model_file=model_path)
     json_path = sentencepiece_json_path(model_path)
     if os.path.isfile(json_path):
-        backend = tokenizers.Tokenizer.from_file(json_path)
+        backend = _read_tokenizer_json(json_path)
         _check_same_pieces(sp, backend, json_path, model_path)
     else:
         backend = converted_sentencepiece(model_path)
@@ -295,7 +305,7 @@ def load_hf(path: str) -> Tokenizer:
     model_path = os.path.join(directory, "tokenizer.model")
     extra = {"tokenizer.model": model_path} if os.path.isfile(model_path) else {}
     if os.path.isfile(json_path):
-        backend = tokenizers.Tokenizer.from_file(json_path)
+        backend = _read_tokenizer_json(json_path)
     elif extra and config:
         backend = _transformers_backend(directory)
     else:

@@ -134,3 +134,9 @@ def test_a_tokenizer_json_of_another_model_is_refused(tmp_path):
         config_lib.ConfigError, match=r"other\.json: does not belong to .*other\.model"
     ):
         tok_lib.load_tokenizer(tokenizer_config("sentencepiece", other))
+
+
+def test_a_malformed_tokenizer_json_names_the_file(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("garbage")
+    with pytest.raises(config_lib.ConfigError, match=r"tokenizer\.json: not a tokenizer\.json \("):
+        tok_lib.load_tokenizer(tokenizer_config("hf", str(tmp_path)))
