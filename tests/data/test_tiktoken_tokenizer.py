@@ -22,6 +22,10 @@ NUM_RANKS = 256 + len(MERGES)
 SHIFT = NUM_RANKS - 100256
 
 
+def load_small(path: str):
+    return tokenizer_lib.load_tokenizer(tokenizer_config("tiktoken", path))
+
+
 def write_ranks(path, tokens) -> str:
     tt.write_ranks({t: r for r, t in enumerate(tokens)}, str(path))
     return str(path)
@@ -30,7 +34,7 @@ def write_ranks(path, tokens) -> str:
 @pytest.fixture()
 def tokenizer(tmp_path):
     ranks = [bytes([b]) for b in range(256)] + MERGES
-    return tt.load_tiktoken_tokenizer(write_ranks(tmp_path / "ranks.tiktoken", ranks))
+    return load_small(write_ranks(tmp_path / "ranks.tiktoken", ranks))
 
 
 def test_bpe_merges_and_round_trip(tokenizer):
@@ -91,11 +95,11 @@ def test_bad_ranks_files(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_bytes(base64.b64encode(b"a") + b" 0\nnot-base64! 1\n")
     with pytest.raises(ValueError, match=r"bad\.tiktoken:2: not a 'base64 rank' line"):
-        tt.load_tiktoken_tokenizer(str(bad))
+        load_small(str(bad))
     gap = tmp_path / "gap.tiktoken"
     gap.write_bytes(base64.b64encode(b"x") + b" 0\n" + base64.b64encode(b"y") + b" 100261\n")
     with pytest.raises(ValueError, match=r"gap\.tiktoken: ranks must be 0\.\.1, each once"):
-        tt.load_tiktoken_tokenizer(str(gap))
+        load_small(str(gap))
 
 
 SHIPPED = "data/tokenizer_small.tiktoken"
@@ -114,7 +118,7 @@ def test_shipped_ranks_file_is_in_tiktokens_format():
 
     assert os.path.getsize(SHIPPED) < 1_000_000
     assert tt.load_ranks(SHIPPED) == load_tiktoken_bpe(SHIPPED)
-    tokenizer = tt.load_tiktoken_tokenizer(SHIPPED)
+    tokenizer = load_small(SHIPPED)
     assert (tokenizer.num_ranks, tokenizer.vocab_size, tokenizer.eos_id) == (416, 512, 417)
     tiny = phi3_small.get_config("tiny")
     assert (tiny.data.tokenizer.kind, tiny.data.tokenizer.path) == ("tiktoken", SHIPPED)
@@ -128,7 +132,7 @@ def test_hugging_face_export_gives_the_tiktoken_ids(ranks, tokenizer, tmp_path):
     """save_hf's tokenizer.json (transformers' TikTokenConverter + the specials) in
     transformers' AutoTokenizer: the ids and text of tiktoken."""
     transformers = pytest.importorskip("transformers")
-    ours = tt.load_tiktoken_tokenizer(SHIPPED) if ranks == "shipped" else tokenizer
+    ours = load_small(SHIPPED) if ranks == "shipped" else tokenizer
     ours.save_hf(str(tmp_path))
     reference = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     texts = TEXTS + bundled_texts(100)
@@ -156,7 +160,7 @@ def test_train_tiktoken_cli(tmp_path):
     tokenizer_lib.main(
         ["train_tiktoken", f"--input={tmp_path}/*.jsonl.zst", "--num_ranks=300", f"--out={out}"]
     )
-    tokenizer = tt.load_tiktoken_tokenizer(out)
+    tokenizer = load_small(out)
     assert tokenizer.num_ranks == 300 and tokenizer.vocab_size == 396
     ids = tokenizer.encode(texts[5] + "<|end|>")
     assert max(ids[:-1]) >= 256  # merges are used
