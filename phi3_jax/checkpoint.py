@@ -219,19 +219,26 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[
 def restore_params_of_run(workdir: str, step: int | None = None):
     """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
 
-    The config is the one the run saved, with a one-device mesh; only the params are read.
+    The config is the one the run saved, with a one-device mesh (no data, fsdp, sequence or
+    tensor split); only the params are read. A missing run or step is a FileNotFoundError
+    naming it.
     """
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: not found (not a training run's workdir?)")
     manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR),
-        item_names=ITEMS,
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)
     )
-    step = manager.latest_step() if step is None else step
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise FileNotFoundError(f"{directory}: no checkpoint")
     if step is None:
-        raise FileNotFoundError(f"{manager.directory}: no checkpoint")
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (steps: {steps})")
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     config = config_lib.from_json(json.dumps(saved["config"]))
-    config.mesh.update(data=1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     abstract = state_lib.abstract_state(config, mesh)
     restored = manager.restore(
@@ -239,3 +246,30 @@ def restore_params_of_run(workdir: str, step: int | None = None):
     )
     manager.close()
     return config, restored["state"].params, step
+
+
+def locate(path: str, step: int | None = None) -> tuple[str, str, int | None]:
+    """What `path` names: ("params", path, None) for a params checkpoint, or ("run", WORKDIR,
+    step) for a training run given as WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP
+    (step None: the latest). Anything else is a FileNotFoundError naming the path."""
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
+        os.path.join(path, PARAMS_DIR)
+    ):
+        if step is not None:
+            raise ValueError(f"step {step}: {path} is a params checkpoint, which has no steps")
+        return "params", path, None
+    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        return "run", path, step
+    name, parent = os.path.basename(path), os.path.dirname(path)
+    if name == CHECKPOINTS_DIR and os.path.isdir(path):
+        return "run", parent, step
+    if name.isdigit() and os.path.basename(parent) == CHECKPOINTS_DIR and os.path.isdir(path):
+        if step is not None and step != int(name):
+            raise ValueError(f"step {step}: {path} is the checkpoint of step {name}")
+        return "run", os.path.dirname(parent), int(name)
+    raise FileNotFoundError(
+        f"{path}: not a phi3_jax checkpoint (a params checkpoint holds {CONFIG_FILE} and "
+        f"{PARAMS_DIR}/; a run is WORKDIR, WORKDIR/{CHECKPOINTS_DIR} or "
+        f"WORKDIR/{CHECKPOINTS_DIR}/STEP)"
+    )

@@ -382,17 +382,25 @@ def save_hf(
     path: str,
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_also: Callable[[str], None] | None = None,
 ) -> None:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
-    Tensors keep the params' dtype. Phi-3-small (architecture phi3small) is written by `hf_small`.
+    Tensors keep the params' dtype. `write_also(directory)` adds files (a tokenizer's) before
+    the directory appears. Phi-3-small (architecture phi3small) is written by `hf_small`.
     """
     if config.model.architecture == "phi3small":
         from phi3_jax.model import hf_small  # it builds on this module
 
-        return hf_small.save_hf(config, params, path, max_shard_bytes=max_shard_bytes)
+        return hf_small.save_hf(
+            config, params, path, max_shard_bytes=max_shard_bytes, write_also=write_also
+        )
     write_checkpoint(
-        path, model_config_to_hf(config.model), params_to_hf(params, config.model), max_shard_bytes
+        path,
+        model_config_to_hf(config.model),
+        params_to_hf(params, config.model),
+        max_shard_bytes,
+        write_also,
     )
 
 
@@ -401,8 +409,10 @@ def write_checkpoint(
     hf_config: Mapping,
     tensors: Mapping[str, np.ndarray],
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    write_also: Callable[[str], None] | None = None,
 ) -> None:
-    """Write config.json and the safetensors (sharded past max_shard_bytes, with an index).
+    """Write config.json and the safetensors (sharded past max_shard_bytes, with an index), and
+    whatever `write_also(directory)` adds.
 
     Everything is written to a temporary sibling directory and renamed into place only when
     complete, so a crash never leaves a half-written model.
@@ -430,6 +440,8 @@ def write_checkpoint(
                 json.dump(
                     {"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2
                 )
+        if write_also is not None:
+            write_also(tmp)
         os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

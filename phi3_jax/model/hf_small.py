@@ -331,11 +331,14 @@ def save_hf(
     path: str,
     *,
     max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES,
+    write_also: Callable[[str], None] | None = None,
 ) -> None:
-    """Write a Phi-3-small HF directory (tensors keep the params' dtype; lm_head is tied)."""
+    """Write a Phi-3-small HF directory (tensors keep the params' dtype; lm_head is tied);
+    `write_also(directory)` adds files before it appears."""
     hf.write_checkpoint(
         path,
         model_config_to_hf(config.model),
         params_to_hf(params, config.model),
         max_shard_bytes,
+        write_also,
     )
