@@ -338,6 +338,12 @@ def default_eval_config() -> ml_collections.ConfigDict:
     e = ml_collections.ConfigDict()
     # Evaluate every this many steps (and at step 0 and the last step); 0 disables evaluation.
     e.every_steps = 100
+    # Benchmarks scored at each evaluation too (comma-separated phi3_jax.eval task names, e.g.
+    # "arc_easy,copa,mmlu"; empty: none), on the first task_limit documents of each, in the
+    # task_style prompts ("lm_eval" | "report").
+    e.tasks = ""
+    e.task_limit = 100
+    e.task_style = "lm_eval"
     return e
 
 
@@ -689,6 +695,9 @@ def validate_loop(config: ml_collections.ConfigDict) -> None:
         _fail("eval.every_steps", config.eval.every_steps, "must be an integer >= 0 (0: off)")
     if not config.log.peak_flops >= 0:
         _fail("log.peak_flops", config.log.peak_flops, "must be >= 0 (0: table or probe)")
+    _require_positive_int("eval.task_limit", config.eval.task_limit)
+    if config.eval.task_style not in ("lm_eval", "report"):
+        _fail("eval.task_style", config.eval.task_style, "must be lm_eval or report")
     if config.eval.every_steps and not config.data.eval_fraction:
         _fail("eval.every_steps", config.eval.every_steps, "needs data.eval_fraction > 0")
 

@@ -81,11 +81,13 @@ def run_task(
     num_fewshot: int | None = None,
     limit: int | None = None,
     log_samples: bool = False,
+    instances: list[tasks.Instance] | None = None,
 ) -> TaskResult:
-    """Builds, scores and aggregates one benchmark task."""
+    """Builds (unless `instances` are given, built before), scores and aggregates one task."""
     start = time.perf_counter()
     truncated = scorer.counters.truncated
-    instances = tasks.build(task, style, num_fewshot, limit)
+    if instances is None:
+        instances = tasks.build(task, style, num_fewshot, limit)
     if task.kind == "generation":
         per_doc, samples = _score_generation(scorer, task, instances, log_samples)
     else:

@@ -27,6 +27,7 @@ from phi3_jax import checkpoint, metrics, model, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.eval import in_loop
 from phi3_jax.posttrain import objective
 from phi3_jax.train import state as state_lib
 from phi3_jax.train import step as step_lib
@@ -197,12 +198,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     try:
         state, step = _initial_state(config, mesh, manager, iterator, log)
         evals = _eval_batches(config, tokenizer, batch_sharding) if config.eval.every_steps else {}
+        score_tasks = in_loop.make(config, tokenizer, mesh, log) if evals else None
 
         def run_eval() -> None:
             scalars = evaluate(eval_step, state.params, evals)
             scalars["tokens_seen"] = float(step * tokens_per_step)
             last.update(scalars)
             log(metrics.eval_line(step, scalars))
+            if score_tasks:
+                scalars |= score_tasks(state.params)
+                log(in_loop.line(step, scalars))
+                last.update(scalars)
             if writer:
                 writer.write(step, scalars)
 
