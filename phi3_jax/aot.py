@@ -272,9 +272,7 @@ def plan(config: ml_collections.ConfigDict, topology: Topology) -> Report:
             temporary=stats.temp_size_in_bytes,
             aliased=stats.alias_size_in_bytes,
         )
-        # XLA counts each loop body once; add the other iterations, split evenly over devices.
-        xla = compiled.cost_analysis()["flops"]
-        compiled_flops = xla + flops.uncounted_loop_flops(traced.jaxpr.jaxpr) / mesh.size
+        compiled_flops = flops.compiled_flops(traced, compiled, mesh.size)
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise

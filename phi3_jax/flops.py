@@ -49,3 +49,10 @@ def uncounted_loop_flops(jaxpr: jex.core.Jaxpr) -> int:
     """The matmul FLOPs of the scan iterations after each loop's first: what XLA's cost analysis
     of the compiled program leaves out."""
     return jaxpr_matmul_flops(jaxpr) - jaxpr_matmul_flops(jaxpr, loop_trips=False)
+
+
+def compiled_flops(traced, compiled, devices: int) -> float:
+    """FLOPs per device of a compiled program (`jax.jit(...).trace(...)` and its `.lower().
+    compile()`): XLA's cost analysis plus the loop iterations it leaves out, split evenly over
+    the `devices`."""
+    return compiled.cost_analysis()["flops"] + uncounted_loop_flops(traced.jaxpr.jaxpr) / devices

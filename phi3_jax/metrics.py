@@ -2,7 +2,9 @@
 
 MFU follows PaLM (appendix B): a token costs 6N model FLOPs in training (N = the parameters that
 multiply, so not the embedding lookup) plus 12 * layers * context * attention width for the
-attention scores and values. Rematerialisation recomputes part of the forward pass; those FLOPs
+attention scores and values. A dense layer's context is the sequence (or its sliding window);
+a Phi-3-small blocksparse layer's is the keys of the blocks its pattern keeps, averaged over
+heads and queries (`attention_keys`). Rematerialisation recomputes part of the forward pass; those FLOPs
 are real work but not model FLOPs, so they are reported on their own (`remat_flops_per_token`)
 and only the hardware utilisation (HFU) includes them. The peak is the devices' dense bf16 rate
 from a table, `log.peak_flops` from the config, or on CPU a matmul probe of the host.
@@ -21,9 +23,11 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tensorboardX
 
 from phi3_jax import model
+from phi3_jax.model import blocksparse, small
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -46,6 +50,41 @@ def _attention_context(config: ml_collections.ConfigDict) -> int:
     return min(config.train.seq_len, window) if window else config.train.seq_len
 
 
+def _blocksparse_keys(config: ml_collections.ConfigDict) -> float:
+    """Keys per query of a blocksparse layer: the tokens of the key blocks each query's block
+    keeps (whole blocks, as a blocksparse kernel computes them), averaged over heads and queries
+    of a train.seq_len row (its last block may be partial)."""
+    m, length = config.model, config.train.seq_len
+    size = m.blocksparse_block_size
+    num_blocks = -(-length // size)
+    kept = blocksparse.block_mask(
+        blocksparse.BlocksparseSpec.from_model(m), m.num_heads, num_blocks
+    )
+    tokens = np.minimum(size, length - size * np.arange(num_blocks))  # per block
+    pairs = np.einsum("hqk,q,k->", kept.astype(np.int64), tokens, tokens)
+    return float(pairs) / (m.num_heads * length)
+
+
+def attention_keys(config: ml_collections.ConfigDict) -> list[float]:
+    """Per layer, the keys a query attends to in the model-FLOPs count: the context (PaLM's
+    convention: the whole sequence or sliding window, causality not subtracted) for dense
+    layers, the kept blocks' keys for Phi-3-small's blocksparse layers."""
+    m = config.model
+    if m.architecture == "phi3":
+        return [float(_attention_context(config))] * m.num_layers
+    sparse = _blocksparse_keys(config)
+    return [
+        float(config.train.seq_len) if small.is_dense_layer(m, i) else sparse
+        for i in range(m.num_layers)
+    ]
+
+
+def attention_forward_flops(config: ml_collections.ConfigDict) -> float:
+    """Forward FLOPs per token of the attention scores and values (QK^T and AV: 2 matmuls of 2
+    FLOPs per multiply-add over the attention width), summed over the layers."""
+    return 4.0 * config.model.hidden_size * sum(attention_keys(config))
+
+
 def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
     """Training FLOPs per token: `model` (6N + attention) and `remat` (recomputed forward)."""
     m = config.model
@@ -54,8 +93,8 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
     # phi3 has a separate lm_head; phi3small ties it to the embedding, which then multiplies.
     matmul_params = total - embedding if m.architecture == "phi3" else total
     block_params = matmul_params - embedding
-    # QK^T and AV: 2 matmuls of 2 FLOPs per multiply-add, forward 1x + backward 2x.
-    attention_forward = 4 * m.num_layers * _attention_context(config) * m.hidden_size
+    # Forward 1x + backward 2x.
+    attention_forward = attention_forward_flops(config)
     remat = {
         "none": 0.0,
         # Every block runs forward again in the backward pass.
@@ -63,7 +102,7 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
         # All matmul outputs are saved: only elementwise work is recomputed.
         "dots": 0.0,
         # Projections are saved, the batched attention matmuls are recomputed.
-        "dots_no_batch": float(attention_forward),
+        "dots_no_batch": attention_forward,
     }[m.remat]
     return {"model": 6.0 * matmul_params + 3.0 * attention_forward, "remat": remat}
 

@@ -9,7 +9,8 @@ with step = max(1, vert_stride // num_heads) (h * step replaced by 0 with a homo
 and inside the kept blocks attention is causal per token. Segment ids are ANDed in as in the dense
 layers (segment 0 is padding and only sees padding).
 
-`reference_mask` expands the rule to a [batch, heads, seq, seq] mask for `dense_attention`.
+`reference_mask` expands the rule to a [batch, heads, seq, seq] mask for `dense_attention`, and
+`decode_mask` to the new tokens of a decoding step over the key/value cache.
 `blocksparse_attention` never builds anything seq x seq: each query block gathers its local
 window of key blocks (per kv head) and each head its vertical stripes (static tables), so FLOPs and
 memory grow with the kept blocks, not with seq^2. Packed rows keep the row's block grid: blocks
@@ -48,14 +49,34 @@ class BlocksparseSpec:
         )
 
 
+def keeps(spec: BlocksparseSpec, num_heads: int, head, query_block, key_block):
+    """The rule: whether query head `head` in block `query_block` keeps key block `key_block`,
+    elementwise over integer arrays that broadcast (NumPy or JAX)."""
+    head_step = 0 if spec.homo_head else max(1, spec.vert_stride // num_heads)
+    vertical = (key_block + head * head_step + 1) % spec.vert_stride == 0
+    return (query_block >= key_block) & (
+        (query_block - key_block < spec.num_local_blocks) | vertical
+    )
+
+
 def block_mask(spec: BlocksparseSpec, num_heads: int, num_blocks: int) -> np.ndarray:
     """Boolean [heads, query block, key block]: which key blocks each query block keeps."""
-    head_step = 0 if spec.homo_head else max(1, spec.vert_stride // num_heads)
     heads = np.arange(num_heads)[:, None, None]
     query = np.arange(num_blocks)[None, :, None]
     key = np.arange(num_blocks)[None, None, :]
-    vertical = (key + heads * head_step + 1) % spec.vert_stride == 0
-    return (query >= key) & ((query - key < spec.num_local_blocks) | vertical)
+    return keeps(spec, num_heads, heads, query, key)
+
+
+def decode_mask(
+    spec: BlocksparseSpec, num_heads: int, query_positions: Array, key_positions: Array
+) -> Array:
+    """Boolean [batch, heads, n, cache]: the rule's blocks for new tokens at `query_positions`
+    [batch, n] over cache slots holding positions `key_positions` [batch, cache] (blocks count
+    from each sequence's position 0). Causality and padding are the dense decode mask's."""
+    query = query_positions[:, None, :, None] // spec.block_size
+    key = key_positions[:, None, None, :] // spec.block_size
+    heads = jnp.arange(num_heads)[None, :, None, None]
+    return keeps(spec, num_heads, heads, query, key)
 
 
 def reference_mask(spec: BlocksparseSpec, num_heads: int, segment_ids: Array) -> Array:
@@ -70,13 +91,14 @@ def reference_mask(spec: BlocksparseSpec, num_heads: int, segment_ids: Array) ->
 
 
 def dense_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Softmax attention over all keys: q [b, s, heads, d], k/v [b, s, kv_heads, d], mask boolean
-    broadcastable to [b, heads, s, s]. Query head h uses kv head h // (heads // kv_heads)."""
+    """Softmax attention over all keys: q [b, s, heads, d], k/v [b, t, kv_heads, d] (t = s, or a
+    decoding cache's length), mask boolean broadcastable to [b, heads, s, t]. Query head h uses kv
+    head h // (heads // kv_heads)."""
     batch, length, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
+    num_kv_heads, keys = k.shape[2], k.shape[1]
     group = num_heads // num_kv_heads
-    mask = jnp.broadcast_to(mask, (batch, num_heads, length, length))
-    mask = mask.reshape(batch, num_kv_heads, group, length, length)
+    mask = jnp.broadcast_to(mask, (batch, num_heads, length, keys))
+    mask = mask.reshape(batch, num_kv_heads, group, length, keys)
     q = q.reshape(batch, length, num_kv_heads, group, head_dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)

@@ -136,6 +136,17 @@ def write_cache(cache: Array, new: Array, index: Array) -> Array:
     return jax.vmap(write_row)(cache, new, index)
 
 
+def update_cache(kv: dict, k: Array, v: Array, index: Array) -> dict:
+    """One layer's cache {"k", "v"} [batch, length, kv_heads, head_dim] with this call's keys and
+    values [batch, n, kv_heads, head_dim] written at slot `index` [batch]."""
+    return {
+        name: nn.with_logical_constraint(
+            write_cache(kv[name], new, index), ("batch", None, "kv_heads", None)
+        )
+        for name, new in (("k", k), ("v", v))
+    }
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary embeddings (MHA when kv heads == heads)."""
 
@@ -178,12 +189,7 @@ class Attention(nn.Module):
         )
 
         if kv is not None:
-            kv = {
-                name: nn.with_logical_constraint(
-                    write_cache(kv[name], new, index), ("batch", None, "kv_heads", None)
-                )
-                for name, new in (("k", k), ("v", v))
-            }
+            kv = update_cache(kv, k, v, index)
             k, v = kv["k"], kv["v"]
 
         # Decoding attends over the cache with its mask; training runs the configured kernel.

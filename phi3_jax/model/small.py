@@ -11,6 +11,12 @@ quick_gelu(clip(gate)) * (clip(up) + 1), HF's even/odd columns of `up_proj` kept
 Layers are scanned in groups of dense_attention_every_n_layers (blocksparse..., dense), so the
 compiled graph holds one group whatever the depth. Dropout acts only when `deterministic` is False
 (then the `dropout` rng is needed).
+
+Decoding (`phi3_jax.model.decode`, a cache from `init_cache`: per layer k and v [layers, batch,
+length, kv_heads, head_dim], as for mini) writes each layer's keys and values into its slice of
+the cache; dense layers attend over the cache under the causal decode mask, blocksparse layers
+under that mask ANDed with the rule's blocks (counted from each sequence's first position), so
+every step equals a full forward pass over the sequence so far.
 """
 
 from __future__ import annotations
@@ -86,7 +92,20 @@ class Attention(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, segment_ids: Array) -> Array:
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        sparse: Array,
+        kv: dict | None,
+        index: Array | None,
+    ) -> tuple[Array, dict | None]:
+        """The output and this layer's cache `kv` with the new keys written at slot `index`
+        [batch] (kv None: no decoding). `mask` [batch, q, k] is the dense layers'; `sparse` is
+        the blocksparse layers' segment ids [batch, seq] (the fast path builds its mask from
+        them), or when decoding their mask over the cache [batch, heads, q, cache]."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
@@ -105,19 +124,25 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(
             layers.apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
         )
+        if kv is not None:
+            kv = layers.update_cache(kv, k, v, index)
+            k, v = kv["k"], kv["v"]
         scale = softmax_scale(m)
         if self.dense:
             out = blocksparse.dense_attention(q, k, v, mask[:, None], scale)
+        elif kv is not None:
+            out = blocksparse.dense_attention(q, k, v, sparse, scale)
         else:
             spec = blocksparse.BlocksparseSpec.from_model(m)
-            out = blocksparse.blocksparse_attention(q, k, v, segment_ids, spec, scale)
+            out = blocksparse.blocksparse_attention(q, k, v, sparse, spec, scale)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        return self.projection(
+        out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
         )(out)
+        return out, kv
 
 
 class MLP(nn.Module):
@@ -159,33 +184,43 @@ class Block(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, segment_ids: Array) -> Array:
+    def __call__(self, x, cos, sin, mask, sparse, kv=None, index=None) -> tuple[Array, dict | None]:
+        """The residual stream and this layer's updated cache (see `Attention`)."""
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         attn_in = layer_norm(self.model, "input_layernorm")(x)
-        attn = Attention(self.model, self.dense, name="self_attn")
-        h = x + attn(attn_in, cos, sin, mask, segment_ids)
+        attn_out, kv = Attention(self.model, self.dense, name="self_attn")(
+            attn_in, cos, sin, mask, sparse, kv, index
+        )
+        h = x + attn_out
         mlp_in = layer_norm(self.model, "post_attention_layernorm")(h)
-        return h + MLP(self.model, self.deterministic, name="mlp")(mlp_in)
+        return h + MLP(self.model, self.deterministic, name="mlp")(mlp_in), kv
 
 
 class BlockGroup(nn.Module):
     """dense_attention_every_n_layers consecutive layers: blocksparse ones, then a dense one.
 
-    Sub-layer j of group n is HF layer n * group_size + j, stored as `block_{j}`.
+    Sub-layer j of group n is HF layer n * group_size + j, stored as `block_{j}`; its cache is
+    kv[..][j] of the group's [group_size, batch, length, kv_heads, head_dim].
     """
 
     model: ml_collections.ConfigDict
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, segment_ids: Array):
+    def __call__(self, x, cos, sin, mask, sparse, kv=None, index=None):
+        """(carry, per-group output) for nn.scan: the residual stream, the group's cache."""
         block_class = _remat(Block, self.model.remat)
+        new_kv = []
         for j in range(self.model.dense_attention_every_n_layers):
             block = block_class(
                 self.model, is_dense_layer(self.model, j), self.deterministic, name=f"block_{j}"
             )
-            x = block(x, cos, sin, mask, segment_ids)
-        return x, None  # (carry, per-group output) for nn.scan
+            layer_kv = None if kv is None else jax.tree.map(lambda c, j=j: c[j], kv)
+            x, layer_kv = block(x, cos, sin, mask, sparse, layer_kv, index)
+            new_kv.append(layer_kv)
+        if kv is None:
+            return x, None
+        return x, jax.tree.map(lambda *layer: jnp.stack(layer), *new_kv)
 
 
 def _remat(block_class, policy: str):
@@ -204,7 +239,19 @@ class Phi3Small(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        segment_ids: Array,
+        cache: dict | None = None,
+        lengths: Array | None = None,
+    ) -> tuple[Array, dict | None]:
+        """(float32 logits, the key/value cache with this call's keys and values written), with
+        the cache contract of `transformer.Phi3`: row b's new tokens are written from slot
+        cache["index"][b] on, the first `lengths[b]` of them real (`transformer.decode` advances
+        the index), and attend to the row's slots from cache["start"][b] on; segment_ids is then
+        unused, and so is `lengths` (Phi3's LongRoPE reads it; small has plain RoPE)."""
         m = self.model
         embed = nn.Embed(
             m.vocab_size,
@@ -218,19 +265,33 @@ class Phi3Small(nn.Module):
         if m.mup_embedding_multiplier > 0:
             x = x * m.mup_embedding_multiplier
         cos, sin = layers.rotary_cos_sin(m, positions)
-        mask = layers.attention_mask(segment_ids, 0)
         group_size = m.dense_attention_every_n_layers
         num_groups = m.num_layers // group_size
+        if cache is None:
+            mask, sparse, kv, index = layers.attention_mask(segment_ids, 0), segment_ids, None, None
+        else:
+            index, start = cache["index"], cache["start"]
+            cache_length = cache["kv"]["k"].shape[2]
+            mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, 0)
+            slot_positions = jnp.arange(cache_length)[None] - start[:, None]
+            sparse = mask[:, None] & blocksparse.decode_mask(
+                blocksparse.BlocksparseSpec.from_model(m), m.num_heads, positions, slot_positions
+            )
+            # [layers, ...] -> [groups, group_size, ...]: layer n * group_size + j is block j of
+            # group n.
+            kv = jax.tree.map(
+                lambda c: c.reshape(num_groups, group_size, *c.shape[1:]), cache["kv"]
+            )
         groups = nn.scan(
             BlockGroup,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),
             length=num_groups,
             unroll=1 if m.scan_layers else num_groups,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = groups(m, self.deterministic, name="layers")(x, cos, sin, mask, segment_ids)
+        x, kv = groups(m, self.deterministic, name="layers")(x, cos, sin, mask, sparse, kv, index)
         x = layer_norm(m, "final_layernorm")(x)
         # Tied embeddings: the output projection is the embedding matrix.
         out = embed.attend(x).astype(jnp.float32) / m.mup_width_multiplier
@@ -238,4 +299,7 @@ class Phi3Small(nn.Module):
             dummy = np.zeros(m.vocab_size, bool)
             dummy[list(m.dummy_token_ids)] = True
             out = jnp.where(dummy, -jnp.inf, out)
-        return nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+        out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+        if cache is None:
+            return out, None
+        return out, jax.tree.map(lambda c: c.reshape(m.num_layers, *c.shape[2:]), kv)

@@ -196,7 +196,7 @@ def logits(
     if config.model.architecture == "phi3small":
         model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)
+        return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)[0]
     return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)[0]
 
 
@@ -243,7 +243,12 @@ def init_cache(
 def _decode_step(config, params, tokens: Array, cache: dict, lengths: Array, hidden_only=False):
     """The decoder over `tokens` written into the cache from each row's index on."""
     positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(tokens.shape[1])
-    out, kv = Phi3(config.model, hidden_only=hidden_only).apply(
+    if config.model.architecture == "phi3small":
+        # Never LongRoPE (validated), so never recomputed: hidden_only is not needed.
+        decoder = small.Phi3Small(config.model)
+    else:
+        decoder = Phi3(config.model, hidden_only=hidden_only)
+    out, kv = decoder.apply(
         {"params": params}, tokens, positions, jnp.ones_like(tokens), cache, lengths
     )
     return out, {**cache, "kv": kv, "index": cache["index"] + lengths}
@@ -278,6 +283,7 @@ def decode(
     LongRoPE that means the long factors at every position once the sequence is longer than
     original_max_position_embeddings: the call in which a row with cached tokens first grows
     past it recomputes the whole cache from the token ids (as HF regenerates its cache then).
+    Phi-3-small (`small.Phi3Small`) decodes through the same cache and contract.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     n = tokens.shape[1]

@@ -1,6 +1,7 @@
 """Phi-3-small: logits against an independent NumPy reference of the published formulas (run on
-Hugging Face-layout tensors), HF directory round trips, the 7.4B parameter count, dropout,
-scan/unroll and remat equivalence, and config errors."""
+Hugging Face-layout tensors), HF directory round trips, the 7.4B parameter count, cached decoding
+against a full recompute, the analytic FLOPs against the mask, dropout, scan/unroll and remat
+equivalence, and config errors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from configs import phi3_small
 from phi3_jax import config as config_lib
+from phi3_jax import metrics
 from phi3_jax import model as phi3
 from phi3_jax.model import hf, hf_small, small
 
@@ -300,6 +302,84 @@ def test_published_config_json_loads():
     for key in want:
         if key != "name":
             assert model[key] == want[key], key
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached decoding
+
+
+def test_cached_decoding_equals_full_recompute_at_every_step():
+    """Through phi3_jax.model.init_cache / decode (what generate calls): a 13-token prompt (past
+    one block of 8), then chunks of 1 and 3 tokens up to 40, past the 2-block local window into
+    the vertical stripes, on both dense and blocksparse layers with GQA (4 heads, 2 kv heads).
+    Row 1 is left-padded by 3 slots: its blocks count from its own first token. Each call's
+    logits equal a full forward pass over each row's own sequence (causal: one pass over the
+    whole sequence gives every step's)."""
+    config = tiny_config()
+    m = config.model
+    assert (m.num_heads, m.num_kv_heads, m.num_layers) == (4, 2, 4)
+    params = random_params(config)
+    rng = np.random.default_rng(1)
+    total, pad = 40, 3
+    rows = [rng.integers(0, 496, total), rng.integers(0, 496, total - pad)]
+    want = [np.asarray(logits_fn(config)(params, row[None]))[0] for row in rows]
+    slots = np.zeros((2, total), np.int32)  # each row's tokens at its cache slots
+    slots[0], slots[1, pad:] = rows
+
+    decode = jax.jit(functools.partial(phi3.decode, config))
+    cache = phi3.init_cache(config, 2, total, start=np.array([0, pad]))
+    chunks = [13, 1, 1, 3, 1, 1, 1, 3] + [1] * 16
+    assert sum(chunks) == total
+    done = 0
+    for n in chunks:
+        got, cache = decode(params, slots[:, done : done + n], cache)
+        got = np.asarray(got)
+        for b, start in enumerate((0, pad)):
+            # Row b's cache slots done..done+n hold its positions done-start..; left padding
+            # (slots before start) gives logits nobody reads.
+            first = max(done, start)
+            expected = want[b][first - start : done + n - start]
+            np.testing.assert_allclose(got[b, first - done :], expected, rtol=0, atol=1e-5)
+        done += n
+    np.testing.assert_array_equal(np.asarray(cache["index"]), [total, total])
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic FLOPs
+
+
+def test_analytic_flops_count_the_blocks_the_mask_keeps():
+    """metrics' attention count per blocksparse layer, derived here from the NumPy reference
+    mask of the published rule: a key block counts, whole, for a query block when the mask keeps
+    any of their token pairs. Dense layers count the whole row (PaLM's convention, as for mini).
+    50 tokens: 7 blocks of 8, the last one partial."""
+    config = phi3_small.get_config("tiny")
+    config.train.seq_len = length = 50
+    config = config_lib.validate(config)
+    m = config.model
+    size, heads = m.blocksparse_block_size, m.num_heads
+    blocks = -(-length // size)
+    token_block = np.arange(length) // size
+    keys = []
+    for layer in range(m.num_layers):
+        if (layer + 1) % m.dense_attention_every_n_layers == 0:
+            keys.append(length)
+            continue
+        mask = np_attention_mask(m, layer, length)
+        kept = np.zeros((heads, blocks, blocks), bool)
+        for q in range(blocks):
+            for k in range(blocks):
+                pairs = mask[:, q * size : (q + 1) * size, k * size : (k + 1) * size]
+                kept[:, q, k] = pairs.any(axis=(1, 2))
+        keys.append(kept[:, token_block][:, :, token_block].sum() / (heads * length))
+    assert 0 < keys[0] < length / 2  # the pattern drops most of this row's keys
+    assert metrics.attention_keys(config) == pytest.approx(keys, rel=1e-12)
+    # Tied embeddings: every parameter multiplies. 3x the forward attention (forward + backward).
+    want = 6.0 * phi3.param_count(config) + 12.0 * m.hidden_size * sum(keys)
+    assert metrics.flops_per_token(config) == {
+        "model": pytest.approx(want, rel=1e-12),
+        "remat": 0.0,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
