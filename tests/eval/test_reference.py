@@ -202,3 +202,34 @@ def test_missing_data_names_the_path(tmp_path):
     with pytest.raises(data.DataError, match="no records"):
         runner.run_rolling(None, f"ppl:{empty}")
     assert not os.path.exists(tmp_path / "nothing")
+
+
+@pytest.fixture(scope="module")
+def exported_tiny(tmp_path_factory):
+    """configs/phi3_tiny (random init, 32064 rows) and the bundled sentencepiece tokenizer,
+    exported with hf.save_hf and the tokenizer's save_hf: (our scorer, the HF directory)."""
+    from bench.eval_throughput import export_random
+
+    path = str(tmp_path_factory.mktemp("exported") / "tiny")
+    config, params, tokenizer = export_random("tiny", path)
+    return scorer.Scorer(config, params, tokenizer, log=None), path
+
+
+def test_exported_run_model_and_tokenizer_match_lm_eval_hf(exported_tiny):
+    """Our model and our tokenizer (kind sentencepiece) against what transformers loads from
+    their export: loglikelihood and rolling loglikelihood requests."""
+    ours, path = exported_tiny
+    _, pairs = _choice_requests(["arc_easy", "copa"], 2, 1)
+    theirs = _theirs(path)
+    mine = ours.loglikelihood(pairs)
+    other = theirs.loglikelihood(_instances("loglikelihood", pairs))
+    assert [m[1] for m in mine] == [o[1] for o in other]
+    assert max(abs(m[0] - o[0]) for m, o in zip(mine, other, strict=True)) <= TOL
+    texts = [r.context for r in tasks.build(tasks.TASKS["arc_easy"], "lm_eval", 3, 2)[0].requests][
+        :2
+    ]
+    rolled = theirs.loglikelihood_rolling(
+        _instances("loglikelihood_rolling", [(t,) for t in texts])
+    )
+    mine_rolled = ours.loglikelihood_rolling(texts)
+    assert max(abs(m[0] - o) for m, o in zip(mine_rolled, rolled, strict=True)) <= TOL
