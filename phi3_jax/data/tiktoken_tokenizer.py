@@ -90,7 +90,7 @@ def load_ranks(path: str) -> dict[bytes, int]:
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
             except (ValueError, binascii.Error):
                 raise TokenizerError(
-                    f"{path}:{number}: not a 'base64 rank' line: {line!r}"
+                    f"{path}:{number}: not a 'base64 rank' line: {line[:80]!r}"
                 ) from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1}, each once")

@@ -140,3 +140,16 @@ def test_a_malformed_tokenizer_json_names_the_file(tmp_path):
     (tmp_path / "tokenizer.json").write_text("garbage")
     with pytest.raises(config_lib.ConfigError, match=r"tokenizer\.json: not a tokenizer\.json \("):
         tok_lib.load_tokenizer(tokenizer_config("hf", str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("hf", r"data/tokenizer\.model: not a tokenizer\.json \("),
+        ("tiktoken", r"data/tokenizer\.model:\d+: not a 'base64 rank' line: b'"),
+    ],
+)
+def test_a_file_of_another_kind_names_it(kind, message):
+    with pytest.raises(config_lib.ConfigError, match=message) as error:
+        tok_lib.load_tokenizer(tokenizer_config(kind, BUNDLED))
+    assert "\n" not in str(error.value) and len(str(error.value)) < 300
