@@ -82,7 +82,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.sliding_window = 0
     # Std of the normal initialiser (HF's initializer_range).
     m.initializer_range = 0.02
-    # Special token ids (Phi-3 mini/medium: <s>=1, <|endoftext|>=32000).
+    # Special token ids (Phi-3 mini/medium: <s>=1, <|endoftext|>=32000); -1: none.
     m.bos_token_id = 1
     m.eos_token_id = 2
     m.pad_token_id = 0
@@ -435,8 +435,12 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
         if model[key] not in allowed:
             _fail(f"{prefix}.{key}", model[key], f"must be one of {', '.join(allowed)}")
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if not 0 <= model[key] < model.vocab_size:
-            _fail(f"{prefix}.{key}", model[key], f"must lie in [0, {model.vocab_size})")
+        if not (_is_int(model[key]) and -1 <= model[key] < model.vocab_size):
+            _fail(
+                f"{prefix}.{key}",
+                model[key],
+                f"must lie in [0, {model.vocab_size}) (or be -1: none)",
+            )
     _validate_rope_scaling(model, prefix)
     if model.architecture not in ARCHITECTURES:
         _fail(

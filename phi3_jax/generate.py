@@ -226,7 +226,8 @@ def generate_batch(
     decoder = _decoder(config, mesh, temperature, top_p)
     split = 1 if mesh is None else sharding.data_parallel_size(mesh, decoder.rules)
     rows = -(-len(prompts) // split) * split
-    tokens, lengths, start = _padded_batch(prompts, rows, padding, config.model.pad_token_id)
+    # What fills the padding is never attended to, so any id does.
+    tokens, lengths, start = _padded_batch(prompts, rows, padding, 0)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(rows))
     params, tokens, lengths, start = decoder.place(params, tokens, lengths, start)
     cache_length = int(tokens.shape[1]) + max_new_tokens

@@ -77,17 +77,44 @@ def _rope_from_hf(hf: Mapping, where: str) -> dict:
     return out
 
 
+def special_id(hf: Mapping, key: str, default: int) -> int:
+    """A special token id of config.json for the model config: absent, the default; None or an
+    id outside the vocabulary (which names no token), -1 (none); a list (transformers' several
+    eos ids, the others being generation stops), its first id."""
+    value = hf.get(key, default)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None or not 0 <= value < hf["vocab_size"]:
+        return -1
+    return int(value)
+
+
+def _check_head_dim(hf: Mapping, where: str) -> None:
+    head_dim, implied = hf.get("head_dim"), hf["hidden_size"] // hf["num_attention_heads"]
+    if head_dim is not None and head_dim != implied:
+        raise HFFormatError(
+            f"{where}: head_dim={head_dim} differs from hidden_size // num_attention_heads = "
+            f"{implied}; phi3_jax derives the head width from them"
+        )
+
+
 def model_config_from_hf(hf: Mapping, where: str) -> ml_collections.ConfigDict:
-    """The `model` section for a Phi-3 config.json dict (`where` names it in errors)."""
+    """The `model` section for a Phi-3 config.json dict (`where` names it in errors).
+
+    Every config.json that transformers' Phi3ForCausalLM runs loads, unless a field would change
+    its numbers here (the error names it). Fields the logits do not depend on are read as:
+    special ids per `special_id`; original_max_position_embeddings without rope scaling (where
+    it means nothing) at most max_position_embeddings; dropout rates, attention_bias (which
+    Phi-3 ignores) and tie_word_embeddings (see `load_hf`) not at all.
+    """
     if hf.get("model_type") != "phi3":
         raise HFFormatError(f"{where}: model_type={hf.get('model_type')!r} is not a Phi-3 ('phi3')")
-    if hf.get("tie_word_embeddings", False):
-        raise HFFormatError(f"{where}: tie_word_embeddings=true is not Phi-3 (untied lm_head)")
     if hf.get("hidden_act", "silu") != "silu":
         raise HFFormatError(f"{where}: hidden_act={hf['hidden_act']!r}, Phi-3 uses silu")
     try:
         model = config_lib.default_model_config()
         heads = hf["num_attention_heads"]
+        _check_head_dim(hf, where)
         model.update(
             name=hf.get("_name_or_path") or "hf",
             vocab_size=hf["vocab_size"],
@@ -103,13 +130,21 @@ def model_config_from_hf(hf: Mapping, where: str) -> ml_collections.ConfigDict:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
             sliding_window=hf.get("sliding_window") or 0,
             initializer_range=float(hf.get("initializer_range", 0.02)),
-            bos_token_id=hf.get("bos_token_id", 1),
-            eos_token_id=hf.get("eos_token_id", 32000),
-            pad_token_id=hf.get("pad_token_id") or hf.get("eos_token_id", 32000),
+            bos_token_id=special_id(hf, "bos_token_id", 1),
+            eos_token_id=special_id(hf, "eos_token_id", 32000),
+        )
+        model.pad_token_id = (
+            special_id(hf, "pad_token_id", -1)
+            if hf.get("pad_token_id") is not None
+            else model.eos_token_id
         )
         model.update(_rope_from_hf(hf, where))
     except KeyError as e:
         raise HFFormatError(f"{where}: missing key {e.args[0]!r}") from None
+    if model.rope_scaling == "none":
+        model.original_max_position_embeddings = min(
+            model.original_max_position_embeddings, model.max_position_embeddings
+        )
     return validated_model(model, where)
 
 
@@ -150,9 +185,10 @@ def model_config_to_hf(model: ml_collections.ConfigDict) -> dict:
         "rms_norm_eps": model.rms_norm_eps,
         "sliding_window": model.sliding_window or None,
         "initializer_range": model.initializer_range,
-        "bos_token_id": model.bos_token_id,
-        "eos_token_id": model.eos_token_id,
-        "pad_token_id": model.pad_token_id,
+        **{
+            key: None if model[key] == -1 else model[key]
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+        },
         "tie_word_embeddings": False,
         "attention_bias": False,
         "attention_dropout": 0.0,
@@ -166,8 +202,11 @@ def model_config_to_hf(model: ml_collections.ConfigDict) -> dict:
 # Tensor layout
 
 
-def hf_tensor_shapes(model: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Phi-3 safetensors checkpoint holds, with its torch shape."""
+def hf_tensor_shapes(
+    model: ml_collections.ConfigDict, tied: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Phi-3 safetensors checkpoint holds, with its torch shape (with
+    tie_word_embeddings, no lm_head: it is the embedding)."""
     hd = config_lib.head_dim(model)
     h, i = model.hidden_size, model.intermediate_size
     per_layer = {
@@ -182,7 +221,8 @@ def hf_tensor_shapes(model: ml_collections.ConfigDict) -> dict[str, tuple[int, .
     for n in range(model.num_layers):
         shapes.update({f"model.layers.{n}.{k}": v for k, v in per_layer.items()})
     shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (model.vocab_size, h)
+    if not tied:
+        shapes["lm_head.weight"] = (model.vocab_size, h)
     return shapes
 
 
@@ -229,8 +269,11 @@ def _layer_to_hf(layer: Mapping, n: int) -> dict[str, np.ndarray]:
     }
 
 
-def params_from_hf(get: Callable[[str], np.ndarray], model: ml_collections.ConfigDict) -> dict:
-    """phi3_jax params (numpy, param_dtype) from a getter of HF tensors by name."""
+def params_from_hf(
+    get: Callable[[str], np.ndarray], model: ml_collections.ConfigDict, tied: bool = False
+) -> dict:
+    """phi3_jax params (numpy, param_dtype) from a getter of HF tensors by name; `tied`
+    (tie_word_embeddings) takes lm_head from the embedding, as transformers does."""
     dtype = jnp.dtype(model.param_dtype)
 
     def cast_get(name):
@@ -241,7 +284,9 @@ def params_from_hf(get: Callable[[str], np.ndarray], model: ml_collections.Confi
         "embed_tokens": {"embedding": cast_get("model.embed_tokens.weight")},
         "layers": jax.tree.map(lambda *xs: np.stack(xs), *layers),
         "norm": {"scale": cast_get("model.norm.weight")},
-        "lm_head": {"kernel": cast_get("lm_head.weight").T},
+        "lm_head": {
+            "kernel": cast_get("model.embed_tokens.weight" if tied else "lm_head.weight").T
+        },
     }
 
 
@@ -360,8 +405,9 @@ def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
 
         return hf_small.load_hf(path)
     model = model_config_from_hf(hf_config, path)
-    params = params_from_hf(checkpoint_reader(path, hf_tensor_shapes(model)), model)
-    return run_config(model), params
+    tied = bool(hf_config.get("tie_word_embeddings", False))
+    reader = checkpoint_reader(path, hf_tensor_shapes(model, tied))
+    return run_config(model), params_from_hf(reader, model, tied)
 
 
 def _shard(tensors: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
