@@ -601,6 +601,10 @@ def validate_posttrain(config: ml_collections.ConfigDict) -> None:
         _fail("dpo.loss", dpo.loss, f"must be one of {', '.join(DPO_LOSSES)}")
     if not 0 <= dpo.label_smoothing < 0.5:
         _fail("dpo.label_smoothing", dpo.label_smoothing, "must lie in [0, 0.5)")
+    if config.train.objective == "dpo" and config.data.phase2:
+        _fail("data.phase2", dict(config.data.phase2), "a DPO run has one phase: leave it empty")
+    if dpo.precompute_reference:
+        _fail("dpo.precompute_reference", True, "not implemented yet (the reference is in memory)")
     if dpo.label_smoothing and dpo.loss != "sigmoid":
         _fail("dpo.label_smoothing", dpo.label_smoothing, "applies to dpo.loss=sigmoid only")
 

@@ -162,6 +162,12 @@ def progress_line(step: int, steps: int, scalars: Mapping[str, float]) -> str:
         f"grad_norm {scalars['grad_norm']:.3f}",
         f"lr {scalars['learning_rate']:.2e}",
     ]
+    if "dpo/reward_accuracy" in scalars:
+        parts += [
+            f"reward_acc {scalars['dpo/reward_accuracy']:.3f}",
+            f"margin {scalars['dpo/reward_margin']:.4f}",
+            f"kl {scalars['dpo/kl']:.4f}",
+        ]
     if "tokens_per_s" in scalars:
         parts += [
             f"{scalars['tokens_per_s']:,.0f} tok/s",

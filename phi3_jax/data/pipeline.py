@@ -230,7 +230,8 @@ def _records(opts: PipelineOptions, tokenizer: Tokenizer, records: Records | Non
     return records or Records(DocumentIds(tokenizer, opts.add_bos))
 
 
-def _source(opts: PipelineOptions, name: str, records: Records, split: str) -> ShardSource:
+def source(opts: PipelineOptions, name: str, records: Records, split: str) -> ShardSource:
+    """The named source's documents of one split ("train" or "eval")."""
     return ShardSource(
         dataclasses.replace(opts.sources[name], fields=records.fields),
         records.to_ids,
@@ -255,7 +256,7 @@ def mixed_documents(
     names = sorted(weights)
     records = _records(opts, tokenizer, records)
     return grain.IterDataset.mix(
-        [_source(opts, name, records, "train") for name in names],
+        [source(opts, name, records, "train") for name in names],
         [weights[name] for name in names],
     )
 
@@ -302,7 +303,7 @@ def eval_datasets(
     records = _records(opts, tokenizer, records)
     return {
         name: grain.experimental.LimitIterDataset(
-            pack_and_batch(_source(opts, name, records, "eval"), opts, tokenizer.pad_id, trained),
+            pack_and_batch(source(opts, name, records, "eval"), opts, tokenizer.pad_id, trained),
             opts.eval_batches,
         )
         for name in names

@@ -1,7 +1,8 @@
 """What a run trains, chosen by train.objective: its data iterator, held-out data and steps.
 
 lm (pretraining) and sft both train next-token cross-entropy with the train loop's steps; sft's
-documents are chat conversations whose loss mask keeps the assistant's tokens (`sft`).
+documents are chat conversations whose loss mask keeps the assistant's tokens (`sft`). dpo trains
+on preference pairs with the DPO loss against a frozen reference (`dpo`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Callable
 
 import grain
 import ml_collections
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from phi3_jax.data import pipeline
-from phi3_jax.posttrain import sft
+from phi3_jax.posttrain import dpo, sft
 from phi3_jax.train import step as step_lib
 
 
@@ -24,15 +25,30 @@ def records(config: ml_collections.ConfigDict, tokenizer) -> pipeline.Records | 
 
 def train_iterator(config: ml_collections.ConfigDict, tokenizer) -> grain.DatasetIterator:
     """The run's training batches (save/restore with grain.checkpoint.*)."""
+    if config.train.objective == "dpo":
+        return dpo.train_iterator(config, tokenizer)
     return pipeline.train_iterator(config, tokenizer, records=records(config, tokenizer))
 
 
 def eval_datasets(config: ml_collections.ConfigDict, tokenizer) -> dict[str, grain.IterDataset]:
     """Per source, its held-out batches."""
+    if config.train.objective == "dpo":
+        return dpo.eval_datasets(config, tokenizer)
     opts = pipeline.options_from_config(config)
     return pipeline.eval_datasets(opts, tokenizer, records(config, tokenizer))
 
 
-def make_steps(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Callable, Callable]:
+def batch_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> NamedSharding:
+    """The sharding of the data arrays of a batch."""
+    if config.train.objective == "dpo":
+        return dpo.batch_shardings(config, mesh)["tokens"]
+    return step_lib.batch_shardings(config, mesh)["tokens"]
+
+
+def make_steps(
+    config: ml_collections.ConfigDict, mesh: Mesh, log: Callable[[str], None]
+) -> tuple[Callable, Callable]:
     """(train_step(state, batch), eval_step(params, batch)) jitted on the mesh."""
+    if config.train.objective == "dpo":
+        return dpo.make_steps(config, mesh, log)
     return step_lib.make_train_step(config, mesh), step_lib.make_eval_step(config, mesh)

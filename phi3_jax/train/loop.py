@@ -30,7 +30,6 @@ from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.eval import in_loop
 from phi3_jax.posttrain import objective
 from phi3_jax.train import state as state_lib
-from phi3_jax.train import step as step_lib
 
 Log = Callable[[str], None]
 
@@ -177,8 +176,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
     mesh = sharding.make_mesh(config.mesh)
-    train_step, eval_step = objective.make_steps(config, mesh)
-    batch_sharding = step_lib.batch_shardings(config, mesh)["tokens"]
+    train_step, eval_step = objective.make_steps(config, mesh, log)
+    batch_sharding = objective.batch_sharding(config, mesh)
     tokenizer = load_tokenizer(config)
     _check_vocab(config, tokenizer)
     flops = metrics.flops_per_token(config)

@@ -100,9 +100,52 @@ def split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
     def split(x: jax.Array) -> jax.Array:
         x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]).swapaxes(0, 1)
-        return nn.with_logical_constraint(x, (None, *sharding.BATCH_AXES))
+        # Axes between the batch and the length (DPO's chosen/rejected pair) are not split.
+        batch, length = sharding.BATCH_AXES
+        return nn.with_logical_constraint(x, (None, batch, *(None,) * (x.ndim - 3), length))
 
     return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(
+    objective: Callable,
+    params,
+    batch: Batch,
+    microbatches: int,
+    param_shardings=None,
+    dropout: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[object, Metrics]:
+    """Gradients of `objective(params, microbatch, dropout_rng) -> (loss, sums)` summed over the
+    batch's microbatches by a scan, and the sums summed. `param_shardings` (a pytree of
+    shardings) pins the gradient accumulator to the params' layout. `dropout` = (state rng, step)
+    turns dropout on, microbatch i with `dropout_key(rng, step, i)`."""
+
+    def like_params(tree):
+        if param_shardings is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, param_shardings)
+
+    def rng_of(index):
+        return None if dropout is None else dropout_key(*dropout, index)
+
+    def accumulate(carry, xs: tuple[Batch, jax.Array]):
+        grads, sums = carry
+        microbatch, index = xs
+        micro_grads, micro_sums = jax.grad(objective, has_aux=True)(
+            params, microbatch, rng_of(index)
+        )
+        grads = like_params(jax.tree.map(jnp.add, grads, micro_grads))
+        return (grads, jax.tree.map(jnp.add, sums, micro_sums)), None
+
+    split = split_microbatches(batch, microbatches)
+    first = jax.tree.map(lambda x: x[0], split)
+    shapes = jax.eval_shape(objective, params, first, rng_of(jnp.zeros((), jnp.int32)))[1]
+    zeros = (
+        like_params(jax.tree.map(jnp.zeros_like, params)),
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+    )
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, (split, jnp.arange(microbatches)))
+    return grads, sums
 
 
 def loss_and_grads(
@@ -112,19 +155,12 @@ def loss_and_grads(
     param_shardings=None,
     dropout: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[object, Metrics]:
-    """Gradients of the global-batch objective, accumulated over train.microbatches by a scan.
+    """Gradients of the global-batch objective, accumulated over train.microbatches.
 
     Each microbatch's sums are divided by the token count of the whole global batch, so the
-    accumulated gradient is that of the global mean. `param_shardings` (a pytree of shardings)
-    pins the gradient accumulator to the params' layout. `dropout` = (state rng, step) turns
-    dropout on, microbatch i with `dropout_key(rng, step, i)`. Returns (grads, metrics).
+    accumulated gradient is that of the global mean. `param_shardings` and `dropout` as in
+    `accumulate_gradients`. Returns (grads, metrics).
     """
-
-    def like_params(tree):
-        if param_shardings is None:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, param_shardings)
-
     tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
     denominator = jnp.maximum(tokens, 1.0)
     z_coefficient = config.train.z_loss
@@ -133,20 +169,8 @@ def loss_and_grads(
         sums = loss_sums(config, p, microbatch, rng)
         return (sums["ce"] + z_coefficient * sums["z"]) / denominator, sums
 
-    def accumulate(carry, xs: tuple[Batch, jax.Array]):
-        grads, sums = carry
-        microbatch, index = xs
-        rng = None if dropout is None else dropout_key(*dropout, index)
-        micro_grads, micro_sums = jax.grad(objective, has_aux=True)(params, microbatch, rng)
-        grads = like_params(jax.tree.map(jnp.add, grads, micro_grads))
-        return (grads, jax.tree.map(jnp.add, sums, micro_sums)), None
-
-    zeros = like_params(jax.tree.map(jnp.zeros_like, params))
-    microbatches = config.train.microbatches
-    (grads, sums), _ = jax.lax.scan(
-        accumulate,
-        (zeros, {"ce": jnp.zeros(()), "z": jnp.zeros(())}),
-        (split_microbatches(batch, microbatches), jnp.arange(microbatches)),
+    grads, sums = accumulate_gradients(
+        objective, params, batch, config.train.microbatches, param_shardings, dropout
     )
     metrics = {
         "loss": sums["ce"] / denominator,
@@ -162,12 +186,14 @@ def train_step(
     state: TrainState,
     batch: Batch,
     param_shardings=None,
+    grads_fn: Callable = loss_and_grads,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on the global batch; metrics: loss, z_loss, grad_norm (before
     clipping), param_norm (after the update), learning_rate (used by this step), tokens, and with
     train.on_nan=skip `skipped` (the update was dropped for a non-finite loss or grad norm).
-    The model's dropout (Phi-3-small's) is on, keyed by the state's rng and step."""
-    grads, metrics = loss_and_grads(
+    The model's dropout (Phi-3-small's) is on, keyed by the state's rng and step. `grads_fn`
+    (`loss_and_grads`'s signature) gives the gradients and metrics: DPO's, or cross-entropy's."""
+    grads, metrics = grads_fn(
         config, state.params, batch, param_shardings, dropout=(state.rng, state.step)
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -223,10 +249,14 @@ def batch_shardings(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, 
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict, mesh: Mesh
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    grads_fn: Callable = loss_and_grads,
+    shardings_of_batch: dict | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`train_step` jitted on the mesh: state donated, explicit in/out shardings, metrics
-    replicated. Bad batch geometry raises before anything compiles."""
+    replicated. Bad batch geometry raises before anything compiles. `grads_fn` and the batch's
+    shardings (default: `batch_shardings`) are the objective's (posttrain.objective)."""
     check_batch(config, mesh)
     rules = sharding.logical_rules(config)
     tx = optim.make_optimizer(config)
@@ -234,28 +264,33 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch):
         with sharding.activate(mesh, rules):
-            return train_step(config, tx, state, batch, state_shardings.params)
+            return train_step(config, tx, state, batch, state_shardings.params, grads_fn)
 
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch_shardings(config, mesh)),
+        in_shardings=(state_shardings, shardings_of_batch or batch_shardings(config, mesh)),
         out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
         donate_argnums=0,
     )
 
 
 def make_eval_step(
-    config: ml_collections.ConfigDict, mesh: Mesh
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    eval_fn: Callable = eval_step,
+    shardings_of_batch: dict | None = None,
 ) -> Callable[[object, Batch], Metrics]:
-    """`eval_step(params, batch)` jitted on the mesh (params are not donated)."""
+    """`eval_fn(config, params, batch)` (default `eval_step`) jitted on the mesh (params are not
+    donated)."""
     rules = sharding.logical_rules(config)
 
     def step(params, batch: Batch):
         with sharding.activate(mesh, rules):
-            return eval_step(config, params, batch)
+            return eval_fn(config, params, batch)
 
+    batch_in = shardings_of_batch or batch_shardings(config, mesh)
     return jax.jit(
         step,
-        in_shardings=(state_lib.param_shardings(config, mesh), batch_shardings(config, mesh)),
+        in_shardings=(state_lib.param_shardings(config, mesh), batch_in),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
