@@ -52,9 +52,10 @@ def _rope_from_hf(hf: Mapping, where: str) -> dict:
     out = {"rope_theta": float(theta)}
     if kind == "default":
         return out
-    if kind not in ("su", "longrope"):
+    # transformers' Phi3Config reads the types su and yarn as longrope.
+    if kind not in ("su", "yarn", "longrope"):
         raise HFFormatError(
-            f"{where}: rope type {kind!r} is not supported (expected su or longrope)"
+            f"{where}: rope type {kind!r} is not supported (expected su, yarn or longrope)"
         )
     for key in ("short_factor", "long_factor"):
         if key not in rope:

@@ -76,6 +76,27 @@ def test_transformers_default_configs_load_with_their_logits(tmp_path, case):
     np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
 
 
+def test_rope_type_yarn_is_longrope_as_in_transformers(tmp_path):
+    """Phi3Config turns rope type su or yarn into longrope: a config.json that says yarn."""
+    rope = {"rope_type": "longrope", "short_factor": [1.1] * 8, "long_factor": [3.0] * 8}
+    directory, hf_model = hf_directory(
+        tmp_path, original_max_position_embeddings=32, rope_parameters=rope
+    )
+    with open(f"{directory}/config.json") as f:
+        saved = json.load(f)
+    assert saved["rope_parameters"]["rope_type"] == "longrope"
+    saved["rope_parameters"]["rope_type"] = "yarn"
+    with open(f"{directory}/config.json", "w") as f:
+        json.dump(saved, f)
+    config, params = hf.load_hf(directory)
+    assert config.model.rope_scaling == "longrope"
+    config.model.dtype = "float32"
+    for length in (20, 40):  # both sides of the original length
+        tokens = random_tokens(128, 2, length)
+        ours = np.asarray(phi3.logits(config, params, tokens))
+        np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
+
+
 REFUSED = {
     "head_dim": ({"head_dim": 32}, "head_dim=32 differs from hidden_size // num_attention_heads"),
     "partial_rotary_factor": ({"partial_rotary_factor": 0.5}, "partial_rotary_factor != 1"),
