@@ -3,7 +3,7 @@
     python -m phi3_jax.data.prepare --input=GLOB[,GLOB] --output=DIR --quality_model=MODEL.bin
         [--executor=local|slurm|ray] [--tasks=N] [--phase=1|2] [--on_bad_record=raise|skip]
         [--work_dir=WORK] [--workers=N] [--tokenizer=PATH [--tokenizer_kind=KIND]]
-        [--slurm_partition=P --slurm_time=T]
+        [--slurm_partition=P --slurm_time=T] [--decontaminate=TASK[,TASK]]
 
 One pipeline definition, four datatrove stages chained by `depends`, runs on any executor:
 
@@ -17,6 +17,11 @@ One pipeline definition, four datatrove stages chained by `depends`, runs on any
 Any number of tasks keeps the same documents, with one caveat of datatrove's MinHash: when the
 near-duplicates of a cluster sit in different input files, which one survives depends on how the
 files fall into tasks (the clusters, and so the number kept, do not).
+
+`--decontaminate=arc_easy,mmlu,...` (phi3_jax.eval task names) adds a first stage, `decont_index`,
+that hashes the 13-grams of those evaluation sets' questions and answers, and removes every
+document sharing one right after reading (phi3_jax.data.decontaminate); the manifest counts the
+removed documents per task under `decontamination`.
 
 `--phase=2` adds a fifth stage, `phase2`, that rereads the phase-1 shards with stricter thresholds
 and writes `DIR/phase2/` (Phi-3's phase-2 web set is a subset of its phase-1 set). Shards hold one
@@ -62,6 +67,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.writers import JsonlWriter
 
 from phi3_jax.config import TOKENIZER_KINDS
+from phi3_jax.data import decontaminate as decont
 from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.data.quality import QualityFilter
 from phi3_jax.data.readers import (
@@ -220,15 +226,19 @@ def stages(
     phase: int,
     on_bad_record: OnBadRecord,
     tokenizer: tuple[str, str] | None = None,
+    decontaminate: Sequence[str] = (),
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
     out, work = pathlib.Path(output), pathlib.Path(work)
     root, paths = write_paths_files(files, work)
     p1 = PHASES[1]
-    result = [
+    index = str(work / "decont_index")
+    decont_stages = [Stage("decont_index", [decont.EvalSetIndexer(index, decontaminate)], 1)]
+    result = (decont_stages if decontaminate else []) + [
         Stage(
             "filter",
             readers(root, paths, on_bad_record)
+            + ([decont.decontamination_filter(index)] if decontaminate else [])
             + quality_filters(p1, quality_model)
             + [
                 JsonlWriter(str(work / "filtered"), SHARD_NAME, compression="zstd"),
@@ -364,8 +374,33 @@ def manifest(
         "settings": settings,
         "bad_records": bad,
         "kept": {p: _last_forwarded(steps[p]) for p in phases},
+        "decontamination": _decontamination(steps),
         "steps": steps,
         "outputs": _outputs(output, phases),
+    }
+
+
+def _decontamination(steps: dict[str, list[dict]]) -> dict | None:
+    """Per evaluation task: its (question, answer) pairs and 13-gram hashes, and the training
+    documents removed for sharing one (None without --decontaminate)."""
+    if "decont_index" not in steps:
+        return None
+    index = steps["decont_index"][0]["counts"]
+    removed = next(
+        decont.removed_per_task(s["counts"]) for s in steps["filter"] if "decontam" in s["step"]
+    )
+    names = [k.removeprefix("pairs_") for k in index if k.startswith("pairs_")]
+    return {
+        "n_grams": decont.N_GRAMS,
+        "tasks": {
+            name: {
+                "pairs": index[f"pairs_{name}"],
+                "hashes": index.get(f"hashes_{name}", 0),
+                "removed": removed.get(name, 0),
+            }
+            for name in names
+        },
+        "removed": sum(removed.values()),
     }
 
 
@@ -387,6 +422,7 @@ def run(
     slurm: dict | None = None,
     tokenizer: str | None = None,
     tokenizer_kind: str = "sentencepiece",
+    decontaminate: Sequence[str] = (),
 ) -> dict | None:
     """Run (or resume) the job; return the manifest, or None while SLURM jobs are still queued."""
     if on_bad_record not in ON_BAD_RECORD:
@@ -398,7 +434,9 @@ def run(
     files = expand_globs(input)
     work = work_dir or os.path.join(output, "work")
     spec = (tokenizer_kind, tokenizer) if tokenizer else None
-    stage_list = stages(files, output, work, quality_model, tasks, phase, on_bad_record, spec)
+    stage_list = stages(
+        files, output, work, quality_model, tasks, phase, on_bad_record, spec, decontaminate
+    )
     executors = make_executors(
         stage_list, work, executor, workers or min(tasks, os.cpu_count() or 1), slurm
     )
@@ -412,6 +450,7 @@ def run(
         "on_bad_record": on_bad_record,
         "quality_model": file_entry(quality_model),
         "tokenizer": tokenizer_entry(tokenizer_kind, tokenizer) if tokenizer else None,
+        "decontaminate": list(decontaminate),
         "phases": {str(p): dataclasses.asdict(PHASES[p]) for p in range(1, phase + 1)},
         "minhash": {
             k: getattr(MINHASH, k) for k in ("n_grams", "num_buckets", "hashes_per_bucket", "seed")
@@ -449,6 +488,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--on_bad_record", choices=ON_BAD_RECORD, default="raise")
     parser.add_argument("--tokenizer", default=None, help="also write token ArrayRecord shards")
     parser.add_argument("--tokenizer_kind", choices=TOKENIZER_KINDS, default="sentencepiece")
+    parser.add_argument(
+        "--decontaminate",
+        default="",
+        help="comma-separated phi3_jax.eval tasks whose 13-grams remove training documents",
+    )
     parser.add_argument("--slurm_partition", default=None)
     parser.add_argument("--slurm_time", default="4:00:00")
     args = parser.parse_args(argv)
@@ -467,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             slurm,
             args.tokenizer,
             args.tokenizer_kind,
+            [t for t in args.decontaminate.split(",") if t],
         )
     except (BadRecordError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
