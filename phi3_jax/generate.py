@@ -54,13 +54,14 @@ def decoding_rules(config: ml_collections.ConfigDict) -> sharding.Rules:
 
 
 def _padded_batch(
-    prompts: Sequence[Sequence[int]], rows: int, padding: str, pad_id: int
+    prompts: Sequence[Sequence[int]], rows: int, padding: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens [rows, longest], lengths [rows], start [rows]): the prompts padded on `padding`'s
-    side; rows past the prompts repeat the first one (they fill out the mesh's batch split)."""
+    """(tokens [rows, longest], lengths [rows], start [rows]): the prompts padded with id 0 on
+    `padding`'s side (nothing attends to padding, so any id does); rows past the prompts repeat
+    the first one (they fill out the mesh's batch split)."""
     lengths = np.array([len(p) for p in prompts] + [len(prompts[0])] * (rows - len(prompts)))
     longest = int(lengths.max())
-    tokens = np.full((rows, longest), pad_id, np.int32)
+    tokens = np.zeros((rows, longest), np.int32)
     for row in range(rows):
         prompt = prompts[row if row < len(prompts) else 0]
         if padding == "left":
@@ -226,8 +227,7 @@ def generate_batch(
     decoder = _decoder(config, mesh, temperature, top_p)
     split = 1 if mesh is None else sharding.data_parallel_size(mesh, decoder.rules)
     rows = -(-len(prompts) // split) * split
-    # What fills the padding is never attended to, so any id does.
-    tokens, lengths, start = _padded_batch(prompts, rows, padding, 0)
+    tokens, lengths, start = _padded_batch(prompts, rows, padding)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(rows))
     params, tokens, lengths, start = decoder.place(params, tokens, lengths, start)
     cache_length = int(tokens.shape[1]) + max_new_tokens

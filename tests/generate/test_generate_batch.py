@@ -133,7 +133,7 @@ def test_generation_split_over_a_mesh_equals_one_device():
     )
     assert out == references()[:3]
     decoder = generate._decoder(config, mesh, 0.0, 1.0)
-    tokens, lengths, start = generate._padded_batch(PROMPTS[:3], 4, "left", 0)
+    tokens, lengths, start = generate._padded_batch(PROMPTS[:3], 4, "left")
     params, tokens, lengths, start = decoder.place(sharp_params(), tokens, lengths, start)
     keys = jax.random.split(jax.random.key(0), 4)
     _, cache = decoder.prefill(params, tokens, lengths, start, keys, 32, jnp.ones(512, bool))
