@@ -125,8 +125,21 @@ def test_loglikelihood_matches_lm_eval_hf(tiny_hf):
 
 @pytest.mark.slow
 def test_loglikelihood_matches_lm_eval_hf_hundreds(tiny_hf):
-    names = ["arc_easy", "hellaswag", "mmlu_anatomy", "winogrande", "piqa", "boolq"]
-    worst, _, n, _ = _check_loglikelihood(tiny_hf, names, 60, 3)
+    """Over a thousand requests. Tasks with short continuations: the two sides sum fp32
+    per-token log-probabilities in different orders, and fp32's resolution at |ll| ~ 300
+    (HellaSwag's and PIQA's long endings under this random model) is 3e-5 per addition, so
+    those reach ~1e-4 (relative 4e-7), the tolerance itself."""
+    names = [
+        "arc_easy",
+        "arc_challenge",
+        "mmlu_anatomy",
+        "winogrande",
+        "boolq",
+        "commonsense_qa",
+        "copa",
+        "openbookqa",
+    ]
+    worst, _, n, _ = _check_loglikelihood(tiny_hf, names, 40, 3)
     assert n >= 600
 
 
