@@ -11,6 +11,11 @@ corpus by a fixed rule (`labelled_records`), since no hand-labelled web set can 
 
     python -m phi3_jax.data.quality label --corpus=GLOB --out=LABELLED.jsonl
     python -m phi3_jax.data.quality train --labelled=LABELLED.jsonl --out=MODEL.bin
+        [--score_threshold=T]
+
+With `--score_threshold`, the labelled set may hold a language model's 0-5 educational scores
+instead (`score`, as `phi3_jax.data.annotate` writes them): a score of at least T is hq, below
+it lq.
 """
 
 from __future__ import annotations
@@ -102,11 +107,17 @@ def fasttext_line(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def read_labelled(path: str) -> list[dict]:
-    """Records {"text", "label"} of a labelled jsonl file; a bad line is an error naming it."""
+def read_labelled(path: str, score_threshold: float | None = None) -> list[dict]:
+    """Records {"text", "label"} of a labelled jsonl file; a bad line is an error naming it.
+    With `score_threshold`, records carry a 0-5 `score` instead: hq at or above it, else lq."""
     records = []
     for li, line in enumerate(pathlib.Path(path).read_bytes().splitlines(), start=1):
         rec = orjson.loads(line)
+        if score_threshold is not None:
+            score = rec.get("score")
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise ValueError(f"{path}: line {li}: need a numeric score (--score_threshold)")
+            rec = {**rec, "label": HQ if score >= score_threshold else LQ}
         if not isinstance(rec.get("text"), str) or rec.get("label") not in (HQ, LQ):
             raise ValueError(f"{path}: line {li}: need a text string and label {HQ!r} or {LQ!r}")
         records.append(rec)
@@ -187,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--out", required=True, help="output fastText model (.bin)")
     fit.add_argument("--holdout", type=float, default=0.2, help="fraction held out for accuracy")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--score_threshold",
+        type=float,
+        default=None,
+        help="records hold 0-5 scores (phi3_jax.data.annotate): hq at or above this",
+    )
     args = parser.parse_args(argv)
     if args.command == "label":
         from phi3_jax.data.readers import iter_documents
@@ -196,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         pathlib.Path(args.out).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
         print(f"wrote {len(records)} labelled records to {args.out}")
         return
-    records = read_labelled(args.labelled)
+    records = read_labelled(args.labelled, args.score_threshold)
     held = [r for r in records if is_held_out(r["text"], args.holdout)]
     model = train(
         [r for r in records if not is_held_out(r["text"], args.holdout)], args.out, args.seed

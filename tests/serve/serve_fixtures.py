@@ -20,14 +20,14 @@ MODEL = "tiny-test"
 
 
 @functools.cache
-def tiny_loaded() -> Loaded:
+def tiny_loaded(context: int = 128) -> Loaded:
     config = phi3_tiny.get_config()
     config.model.update(
         num_layers=2,
         hidden_size=64,
         intermediate_size=128,
-        max_position_embeddings=128,
-        original_max_position_embeddings=128,
+        max_position_embeddings=context,
+        original_max_position_embeddings=context,
     )
     config = config_lib.validate(config)
     # Sharper logits than at init, so greedy choices are not near-ties.
@@ -36,8 +36,8 @@ def tiny_loaded() -> Loaded:
 
 
 @contextlib.contextmanager
-def served(wait_s: float = 0.01, max_rows: int = 32):
-    """(base URL, engine) of the tiny model served while the block runs."""
-    engine = Engine(tiny_loaded(), wait_s=wait_s, max_rows=max_rows)
+def served(wait_s: float = 0.01, max_rows: int = 32, context: int = 128):
+    """(base URL, engine) of the tiny model (`context` positions) served while the block runs."""
+    engine = Engine(tiny_loaded(context), wait_s=wait_s, max_rows=max_rows)
     with BackgroundServer(make_app(engine, MODEL)) as url:
         yield url, engine
