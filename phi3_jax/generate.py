@@ -121,23 +121,26 @@ class _Decoder:
         with sharding.activate(self.mesh, self.rules):
             return fn(*args)
 
-    def _next(self, logits, lengths, keys, decodable):
-        """Each row's next token from the logits of its last real position."""
-        last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-        return self.sample(jnp.where(decodable, last, -jnp.inf), keys)
+    def _next(self, logits, keys, decodable):
+        """Each row's next token from the logits [batch, vocab] of its last real position."""
+        return self.sample(jnp.where(decodable, logits, -jnp.inf), keys)
 
     def _prefill(self, params, tokens, lengths, start, keys, cache_length, decodable):
         def run():
             cache = model.init_cache(self.config, tokens.shape[0], cache_length, start)
-            logits, cache = model.decode(self.config, params, tokens, cache, lengths)
-            return self._next(logits, lengths, keys, decodable), cache
+            logits, cache = model.decode(
+                self.config, params, tokens, cache, lengths, last_only=True
+            )
+            return self._next(logits, keys, decodable), cache
 
         return self._in_mesh(run)
 
     def _step(self, params, tokens, cache, keys, decodable):
         def run():
-            logits, new_cache = model.decode(self.config, params, tokens[:, None], cache)
-            return self._next(logits, jnp.ones_like(tokens), keys, decodable), new_cache
+            logits, new_cache = model.decode(
+                self.config, params, tokens[:, None], cache, last_only=True
+            )
+            return self._next(logits, keys, decodable), new_cache
 
         return self._in_mesh(run)
 

@@ -240,28 +240,34 @@ def init_cache(
     return cache
 
 
-def _decode_step(config, params, tokens: Array, cache: dict, lengths: Array, hidden_only=False):
-    """The decoder over `tokens` written into the cache from each row's index on."""
+def _decode_step(config, params, tokens: Array, cache: dict, lengths: Array, picks=None):
+    """The decoder over `tokens` written into the cache from each row's index on: the logits
+    of every token, or with `picks` [batch, k] only of those positions of the call."""
     positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(tokens.shape[1])
+    inputs = (tokens, positions, jnp.ones_like(tokens), cache, lengths)
     if config.model.architecture == "phi3small":
-        # Never LongRoPE (validated), so never recomputed: hidden_only is not needed.
-        decoder = small.Phi3Small(config.model)
+        out, kv = small.Phi3Small(config.model).apply({"params": params}, *inputs)
+        if picks is not None:
+            out = jnp.take_along_axis(out, picks[..., None], axis=1)
+    elif picks is None:
+        out, kv = Phi3(config.model).apply({"params": params}, *inputs)
     else:
-        decoder = Phi3(config.model, hidden_only=hidden_only)
-    out, kv = decoder.apply(
-        {"params": params}, tokens, positions, jnp.ones_like(tokens), cache, lengths
-    )
+        # Only the picked positions go through lm_head (a long prompt's [n, vocab] logits are
+        # the largest array of a prefill).
+        hidden, kv = Phi3(config.model, hidden_only=True).apply({"params": params}, *inputs)
+        out = lm_head_logits(config, params, jnp.take_along_axis(hidden, picks[..., None], 1))
     return out, {**cache, "kv": kv, "index": cache["index"] + lengths}
 
 
-def _recompute(config, params, tokens: Array, cache: dict, lengths: Array):
+def _recompute(config, params, tokens: Array, cache: dict, lengths: Array, picks=None):
     """`_decode_step`'s result by running each row's whole sequence (the cached token ids and
-    these) through the model again, every key and value recomputed."""
-    index, n = cache["index"], tokens.shape[1]
+    these) through the model again, every key and value recomputed (phi3 only)."""
+    index = cache["index"]
+    picks = jnp.arange(tokens.shape[1])[None] if picks is None else picks
     fresh = {**cache, "index": jnp.zeros_like(index)}
-    hidden, new = _decode_step(config, params, cache["tokens"], fresh, index + lengths, True)
-    picked = jnp.take_along_axis(hidden, (index[:, None] + jnp.arange(n))[..., None], axis=1)
-    return lm_head_logits(config, params, picked), new
+    return _decode_step(
+        config, params, cache["tokens"], fresh, index + lengths, index[:, None] + picks
+    )
 
 
 def decode(
@@ -270,8 +276,11 @@ def decode(
     tokens: Array,
     cache: dict,
     lengths: Array | None = None,
+    *,
+    last_only: bool = False,
 ):
-    """Logits of `tokens` [batch, n] that continue the cached rows, and the updated cache.
+    """Logits of `tokens` [batch, n] that continue the cached rows, and the updated cache; with
+    `last_only`, only each row's last real token's logits [batch, vocab].
 
     The prompts go through once, then one token per call. Row b's tokens are written from its
     slot cache["index"][b] on and sit at positions index - start; only its first `lengths[b]`
@@ -288,18 +297,17 @@ def decode(
     tokens = jnp.asarray(tokens, jnp.int32)
     n = tokens.shape[1]
     lengths = jnp.full(tokens.shape[:1], n, jnp.int32) if lengths is None else lengths
-    if "tokens" not in cache:
-        return _decode_step(config, params, tokens, cache, lengths)
-    cache = {**cache, "tokens": layers.write_cache(cache["tokens"], tokens, cache["index"])}
-    before = cache["index"] - cache["start"]
-    original = config.model.original_max_position_embeddings
-    crosses = (before > 0) & (before <= original) & (before + lengths > original)
-    return jax.lax.cond(
-        jnp.any(crosses),
-        functools.partial(_recompute, config),
-        functools.partial(_decode_step, config),
-        params,
-        tokens,
-        cache,
-        lengths,
-    )
+    picks = (lengths - 1)[:, None] if last_only else None
+    step = functools.partial(_decode_step, config, picks=picks)
+    if "tokens" in cache:
+        cache = {**cache, "tokens": layers.write_cache(cache["tokens"], tokens, cache["index"])}
+        before = cache["index"] - cache["start"]
+        original = config.model.original_max_position_embeddings
+        crosses = (before > 0) & (before <= original) & (before + lengths > original)
+        recompute = functools.partial(_recompute, config, picks=picks)
+        logits, cache = jax.lax.cond(
+            jnp.any(crosses), recompute, step, params, tokens, cache, lengths
+        )
+    else:
+        logits, cache = step(params, tokens, cache, lengths)
+    return (logits[:, 0] if last_only else logits), cache

@@ -39,10 +39,14 @@ def test_cached_longrope_decoding_equals_transformers_across_the_original_length
     lengths = np.array(PROMPT_LENGTHS if padding == "right" else [longest] * rows, np.int32)
     start = np.array([longest - n if padding == "left" else 0 for n in PROMPT_LENGTHS], np.int32)
     decode = jax.jit(functools.partial(phi3.decode, config))
+    # What generate calls: only each row's last real token's logits go through lm_head.
+    decode_last = jax.jit(functools.partial(phi3.decode, config, last_only=True))
 
     cache = phi3.init_cache(config, rows, longest + STEPS, start)
+    only_last, _ = decode_last(params, tokens, cache, lengths)
     logits, cache = decode(params, tokens, cache, lengths)
     last = np.asarray(logits)[np.arange(rows), lengths - 1]
+    np.testing.assert_allclose(only_last, last, rtol=0, atol=1e-6)
     crossed = set()
     for step in range(STEPS + 1):
         for row, n in enumerate(PROMPT_LENGTHS):
@@ -56,8 +60,10 @@ def test_cached_longrope_decoding_equals_transformers_across_the_original_length
         if step == STEPS:
             break
         following = np.array([[sequences[r][n + step]] for r, n in enumerate(PROMPT_LENGTHS)])
+        only_last, _ = decode_last(params, following, cache)
         logits, cache = decode(params, following, cache)
         last = np.asarray(logits)[:, -1]
+        np.testing.assert_allclose(only_last, last, rtol=0, atol=1e-6)
     # Every row was compared on both sides of the original length.
     assert {row for row, _ in crossed} == set(range(rows))
     assert all((row, 0) not in crossed for row in range(rows))
