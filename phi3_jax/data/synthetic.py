@@ -7,6 +7,11 @@ any callable `(rng: random.Random, index: int) -> dict` (an LLM-backed one, say)
 templates here, and it must return a record {"text", "metadata"} like `template_document`.
 
     python -m phi3_jax.data.synthetic --out=DIR --docs=N --seed=S [--docs_per_shard=K]
+    python -m phi3_jax.data.synthetic --generator=llm --topics=FILE --out=DIR --docs=N --seed=S
+        (--endpoint=URL | --serve_workdir=RUN) [--max_tokens=T --temperature=X --top_p=P]
+
+`--generator=llm` has a language model write them (phi3_jax.data.synthetic_llm); the templates
+stay for the bundled demo.
 """
 
 from __future__ import annotations
@@ -224,8 +229,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, required=True, help="number of documents")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs_per_shard", type=int, default=2000)
-    parser.add_argument("--generator", default="templates", help="templates or module:function")
+    parser.add_argument(
+        "--generator", default="templates", help="templates, llm or module:function"
+    )
+    llm = parser.add_argument_group("--generator=llm")
+    llm.add_argument("--topics", default=None, help="seed topics, one per line")
+    llm.add_argument("--endpoint", default=None, help="an OpenAI-compatible server's base URL")
+    llm.add_argument("--serve_workdir", default=None, help="serve this run here instead")
+    llm.add_argument("--model", default=None, help="model id (default: the endpoint's first)")
+    llm.add_argument("--max_tokens", type=int, default=1024)
+    llm.add_argument("--temperature", type=float, default=0.8)
+    llm.add_argument("--top_p", type=float, default=0.95)
     args = parser.parse_args(argv)
+    if args.generator == "llm":
+        from phi3_jax.data import synthetic_llm  # it builds on this module
+
+        if not args.topics:
+            raise SystemExit("error: --generator=llm needs --topics=FILE")
+        try:
+            summary = synthetic_llm.generate_documents(
+                args.topics,
+                args.out,
+                docs=args.docs,
+                seed=args.seed,
+                endpoint=args.endpoint,
+                serve_workdir=args.serve_workdir,
+                model=args.model,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                top_p=args.top_p,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from e
+        print(f"kept {summary['kept']} of {summary['generated']}, dropped {summary['dropped']}")
+        return
     records = documents(args.docs, args.seed, load_generator(args.generator))
     paths = write_shards(records, args.out, args.docs_per_shard)
     print(f"wrote {len(records)} documents in {len(paths)} shards to {args.out}")
