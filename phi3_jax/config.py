@@ -493,7 +493,13 @@ def _validate_small(model: ml_collections.ConfigDict, prefix: str) -> None:
 
 
 def _validate_rope_scaling(model: ml_collections.ConfigDict, prefix: str) -> None:
-    if model.original_max_position_embeddings > model.max_position_embeddings:
+    # Without rope scaling the original length means nothing, so a larger one is a mistake.
+    # LongRoPE defines it (short factors up to it, attention factor 1 when max <= original),
+    # and transformers runs such a model, so it is allowed there.
+    if (
+        model.rope_scaling == "none"
+        and model.original_max_position_embeddings > model.max_position_embeddings
+    ):
         _fail(
             f"{prefix}.original_max_position_embeddings",
             model.original_max_position_embeddings,

@@ -76,11 +76,26 @@ def test_transformers_default_configs_load_with_their_logits(tmp_path, case):
     np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
 
 
+LONGROPE_FACTORS = {"rope_type": "longrope", "short_factor": [1.1] * 8, "long_factor": [3.0] * 8}
+
+
+def test_longrope_original_length_above_the_maximum(tmp_path):
+    """transformers runs it: short factors throughout, attention factor 1."""
+    directory, hf_model = hf_directory(
+        tmp_path, original_max_position_embeddings=128, rope_parameters=dict(LONGROPE_FACTORS)
+    )
+    config, params = hf.load_hf(directory)
+    assert config.model.original_max_position_embeddings == 128
+    config.model.dtype = "float32"
+    tokens = random_tokens(128, 2, 40)
+    ours = np.asarray(phi3.logits(config, params, tokens))
+    np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
+
+
 def test_rope_type_yarn_is_longrope_as_in_transformers(tmp_path):
     """Phi3Config turns rope type su or yarn into longrope: a config.json that says yarn."""
-    rope = {"rope_type": "longrope", "short_factor": [1.1] * 8, "long_factor": [3.0] * 8}
     directory, hf_model = hf_directory(
-        tmp_path, original_max_position_embeddings=32, rope_parameters=rope
+        tmp_path, original_max_position_embeddings=32, rope_parameters=dict(LONGROPE_FACTORS)
     )
     with open(f"{directory}/config.json") as f:
         saved = json.load(f)
