@@ -16,6 +16,7 @@ import json
 from absl import app, flags, logging
 
 from phi3_jax.config import TOKENIZER_KINDS
+from phi3_jax.data.tokenizer_files import TokenizerError
 from phi3_jax.eval import runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
 
@@ -43,18 +44,28 @@ def _define_flags() -> None:
     )
 
 
+# Bad input: one line on stderr and exit status 1, no traceback.
+# (FileNotFoundError: a missing task file, run or checkpoint step.)
+INPUT_ERRORS = (tasks.TaskError, FileNotFoundError, source.SourceError, TokenizerError)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
-    tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
     try:
-        loaded = source.load(
-            FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
-        )
-    except source.SourceError as e:
-        raise app.UsageError(str(e)) from None
+        evaluate()
+    except INPUT_ERRORS as e:
+        raise SystemExit(f"phi3_jax.eval: {e}") from None
+
+
+def evaluate() -> None:
+    """Loads the model of the flags, scores their tasks, prints the table, writes --output."""
+    tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
+    loaded = source.load(
+        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
+    )
     loaded.config.model.dtype = FLAGS.dtype
     add_bos = loaded.add_bos if FLAGS.add_bos is None else FLAGS.add_bos
     scorer = Scorer(

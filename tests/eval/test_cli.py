@@ -49,10 +49,22 @@ def test_eval_cli_writes_table_and_json(tiny_hf, tmp_path):
     assert results["truncated"] == sum(per_task)
 
 
-def test_eval_cli_unknown_task_is_one_line(tiny_hf):
+def known_tasks() -> str:
+    from phi3_jax.eval import tasks
+
+    return ", ".join(["mmlu", *(n for n in tasks.TASKS if not n.startswith("mmlu_"))])
+
+
+def test_eval_cli_bad_input_is_one_line(tiny_hf, tmp_path):
     proc = run_module("phi3_jax.eval", f"--hf_dir={tiny_hf}", "--tasks=arc_eazy")
     assert proc.returncode != 0
-    assert "unknown task 'arc_eazy'" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.strip().splitlines() == [
+        f"phi3_jax.eval: unknown task 'arc_eazy' (known: {known_tasks()}, mmlu_<subject>)"
+    ]
+    # A run without checkpoints: one line naming it.
+    proc = run_module("phi3_jax.eval", f"--workdir={tmp_path}", "--tasks=copa")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and str(tmp_path) in lines[0]
 
 
 @pytest.mark.slow
