@@ -5,21 +5,31 @@ and what training can start from: `DIR/params` (an orbax PyTree checkpoint) and 
 (the resolved run configuration).
 
 A run's checkpoints (`make_manager`, `save`, `restore_latest`) are an orbax CheckpointManager in
-WORKDIR/checkpoints: per step the train state, the grain iterator's state and the config. Restore
-goes through abstract targets, so a state saved on one mesh loads onto any other.
+WORKDIR/checkpoints: per step the train state, the grain iterator's state, the config and a
+checksum of every array of the state. Restore goes through abstract targets, so a state saved on
+one mesh loads onto any other, and recomputes the checksums: a checkpoint whose bytes changed on
+disk is damaged, and restore falls back to the one before and sets the damaged one aside.
+
+orbax 0.12.8 writes zarr chunks without a checksum of their own (its zarr3 codec chain has a
+crc32c on the shard index only, and no option to add one), so the checksums are ours: per array
+two 32-bit sums of a hash of each element's bits and position, computed on the devices. Integer
+sums are exact in any order, so they are the same on any mesh and any process count.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
@@ -86,7 +96,7 @@ def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
 # holding the train state, the data iterator's state (grain) and the resolved config (JSON).
 CHECKPOINTS_DIR = "checkpoints"
-ITEMS = ("state", "data", "config")
+ITEMS = ("state", "data", "config", "checksums")
 # Model keys that decide parameter shapes: a checkpoint restores only where they agree.
 SHAPE_KEYS = (
     "architecture",
@@ -100,6 +110,101 @@ SHAPE_KEYS = (
 )
 # orbax writes a step into STEP<suffix>... and renames it once complete.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# grain saves one iterator state per process: data/process_I-of-N.json.
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
+
+
+def brief(error: BaseException) -> str:
+    """`Type: message` of an error on one short line: its first line, its middle elided when long
+    (a storage error's cause, such as "No space left on device", comes at the end)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if len(text) > 320:
+        text = f"{text[:120]} ... {text[-180:]}"
+    return f"{type(error).__name__}: {text}"
+
+
+class DamagedError(RuntimeError):
+    """A checkpoint's bytes are not those that were saved; the message names the array."""
+
+
+class NonFiniteStateError(ValueError):
+    """A state holding NaN or inf was given to save; the message names its arrays."""
+
+
+class NotRestorableHereError(config_lib.ConfigError):
+    """A good checkpoint that this run cannot continue from (e.g. another process count)."""
+
+
+def _element_bits(x: jax.Array) -> jax.Array:
+    """Each element's bits as uint32 (keys as their key data, narrow dtypes zero-extended)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every output bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    bits = _element_bits(x)
+    # Row-major position from per-dimension iotas (a reshape of a sharded array would move data).
+    position, stride = jnp.zeros(bits.shape, jnp.uint32), 1
+    for dim in reversed(range(bits.ndim)):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim) * jnp.uint32(
+            stride % 2**32
+        )
+        stride *= bits.shape[dim]
+    # Two lanes with different seeds: a change goes unnoticed with probability about 2^-64.
+    lanes = [
+        jnp.sum(_fmix32(bits ^ _fmix32(position + jnp.uint32(seed))), dtype=jnp.uint32)
+        for seed in (0x9E3779B9, 0x7F4A7C15)
+    ]
+    return jnp.stack(lanes)
+
+
+def _leaf_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+
+_checksums = jax.jit(
+    lambda tree: (jax.tree.map(_leaf_checksum, tree), jax.tree.map(_leaf_finite, tree))
+)
+
+
+def array_checksums(tree) -> tuple[dict[str, list[int]], list[str]]:
+    """Per array of `tree` (by its key path), two 32-bit checksums of its values (the same for
+    equal values on any sharding, different but with probability ~2^-64 for any change), and the
+    paths of the arrays holding a NaN or inf; one pass over the arrays on their devices."""
+    sums, finite = jax.device_get(_checksums(tree))
+    checksums = {
+        jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
+        for path, leaf in jax.tree_util.tree_leaves_with_path(sums)
+    }
+    non_finite = [
+        jax.tree_util.keystr(path)
+        for path, ok in jax.tree_util.tree_leaves_with_path(finite)
+        if not ok
+    ]
+    return checksums, non_finite
+
+
+def verify_checksums(tree, saved: dict[str, list[int]], where: str) -> None:
+    """Raise DamagedError naming the first array of `tree` whose checksum is not the saved one."""
+    for path, got in array_checksums(tree)[0].items():
+        if saved.get(path) != got:
+            raise DamagedError(
+                f"{where}: array {path} does not match its saved checksum "
+                f"({saved.get(path)} saved, {got} read)"
+            )
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -121,18 +226,59 @@ def save(
     iterator,
     config: ml_collections.ConfigDict,
 ) -> bool:
-    """Start saving `step` (in the background when async); False if it is already saved."""
+    """Start saving `step` (in the background when async); False if it is already saved.
+
+    The state's checksums are computed first (before a next step can donate its buffers); a
+    state holding a NaN or inf is never saved (NonFiniteStateError)."""
     if step in manager.all_steps():
         return False
+    checksums, non_finite = array_checksums(state)
+    if non_finite:
+        raise NonFiniteStateError(
+            f"step {step}: not saved, the state holds NaN or inf in {', '.join(non_finite[:3])}"
+            + (f" and {len(non_finite) - 3} more arrays" if len(non_finite) > 3 else "")
+        )
     return manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(iterator),
             config=ocp.args.JsonSave(json.loads(config_lib.to_json(config))),
+            checksums=ocp.args.JsonSave(checksums),
         ),
         force=True,
     )
+
+
+class SaveError(OSError):
+    """A checkpoint could not be written; the message names the directory and its free space."""
+
+
+def save_error(manager: ocp.CheckpointManager, step: int, error: BaseException) -> SaveError:
+    """The one-line SaveError of a failed save of `step`: what failed, where, the free space."""
+    free = shutil.disk_usage(manager.directory).free
+    kept = manager.latest_step()
+    return SaveError(
+        f"checkpoint: saving step {step} in {manager.directory} failed ({brief(error)}); "
+        f"{free / 2**20:.1f} MiB free there; "
+        + (f"the last checkpoint, step {kept}, is kept" if kept is not None else "none saved yet")
+    )
+
+
+def finished_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> Exception | None:
+    """The error of the last background save once it has ended in one (None while it runs, when
+    it succeeded, or once reported); `wait` waits for it to end. The partial directory a failed
+    save left is removed to free the space."""
+    if not wait and manager.is_saving_in_progress():
+        return None
+    try:
+        manager.wait_until_finished()
+    except Exception as error:  # noqa: BLE001 - whatever it was, the save did not complete.
+        if jax.process_index() == 0:
+            for name in incomplete_steps(manager):
+                shutil.rmtree(manager.directory / name, ignore_errors=True)
+        return error
+    return None
 
 
 def incomplete_steps(manager: ocp.CheckpointManager) -> list[str]:
@@ -154,10 +300,30 @@ def check_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> N
         )
 
 
+def check_process_count(manager: ocp.CheckpointManager, step: int) -> None:
+    """Raise NotRestorableHereError if `step`'s data iterator state is of another process count.
+
+    Each process reads its own part of every shard, so a data position is per process and has no
+    equivalent on another count; the state itself would restore on any count."""
+    data_dir = manager.directory / str(step) / "data"
+    counts = {int(m.group(2)) for p in data_dir.iterdir() if (m := _DATA_FILE.fullmatch(p.name))}
+    here = jax.process_count()
+    if counts and here not in counts:
+        raise NotRestorableHereError(
+            f"{data_dir.parent}: written by {sorted(counts)[0]} processes, this run has {here}: "
+            "the data position is per process and does not carry over to another process count; "
+            f"resume with {sorted(counts)[0]} processes (the checkpoint is fine and left as it is)"
+        )
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, iterator, config):
     where = os.path.join(str(manager.directory), str(step))
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = manager.restore(
+        step,
+        args=ocp.args.Composite(config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
+    )
     check_model(saved["config"], config, where)
+    check_process_count(manager, step)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -165,6 +331,7 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, ite
             data=grain.checkpoint.CheckpointRestore(iterator),
         ),
     )
+    verify_checksums(restored["state"], saved["checksums"], where)
     return restored["state"]
 
 
@@ -178,8 +345,10 @@ def restore_latest(
     """(state, step) of the newest checkpoint that restores, or None without checkpoints.
 
     The state lands in `abstract_state`'s shardings (any mesh); `iterator` is set to the saved
-    data position. A checkpoint that fails to read falls back to the one before, saying so; one
-    whose model shapes disagree with the config is an error.
+    data position. A checkpoint that fails to read or whose arrays do not match their checksums
+    falls back to the one before, saying so in one line; once one restores, the damaged ones are
+    set aside. One whose model shapes or process count disagree with this run is an error
+    (NotRestorableHereError or ConfigError), and nothing is moved.
     """
     for name in incomplete_steps(manager):
         log(f"checkpoint: ignoring {name}, a save that never completed")
@@ -193,8 +362,7 @@ def restore_latest(
         except Exception as error:  # Whatever failed to read, this checkpoint is unusable.
             then = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
             log(
-                f"checkpoint: step {step} in {manager.directory} is corrupted "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); {then}"
+                f"checkpoint: step {step} in {manager.directory} is corrupted ({brief(error)}); {then}"
             )
             corrupted.append(step)
             continue
@@ -206,9 +374,13 @@ def restore_latest(
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[str], None]):
-    """Renames corrupted steps to corrupted-STEP (kept for inspection), so they can be re-saved."""
+    """Renames corrupted steps to corrupted-STEP (corrupted-STEP.2, ... when that name is taken;
+    kept for inspection), so they can be re-saved."""
     for step in steps:
-        target = manager.directory / f"corrupted-{step}"
+        target, n = manager.directory / f"corrupted-{step}", 1
+        while target.exists():
+            n += 1
+            target = manager.directory / f"corrupted-{step}.{n}"
         if jax.process_index() == 0:
             os.rename(manager.directory / str(step), target)
         log(f"checkpoint: moved the corrupted step {step} to {target}")
@@ -236,7 +408,10 @@ def restore_params_of_run(workdir: str, step: int | None = None):
         step = steps[-1]
     elif step not in steps:
         raise FileNotFoundError(f"{directory}: no checkpoint of step {step} (steps: {steps})")
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    saved = manager.restore(
+        step,
+        args=ocp.args.Composite(config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
+    )
     config = config_lib.from_json(json.dumps(saved["config"]))
     config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
@@ -245,6 +420,9 @@ def restore_params_of_run(workdir: str, step: int | None = None):
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
     )
     manager.close()
+    verify_checksums(
+        restored["state"], saved["checksums"], os.path.join(manager.directory, str(step))
+    )
     return config, restored["state"].params, step
 
 

@@ -40,6 +40,8 @@ OBJECTIVES = ("lm", "sft", "dpo")
 TOO_LONG = ("drop", "truncate")
 # DPO losses: sigmoid (Rafailov et al. 2023; label_smoothing: cDPO), ipo (Azar et al. 2023), hinge.
 DPO_LOSSES = ("sigmoid", "ipo", "hinge")
+# What a checkpoint save that fails (a full disk) does: stop the run, or go on without it.
+ON_SAVE_ERROR = ("stop", "continue")
 
 
 class ConfigError(ValueError):
@@ -318,6 +320,9 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     # Write in a background thread while training goes on.
     c.async_save = True
+    # A failed save (disk full): "stop" (one line, exit) or "continue" (one line, train on; the
+    # checkpoints saved before are kept either way).
+    c.on_save_error = "stop"
     # A params checkpoint (`convert hf-to-orbax`) to start a fresh run from; "" = random init.
     c.init_from = ""
     return c
@@ -705,6 +710,12 @@ def validate_loop(config: ml_collections.ConfigDict) -> None:
     for key in ("checkpoint.every_steps", "checkpoint.max_to_keep", "log.every_steps"):
         section, name = key.split(".")
         _require_positive_int(key, config[section][name])
+    if config.checkpoint.on_save_error not in ON_SAVE_ERROR:
+        _fail(
+            "checkpoint.on_save_error",
+            config.checkpoint.on_save_error,
+            f"must be one of {', '.join(ON_SAVE_ERROR)}",
+        )
     if not _is_int(config.eval.every_steps) or config.eval.every_steps < 0:
         _fail("eval.every_steps", config.eval.every_steps, "must be an integer >= 0 (0: off)")
     if not config.log.peak_flops >= 0:

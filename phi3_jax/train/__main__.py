@@ -6,13 +6,14 @@ invalid values, an unusable workdir and a non-finite loss end it with a one-line
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from phi3_jax import checkpoint, distributed
 from phi3_jax import config as config_lib
-from phi3_jax import distributed
 from phi3_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -41,16 +42,28 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: {error}")
 
 
+def _not_orbax_error(record: std_logging.LogRecord) -> bool:
+    # orbax logs a failed save with its tracebacks (hundreds of lines); the loop reports every
+    # failed save or restore in one line of its own.
+    return not (record.levelno >= std_logging.ERROR and "/orbax/" in record.pathname)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         # orbax and grain log every save and restore at INFO; the progress lines are enough.
         logging.set_verbosity(logging.WARNING)
+        logging.get_absl_handler().addFilter(_not_orbax_error)
     distributed.initialize()
     try:
         loop.train(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, loop.WorkdirError, loop.NonFiniteError) as error:
+    except (
+        config_lib.ConfigError,
+        loop.WorkdirError,
+        loop.NonFiniteError,
+        checkpoint.SaveError,
+    ) as error:
         sys.exit(f"error: {error}")
 
 

@@ -2,12 +2,14 @@
 
 `train(config, workdir)` resumes from the newest complete checkpoint in WORKDIR/checkpoints (or
 starts from `checkpoint.init_from`'s params, or from a random init), then runs to `train.steps`:
-every step is checked for a non-finite loss or grad norm (`train.on_nan`), every
-`log.every_steps` the metrics are written (metrics.py), every `eval.every_steps` the held-out
-loss is measured, every `checkpoint.every_steps` the state, the data iterator and the config are
-saved in the background. The last step, SIGTERM and SIGINT save too; pending saves are waited for
-before it returns. The batch order is a function of the data iterator's state alone, so a resumed
-run computes bitwise what the uninterrupted one would have.
+every step is checked for a non-finite loss, grad norm or updated state (`train.on_nan`), so a
+non-finite state is never saved; every `log.every_steps` the metrics are written (metrics.py),
+every `eval.every_steps` the held-out loss is measured, every `checkpoint.every_steps` the state,
+the data iterator and the config are saved in the background. The last step, SIGTERM and SIGINT
+save too; pending saves are waited for before it returns. A save that fails (a full disk) is
+reported in one line at the step it is found, naming the directory and its free space, and stops
+the run or not (`checkpoint.on_save_error`). The batch order is a function of the data
+iterator's state alone, so a resumed run computes bitwise what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -154,9 +156,13 @@ def _stop_signals() -> Iterator[list[int]]:
 
 
 def _check_finite(config, step: int, scalars: dict[str, float], log: Log) -> None:
-    if math.isfinite(scalars["loss"]) and math.isfinite(scalars["grad_norm"]):
+    loss, grad_norm = scalars["loss"], scalars["grad_norm"]
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        what = f"non-finite loss={loss} grad_norm={grad_norm} at step {step}"
+    elif not scalars["state_finite"]:
+        what = f"non-finite params or optimizer state after the update of step {step}"
+    else:
         return
-    what = f"non-finite loss={scalars['loss']} grad_norm={scalars['grad_norm']} at step {step}"
     if config.train.on_nan == "skip":
         log(f"{what}: update skipped (train.on_nan=skip)")
         return
@@ -164,6 +170,29 @@ def _check_finite(config, step: int, scalars: dict[str, float], log: Log) -> Non
         f"{what}: stopping (train.on_nan=stop; 'skip' drops such updates); its state is not "
         "saved, resume starts from the last checkpoint"
     )
+
+
+def _save_failed(config, error: checkpoint.SaveError, log: Log) -> None:
+    if config.checkpoint.on_save_error == "stop":
+        raise checkpoint.SaveError(
+            f"{error}; stopping (checkpoint.on_save_error=stop; 'continue' trains on without it)"
+        )
+    log(f"{error}; training goes on (checkpoint.on_save_error=continue)")
+
+
+def _save(config, manager, step: int, state, iterator, log: Log) -> None:
+    """Start saving `step`; a save that fails to start is reported by `_save_failed`."""
+    try:
+        checkpoint.save(manager, step, state, iterator, config)
+    except OSError as error:
+        _save_failed(config, checkpoint.save_error(manager, step, error), log)
+
+
+def _check_save(config, manager, step: int | None, log: Log, wait: bool = False) -> None:
+    """Report the background save of `step` if it has failed (at once, not at the next save)."""
+    error = checkpoint.finished_save_failed(manager, wait) if step is not None else None
+    if error is not None:
+        _save_failed(config, checkpoint.save_error(manager, step, error), log)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict[str, float]:
@@ -216,6 +245,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
         # Throughput is timed from the end of the first step (compilation excluded) and restarted
         # after each log line and evaluation.
         timer, timed = None, 0
+        saving = None  # the step of the last save started
         with _stop_signals() as stop:
             while step < config.train.steps and not stop:
                 batch = sharding.global_batch(next(iterator), batch_sharding, batch_size)
@@ -223,6 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                 step += 1
                 scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 _check_finite(config, step, scalars, log)
+                del scalars["state_finite"]
+                _check_save(config, manager, saving, log)
                 timed += timer is not None
                 done = step == config.train.steps
                 restart = timer is None
@@ -241,13 +273,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                     run_eval()
                     restart = True
                 if step % config.checkpoint.every_steps == 0:
-                    checkpoint.save(manager, step, state, iterator, config)
+                    _check_save(config, manager, saving, log, wait=True)
+                    _save(config, manager, step, state, iterator, log)
+                    saving = step
                 if restart:
                     timer, timed = time.perf_counter(), 0
             if stop:
                 log(f"received signal {stop[0]} at step {step}: saving and exiting")
-        checkpoint.save(manager, step, state, iterator, config)
-        log(f"checkpoint step {step} in {manager.directory}")
+        if step != saving:
+            _check_save(config, manager, saving, log, wait=True)
+            _save(config, manager, step, state, iterator, log)
+        _check_save(config, manager, step, log, wait=True)
+        if step in manager.all_steps():
+            log(f"checkpoint step {step} in {manager.directory}")
     finally:
         manager.wait_until_finished()
         manager.close()

@@ -180,6 +180,12 @@ def loss_and_grads(
     return grads, metrics
 
 
+def all_finite(tree) -> jax.Array:
+    """True iff every float element of `tree` is finite (a boolean scalar)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def train_step(
     config: ml_collections.ConfigDict,
     tx: optax.GradientTransformation,
@@ -189,10 +195,12 @@ def train_step(
     grads_fn: Callable = loss_and_grads,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on the global batch; metrics: loss, z_loss, grad_norm (before
-    clipping), param_norm (after the update), learning_rate (used by this step), tokens, and with
-    train.on_nan=skip `skipped` (the update was dropped for a non-finite loss or grad norm).
-    The model's dropout (Phi-3-small's) is on, keyed by the state's rng and step. `grads_fn`
-    (`loss_and_grads`'s signature) gives the gradients and metrics: DPO's, or cross-entropy's."""
+    clipping), param_norm (after the update), learning_rate (used by this step), tokens,
+    state_finite (the updated params and optimizer state hold no NaN or inf), and with
+    train.on_nan=skip `skipped` (the update was dropped for a non-finite loss, grad norm or
+    updated state). The model's dropout (Phi-3-small's) is on, keyed by the state's rng and step.
+    `grads_fn` (`loss_and_grads`'s signature) gives the gradients and metrics: DPO's, or
+    cross-entropy's."""
     grads, metrics = grads_fn(
         config, state.params, batch, param_shardings, dropout=(state.rng, state.step)
     )
@@ -203,10 +211,17 @@ def train_step(
         "param_norm": optax.global_norm(params),
         "learning_rate": optim.learning_rate_schedule(config)(state.step),
     }
+    # An update can overflow by itself (a huge learning rate) with a finite loss and gradient:
+    # the new params and moments are checked too, so a non-finite state is never kept or saved.
+    metrics["state_finite"] = all_finite((params, opt_state))
     if config.train.on_nan == "skip":
         # A non-finite loss or gradient would poison the params and Adam's moments: keep the old
         # ones, but still count the step (the data iterator has moved past its batch).
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        finite = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(metrics["grad_norm"])
+            & metrics["state_finite"]
+        )
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
             (params, opt_state),

@@ -1,0 +1,234 @@
+"""What checkpoints guarantee: bytes changed on disk are found (checksums) and fallen back from,
+a non-finite state is never saved, a failed save (a full disk) is one line at once with the
+previous checkpoint kept, and a checkpoint of another process count is refused, not "corrupted".
+
+Run-level cases go through the CLI like tests/train/test_loop.py (whose runs and straight run
+they share); the rest is in-process on the emulated CPU devices.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import grain
+import jax
+import numpy as np
+import pytest
+from test_loop import (
+    REPO,
+    STEPS,
+    command,
+    environment,
+    losses,
+    run,
+    saved_params,
+    steps_on_disk,
+    straight,  # noqa: F401 - the shared straight run (a fixture)
+)
+from train_fixtures import packed_batch, small_config
+
+from phi3_jax import checkpoint, sharding
+from phi3_jax.train import loop
+from phi3_jax.train import state as state_lib
+from phi3_jax.train import step as step_lib
+
+
+def array_files(step_dir) -> list[str]:
+    """The array data files of a checkpoint step (orbax/OCDBT's `state/.../d/*`)."""
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(os.path.join(step_dir, "state"))
+        if os.path.basename(root) == "d"
+        for name in names
+    )
+
+
+def flip_bytes(path: str, count: int = 3) -> None:
+    """XOR one bit in `count` bytes spread over the file's middle."""
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        for i in range(1, count + 1):
+            data[len(data) * i // (count + 1)] ^= 0x40
+        f.seek(0)
+        f.write(data)
+
+
+def test_flipped_bytes_in_array_files_fall_back_and_set_aside_under_a_new_name(straight, tmp_path):  # noqa: F811
+    workdir = tmp_path / "flipped"
+    shutil.copytree(straight, workdir)
+    checkpoints = workdir / checkpoint.CHECKPOINTS_DIR
+    # Step 12 was set aside once before (and then re-saved): the new set-aside needs a new name.
+    (checkpoints / f"corrupted-{STEPS}").mkdir()
+    (checkpoints / f"corrupted-{STEPS}" / "earlier").write_text("kept")
+    biggest = max(array_files(checkpoints / str(STEPS)), key=os.path.getsize)
+    flip_bytes(biggest)
+
+    result = run(workdir)
+    lines = result.stdout.splitlines()
+    damaged = [line for line in lines if "is corrupted" in line]
+    assert len(damaged) == 1 and damaged[0].startswith(f"checkpoint: step {STEPS} in"), lines
+    assert "does not match its saved checksum" in damaged[0]
+    assert damaged[0].endswith("falling back to step 6")
+    assert (
+        f"checkpoint: moved the corrupted step {STEPS} to {checkpoints}/corrupted-{STEPS}.2"
+        in lines
+    )
+    assert "resuming from step 6" in result.stdout
+    # Nothing good was deleted: step 6 is still there, the earlier set-aside untouched, and the
+    # re-done step 12 is bitwise the straight run's.
+    assert steps_on_disk(workdir) == sorted(
+        ["6", str(STEPS), f"corrupted-{STEPS}", f"corrupted-{STEPS}.2"]
+    )
+    assert (checkpoints / f"corrupted-{STEPS}" / "earlier").read_text() == "kept"
+    assert losses(workdir)[STEPS] == losses(straight)[STEPS]
+    for a, b in zip(saved_params(straight, STEPS), saved_params(workdir, STEPS), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checksums_are_the_same_on_any_mesh_and_change_with_one_bit():
+    config = small_config((2, 4, 1))
+    mesh = sharding.make_mesh(config.mesh)
+    state = state_lib.init_state(config, mesh)
+    sums, non_finite = checkpoint.array_checksums(state)
+    assert non_finite == [] and ".params['embed_tokens']['embedding']" in sums
+    one_device = jax.device_put(state, jax.devices()[0])
+    assert checkpoint.array_checksums(one_device)[0] == sums
+    embedding = np.asarray(state.params["embed_tokens"]["embedding"])
+    flipped = embedding.view(np.uint32).copy()
+    flipped[7, 3] ^= 1  # one bit of one float
+    state.params["embed_tokens"]["embedding"] = flipped.view(np.float32)
+    changed = checkpoint.array_checksums(state)[0]
+    assert [k for k in sums if sums[k] != changed[k]] == [".params['embed_tokens']['embedding']"]
+
+
+def overflowing_config(on_nan: str):
+    """An lr so close to float32's largest value that the first update overflows to inf while the
+    loss and gradient it comes from are finite."""
+    config = small_config(on_nan=on_nan)
+    config.model.update(num_layers=2, hidden_size=64, intermediate_size=128)
+    config.optim.update(lr=3.4e38, weight_decay=0.1)
+    return config
+
+
+def test_an_update_that_overflows_is_skipped_or_stops_and_is_never_saved(tmp_path):
+    config = overflowing_config("skip")
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    state = state_lib.init_state(config, mesh)
+    before = jax.tree.map(np.asarray, state.params)
+    new, m = step_lib.make_train_step(config, mesh)(state, packed_batch(config))
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+    assert not bool(m["state_finite"]) and bool(m["skipped"])
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(new.params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+    config = overflowing_config("stop")
+    state = state_lib.init_state(config, mesh)
+    new, m = step_lib.make_train_step(config, mesh)(state, packed_batch(config))
+    scalars = {k: float(v) for k, v in m.items()}
+    with pytest.raises(
+        loop.NonFiniteError,
+        match=r"non-finite params or optimizer state after the update of step 1",
+    ):
+        loop._check_finite(config, 1, scalars, print)
+    # checkpoint.save refuses such a state by itself too, and writes nothing.
+    manager = checkpoint.make_manager(str(tmp_path), config)
+    with pytest.raises(
+        checkpoint.NonFiniteStateError,
+        match=r"^step 1: not saved, the state holds NaN or inf in \.params",
+    ):
+        checkpoint.save(manager, 1, new, iter(grain.MapDataset.range(4).to_iter_dataset()), config)
+    manager.close()
+    assert os.listdir(tmp_path / checkpoint.CHECKPOINTS_DIR) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs: one checkpoint of test_loop's model (31 MB) fits, a second does not."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_disk_full_during_a_save_is_one_line_at_once_and_keeps_the_previous_checkpoint(small_disk):
+    workdir = small_disk / "run"
+    every = {"checkpoint.every_steps": 4}
+    result = run(workdir, check=False, **every)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint: saving step 8 in {workdir}/checkpoints failed ("), (
+        last
+    )
+    assert (
+        "No space left on device" in last
+        and " MiB free there; the last checkpoint, step 4, is kept; stopping" in last
+    )
+    # Found at once: the run stopped before step 12 (the next save) instead of training on.
+    assert f"step {STEPS}/{STEPS}" not in result.stdout
+    assert steps_on_disk(workdir) == ["4"]
+
+    # checkpoint.on_save_error=continue: resumes from the kept step, reports each failed save in
+    # one line and trains to the end.
+    result = run(workdir, **every, **{"checkpoint.on_save_error": "continue"})
+    assert "resuming from step 4" in result.stdout
+    failed = [line for line in result.stdout.splitlines() if "failed (" in line]
+    assert [line.split(" in ")[0] for line in failed] == [
+        "checkpoint: saving step 8",
+        f"checkpoint: saving step {STEPS}",
+    ]
+    assert all(
+        line.endswith("training goes on (checkpoint.on_save_error=continue)") for line in failed
+    )
+    assert steps_on_disk(workdir) == ["4"]
+
+
+def launch_two(workdir, log_dir) -> subprocess.CompletedProcess:
+    """The test_loop run's command on two processes of one CPU device each (launch/local.sh)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    train_args = command(workdir)[3:]  # the flags after `-m phi3_jax.train`
+    return subprocess.run(
+        [
+            "bash",
+            "launch/local.sh",
+            "2",
+            "--devices_per_process=1",
+            f"--python={sys.executable}",
+            f"--port={port}",
+            f"--log_dir={log_dir}",
+            "--",
+            *train_args,
+        ],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_checkpoint_of_one_process_is_refused_on_two_not_called_corrupted(straight, tmp_path):  # noqa: F811
+    workdir = tmp_path / "one"
+    shutil.copytree(straight, workdir)
+    before = steps_on_disk(workdir)
+    result = launch_two(workdir, tmp_path / "logs")
+    assert result.returncode != 0
+    log = (tmp_path / "logs" / "process_0.log").read_text()
+    assert "corrupted" not in log
+    last = log.strip().splitlines()[-1]
+    assert last == (
+        f"error: {workdir}/checkpoints/{STEPS}: written by 1 processes, this run has 2: the data "
+        "position is per process and does not carry over to another process count; resume with "
+        "1 processes (the checkpoint is fine and left as it is)"
+    ), log[-2000:]
+    assert steps_on_disk(workdir) == before
