@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -261,6 +264,26 @@ def mixed_documents(
     )
 
 
+# How often a grain worker checks that the training process still lives.
+PARENT_POLL_S = 0.5
+
+
+def exit_with_parent(worker_index: int, num_workers: int) -> None:
+    """grain's worker init: the worker exits once the process that started it is gone (even
+    SIGKILLed, when no cleanup of the parent's runs). With it the multiprocessing resource
+    tracker, whose pipe the workers hold too, sees its end and releases the shared memory and
+    semaphores left registered."""
+    del worker_index, num_workers
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
 def _phase_batches(
     opts: PipelineOptions,
     weights: Mapping[str, float],
@@ -273,7 +296,8 @@ def _phase_batches(
     return batches.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
-        )
+        ),
+        worker_init_fn=exit_with_parent,
     )
 
 
