@@ -17,7 +17,10 @@ DEMO = dict(
 
 
 def get_config(arg: str | None = None):
-    del arg  # Per-target presets arrive with the scale work.
+    if arg:
+        raise config_lib.ConfigError(
+            f"configs/phi3_tiny.py:{arg}: unknown argument; the tiny config takes none"
+        )
     config = base.get_config("tiny")
     for section, values in DEMO.items():
         config[section].update(values)

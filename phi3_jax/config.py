@@ -132,6 +132,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
+# The named variants of configs/base.py, and "hf" (a model read from a Hugging Face config).
+VARIANTS = ("tiny", "mini", "mini_128k", "small", "small_tiny", "medium", "hf")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 SCHEDULES = ("cosine", "wsd")
 WEIGHT_DECAY_MASKS = ("all", "no_norms", "no_norms_no_embedding")
@@ -355,7 +357,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
 def default_config() -> ml_collections.ConfigDict:
     """Every key a run may set, with its default."""
     config = ml_collections.ConfigDict()
-    # Which named variant of configs/ this came from (tiny|mini|mini_128k|small|small_tiny|medium|hf).
+    # Which named variant of configs/ this came from (one of VARIANTS).
     config.variant = "tiny"
     config.model = default_model_config()
     config.data = default_data_config()
@@ -729,6 +731,8 @@ def validate_loop(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validate a whole run configuration; returns it for chaining."""
+    if config.variant not in VARIANTS:
+        _fail("variant", config.variant, f"unknown; expected one of {', '.join(VARIANTS)}")
     validate_model(config.model)
     validate_data(config.data)
     validate_mesh(config.mesh)

@@ -178,3 +178,11 @@ def test_cached_decoding_equals_recomputation():
         np.testing.assert_allclose(logits[:, -1], full, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(cache["index"], [13, 13])
     assert sequence.shape[1] == 13
+
+
+def test_every_named_variant_is_a_valid_variant_key():
+    assert set(base.MODELS) <= set(config_lib.VARIANTS)
+    config = base.get_config("tiny")
+    config.variant = "huge"
+    with pytest.raises(config_lib.ConfigError, match=r"^variant='huge': unknown; expected one of"):
+        config_lib.validate(config)
