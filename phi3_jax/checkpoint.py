@@ -5,8 +5,9 @@ and what training can start from: `DIR/params` (an orbax PyTree checkpoint) and 
 (the resolved run configuration).
 
 A run's checkpoints (`make_manager`, `save`, `restore_latest`) are an orbax CheckpointManager in
-WORKDIR/checkpoints: per step the train state, the grain iterator's state, the config and a
-checksum of every array of the state. Restore goes through abstract targets, so a state saved on
+WORKDIR/checkpoints: per step the train state, the grain iterator's state, the config, a
+checksum of every array of the state and the tokenizer's fingerprint (a resume with another
+tokenizer is refused). Restore goes through abstract targets, so a state saved on
 one mesh loads onto any other, and recomputes the checksums: a checkpoint whose bytes changed on
 disk is damaged, and restore falls back to the one before and sets the damaged one aside.
 
@@ -96,7 +97,7 @@ def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
 # holding the train state, the data iterator's state (grain) and the resolved config (JSON).
 CHECKPOINTS_DIR = "checkpoints"
-ITEMS = ("state", "data", "config", "checksums")
+ITEMS = ("state", "data", "config", "checksums", "tokenizer")
 # Model keys that decide parameter shapes: a checkpoint restores only where they agree.
 SHAPE_KEYS = (
     "architecture",
@@ -225,6 +226,7 @@ def save(
     state,
     iterator,
     config: ml_collections.ConfigDict,
+    tokenizer_fingerprint: str,
 ) -> bool:
     """Start saving `step` (in the background when async); False if it is already saved.
 
@@ -245,6 +247,7 @@ def save(
             data=grain.checkpoint.CheckpointSave(iterator),
             config=ocp.args.JsonSave(json.loads(config_lib.to_json(config))),
             checksums=ocp.args.JsonSave(checksums),
+            tokenizer=ocp.args.JsonSave({"fingerprint": tokenizer_fingerprint}),
         ),
         force=True,
     )
@@ -316,13 +319,35 @@ def check_process_count(manager: ocp.CheckpointManager, step: int) -> None:
         )
 
 
-def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, iterator, config):
+def check_tokenizer(saved: dict, config: ml_collections.ConfigDict, fingerprint: str, where: str):
+    """Raise NotRestorableHereError if the checkpoint's tokenizer is not this run's (by its
+    fingerprint: the files' bytes and special ids, wherever they are)."""
+    if saved["tokenizer"]["fingerprint"] == fingerprint:
+        return
+    before = saved["config"]["data"]["tokenizer"]
+    now = config.data.tokenizer
+    raise NotRestorableHereError(
+        f"{where}: trained with the tokenizer {before['kind']}:{before['path']} (fingerprint "
+        f"{saved['tokenizer']['fingerprint'][:16]}), this run has {now.kind}:{now.path} "
+        f"(fingerprint {fingerprint[:16]}); its ids would mean other text: resume with the run's "
+        "tokenizer (data.tokenizer.kind/path) or use a new --workdir"
+    )
+
+
+def _restore_step(
+    manager: ocp.CheckpointManager, step: int, abstract_state, iterator, config, fingerprint
+):
     where = os.path.join(str(manager.directory), str(step))
     saved = manager.restore(
         step,
-        args=ocp.args.Composite(config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
+        args=ocp.args.Composite(
+            config=ocp.args.JsonRestore(),
+            checksums=ocp.args.JsonRestore(),
+            tokenizer=ocp.args.JsonRestore(),
+        ),
     )
     check_model(saved["config"], config, where)
+    check_tokenizer(saved, config, fingerprint, where)
     check_process_count(manager, step)
     restored = manager.restore(
         step,
@@ -340,6 +365,7 @@ def restore_latest(
     abstract_state,
     iterator,
     config: ml_collections.ConfigDict,
+    tokenizer_fingerprint: str,
     log: Callable[[str], None] = print,
 ):
     """(state, step) of the newest checkpoint that restores, or None without checkpoints.
@@ -347,8 +373,8 @@ def restore_latest(
     The state lands in `abstract_state`'s shardings (any mesh); `iterator` is set to the saved
     data position. A checkpoint that fails to read or whose arrays do not match their checksums
     falls back to the one before, saying so in one line; once one restores, the damaged ones are
-    set aside. One whose model shapes or process count disagree with this run is an error
-    (NotRestorableHereError or ConfigError), and nothing is moved.
+    set aside. One whose model shapes, tokenizer (`tokenizer_fingerprint`) or process count
+    disagree with this run is an error (a ConfigError), and nothing is moved.
     """
     for name in incomplete_steps(manager):
         log(f"checkpoint: ignoring {name}, a save that never completed")
@@ -356,7 +382,9 @@ def restore_latest(
     corrupted = []
     for i, step in enumerate(steps):
         try:
-            state = _restore_step(manager, step, abstract_state, iterator, config)
+            state = _restore_step(
+                manager, step, abstract_state, iterator, config, tokenizer_fingerprint
+            )
         except config_lib.ConfigError:
             raise
         except Exception as error:  # Whatever failed to read, this checkpoint is unusable.

@@ -92,10 +92,10 @@ def _check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
         )
 
 
-def _initial_state(config, mesh, manager, iterator, log: Log):
+def _initial_state(config, mesh, manager, iterator, fingerprint: str, log: Log):
     """(state, step) from the latest checkpoint, else init_from's params, else a random init."""
     restored = checkpoint.restore_latest(
-        manager, state_lib.abstract_state(config, mesh), iterator, config, log
+        manager, state_lib.abstract_state(config, mesh), iterator, config, fingerprint, log
     )
     if restored is not None:
         state, step = restored
@@ -180,10 +180,10 @@ def _save_failed(config, error: checkpoint.SaveError, log: Log) -> None:
     log(f"{error}; training goes on (checkpoint.on_save_error=continue)")
 
 
-def _save(config, manager, step: int, state, iterator, log: Log) -> None:
+def _save(config, manager, step: int, state, iterator, fingerprint: str, log: Log) -> None:
     """Start saving `step`; a save that fails to start is reported by `_save_failed`."""
     try:
-        checkpoint.save(manager, step, state, iterator, config)
+        checkpoint.save(manager, step, state, iterator, config, fingerprint)
     except OSError as error:
         _save_failed(config, checkpoint.save_error(manager, step, error), log)
 
@@ -224,7 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     writer = metrics.Writer(workdir) if primary else None
     last: dict[str, float] = {}
     try:
-        state, step = _initial_state(config, mesh, manager, iterator, log)
+        state, step = _initial_state(config, mesh, manager, iterator, tokenizer.fingerprint, log)
         evals = _eval_batches(config, tokenizer, batch_sharding) if config.eval.every_steps else {}
         score_tasks = in_loop.make(config, tokenizer, mesh, log) if evals else None
 
@@ -274,7 +274,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                     restart = True
                 if step % config.checkpoint.every_steps == 0:
                     _check_save(config, manager, saving, log, wait=True)
-                    _save(config, manager, step, state, iterator, log)
+                    _save(config, manager, step, state, iterator, tokenizer.fingerprint, log)
                     saving = step
                 if restart:
                     timer, timed = time.perf_counter(), 0
@@ -282,7 +282,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                 log(f"received signal {stop[0]} at step {step}: saving and exiting")
         if step != saving:
             _check_save(config, manager, saving, log, wait=True)
-            _save(config, manager, step, state, iterator, log)
+            _save(config, manager, step, state, iterator, tokenizer.fingerprint, log)
         _check_save(config, manager, step, log, wait=True)
         if step in manager.all_steps():
             log(f"checkpoint step {step} in {manager.directory}")

@@ -140,7 +140,9 @@ def test_an_update_that_overflows_is_skipped_or_stops_and_is_never_saved(tmp_pat
         checkpoint.NonFiniteStateError,
         match=r"^step 1: not saved, the state holds NaN or inf in \.params",
     ):
-        checkpoint.save(manager, 1, new, iter(grain.MapDataset.range(4).to_iter_dataset()), config)
+        checkpoint.save(
+            manager, 1, new, iter(grain.MapDataset.range(4).to_iter_dataset()), config, ""
+        )
     manager.close()
     assert os.listdir(tmp_path / checkpoint.CHECKPOINTS_DIR) == []
 
@@ -232,3 +234,22 @@ def test_a_checkpoint_of_one_process_is_refused_on_two_not_called_corrupted(stra
         "1 processes (the checkpoint is fine and left as it is)"
     ), log[-2000:]
     assert steps_on_disk(workdir) == before
+
+
+def test_resuming_with_another_tokenizer_is_refused_naming_both(straight, tmp_path):  # noqa: F811
+    workdir = tmp_path / "other_tokenizer"
+    shutil.copytree(straight, workdir)
+    before = steps_on_disk(workdir)
+    other = {
+        "data.tokenizer.kind": "tiktoken",
+        "data.tokenizer.path": "data/tokenizer_small.tiktoken",
+    }
+    result = run(workdir, check=False, **other)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {workdir}/checkpoints/{STEPS}: trained with the tokenizer "), (
+        last
+    )
+    assert "sentencepiece:data/tokenizer.model (fingerprint " in last
+    assert "this run has tiktoken:data/tokenizer_small.tiktoken (fingerprint " in last
+    assert "corrupted" not in result.stdout and steps_on_disk(workdir) == before

@@ -39,7 +39,7 @@ def test_state_saved_on_2x4x1_restores_on_8x1x1_and_one_device(tmp_path):
     saved_iterator = data_iterator()
     next(saved_iterator)
     manager = checkpoint.make_manager(str(tmp_path), source)
-    checkpoint.save(manager, 2, state, saved_iterator, source)
+    checkpoint.save(manager, 2, state, saved_iterator, source, "tokenizer fingerprint")
     manager.wait_until_finished()
     manager.close()
     expected = run_steps(source, initial=state, steps=1)[0][0]
@@ -51,7 +51,11 @@ def test_state_saved_on_2x4x1_restores_on_8x1x1_and_one_device(tmp_path):
         iterator = data_iterator()
         manager = checkpoint.make_manager(str(tmp_path), config)
         restored, step = checkpoint.restore_latest(
-            manager, state_lib.abstract_state(config, mesh), iterator, config
+            manager,
+            state_lib.abstract_state(config, mesh),
+            iterator,
+            config,
+            "tokenizer fingerprint",
         )
         manager.close()
         assert step == 2 and int(restored.step) == 2 and next(iterator) == 1
