@@ -18,9 +18,7 @@ DEMO = dict(
 
 def get_config(arg: str | None = None):
     if arg:
-        raise config_lib.ConfigError(
-            f"configs/phi3_tiny.py:{arg}: unknown argument; the tiny config takes none"
-        )
+        raise config_lib.ConfigError(f"unknown argument {arg!r}; the tiny config takes none")
     config = base.get_config("tiny")
     for section, values in DEMO.items():
         config[section].update(values)

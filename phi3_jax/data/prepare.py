@@ -4,10 +4,12 @@
         [--executor=local|slurm|ray] [--tasks=N] [--phase=1|2] [--on_bad_record=raise|skip]
         [--work_dir=WORK] [--workers=N] [--tokenizer=PATH [--tokenizer_kind=KIND]]
         [--slurm_partition=P --slurm_time=T] [--decontaminate=TASK[,TASK]]
+        [--max_document_bytes=N] [--verbose]
 
 One pipeline definition, four datatrove stages chained by `depends`, runs on any executor:
 
-1. `filter` (N tasks): strict readers (jsonl/.gz/.zst, parquet, WARC + trafilatura) → Gopher
+1. `filter` (N tasks): strict readers (jsonl/.gz/.zst, parquet, WARC + trafilatura) → documents
+   over `--max_document_bytes` dropped (counted, before any filter spends time on them) → Gopher
    repetition → Gopher quality → C4 → FineWeb → educational-value classifier → intermediate shard
    per task → MinHash signatures of the survivors.
 2. `buckets` (one task per MinHash bucket), 3. `clusters` (1 task): near-duplicate clusters.
@@ -48,6 +50,7 @@ import os
 import pathlib
 from collections.abc import Sequence
 
+from datatrove.data import Document
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import (
@@ -64,7 +67,9 @@ from datatrove.pipeline.filters import (
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
+from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
 
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.data import decontaminate as decont
@@ -82,6 +87,9 @@ from phi3_jax.data.shards import expand_globs
 from phi3_jax.data.writers import TokenizedArrayRecordWriter
 
 EXECUTORS = ("local", "slurm", "ray")
+# Larger documents are dropped before the filters: a book is a few MB; beyond this it is a dump,
+# and Gopher's filters alone take minutes and gigabytes on a 200 MB one.
+MAX_DOCUMENT_BYTES = 10_000_000
 SHARD_NAME = "${rank}.jsonl.zst"
 # File name suffixes of each input format (compressed variants included).
 _FORMATS = {
@@ -151,6 +159,26 @@ def readers(root: str, paths: dict[str, str], on_bad_record: OnBadRecord) -> lis
     if "parquet" in paths:
         steps.append(StrictParquetReader(root, paths["parquet"], on_bad_record=on_bad_record))
     return steps
+
+
+class DocumentSizeFilter(BaseFilter):
+    """Drops documents whose text is over `max_bytes` bytes of UTF-8 (datatrove counts them
+    as `dropped_too_large`)."""
+
+    name = "📏 Document size"
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        # A character is 1 to 4 bytes: most documents are decided without encoding them.
+        chars = len(doc.text)
+        if chars > self.max_bytes:
+            return False, "too_large"
+        if 4 * chars <= self.max_bytes or len(doc.text.encode("utf-8")) <= self.max_bytes:
+            return True
+        return False, "too_large"
 
 
 def quality_filters(phase: PhaseFilters, quality_model: str) -> list[PipelineStep]:
@@ -227,6 +255,7 @@ def stages(
     on_bad_record: OnBadRecord,
     tokenizer: tuple[str, str] | None = None,
     decontaminate: Sequence[str] = (),
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
     out, work = pathlib.Path(output), pathlib.Path(work)
@@ -238,6 +267,7 @@ def stages(
         Stage(
             "filter",
             readers(root, paths, on_bad_record)
+            + [DocumentSizeFilter(max_document_bytes)]
             + ([decont.decontamination_filter(index)] if decontaminate else [])
             + quality_filters(p1, quality_model)
             + [
@@ -423,19 +453,31 @@ def run(
     tokenizer: str | None = None,
     tokenizer_kind: str = "sentencepiece",
     decontaminate: Sequence[str] = (),
+    max_document_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> dict | None:
     """Run (or resume) the job; return the manifest, or None while SLURM jobs are still queued."""
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"on_bad_record={on_bad_record!r}: must be one of {ON_BAD_RECORD}")
     if phase not in PHASES:
         raise ValueError(f"phase={phase!r}: must be one of {sorted(PHASES)}")
+    if not (isinstance(max_document_bytes, int) and max_document_bytes > 0):
+        raise ValueError(f"max_document_bytes={max_document_bytes!r}: must be a positive integer")
     if not os.path.isfile(quality_model):
         raise FileNotFoundError(f"quality model {quality_model!r} does not exist")
     files = expand_globs(input)
     work = work_dir or os.path.join(output, "work")
     spec = (tokenizer_kind, tokenizer) if tokenizer else None
     stage_list = stages(
-        files, output, work, quality_model, tasks, phase, on_bad_record, spec, decontaminate
+        files,
+        output,
+        work,
+        quality_model,
+        tasks,
+        phase,
+        on_bad_record,
+        spec,
+        decontaminate,
+        max_document_bytes,
     )
     executors = make_executors(
         stage_list, work, executor, workers or min(tasks, os.cpu_count() or 1), slurm
@@ -448,6 +490,7 @@ def run(
         "tasks": tasks,
         "phase": phase,
         "on_bad_record": on_bad_record,
+        "max_document_bytes": max_document_bytes,
         "quality_model": file_entry(quality_model),
         "tokenizer": tokenizer_entry(tokenizer_kind, tokenizer) if tokenizer else None,
         "decontaminate": list(decontaminate),
@@ -459,6 +502,14 @@ def run(
     result = manifest(files, output, work, stage_list, settings)
     pathlib.Path(output, "manifest.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _without_bad_record_traceback(record: dict) -> None:
+    # datatrove logs a failing task with its traceback (~180 lines) before main's one-line error
+    # of a bad record; --verbose keeps it.
+    error = record["exception"]
+    if error is not None and isinstance(error.value, BadRecordError):
+        record["exception"] = None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -493,10 +544,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="",
         help="comma-separated phi3_jax.eval tasks whose 13-grams remove training documents",
     )
+    parser.add_argument(
+        "--max_document_bytes",
+        type=int,
+        default=MAX_DOCUMENT_BYTES,
+        help="larger documents are dropped (counted) before any filter",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="datatrove's traceback of a bad record too"
+    )
     parser.add_argument("--slurm_partition", default=None)
     parser.add_argument("--slurm_time", default="4:00:00")
     args = parser.parse_args(argv)
     slurm = {"partition": args.slurm_partition, "time": args.slurm_time}
+    if not args.verbose:
+        logger.configure(patcher=_without_bad_record_traceback)
     try:
         result = run(
             args.input,
@@ -512,8 +574,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.tokenizer,
             args.tokenizer_kind,
             [t for t in args.decontaminate.split(",") if t],
+            args.max_document_bytes,
         )
-    except (BadRecordError, FileNotFoundError, ValueError) as e:
+    except (BadRecordError, OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     if result is None:
         print(

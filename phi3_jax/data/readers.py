@@ -49,12 +49,17 @@ def zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Newline-separated lines of a byte stream given in chunks (no newline kept)."""
-    tail = b""
+    """Newline-separated lines of a byte stream given in chunks (no newline kept). A line spanning
+    many chunks is joined once (linear time, however long the line)."""
+    pieces: list[bytes] = []
     for chunk in chunks:
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        yield from lines
+        lines = chunk.split(b"\n")
+        if len(lines) > 1:
+            lines[0] = b"".join([*pieces, lines[0]])
+            pieces = []
+            yield from lines[:-1]
+        pieces.append(lines[-1])
+    tail = b"".join(pieces)
     if tail:
         yield tail
 
@@ -69,6 +74,11 @@ class _Policy:
             path = self.data_folder.resolve_paths(filepath)
             raise BadRecordError(f"{path}: {where}: {reason}: {detail}")
         self.stat_update(f"bad_{reason}", value=count)
+
+
+def _not_a_string(field: str, value: object) -> tuple[str, str]:
+    """The reason and detail of a text field holding something else than a string."""
+    return "text_not_a_string", f"field {field!r} is {type(value).__name__} {value!r:.60}"
 
 
 def _check_policy(on_bad_record: str) -> None:
@@ -107,7 +117,9 @@ class StrictJsonlReader(_Policy, JsonlReader):
         if not isinstance(data, dict):
             return self.bad_record(filepath, where, "invalid_json", "not a JSON object")
         text = data.get(self.text_key)
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            return self.bad_record(filepath, where, *_not_a_string(self.text_key, text))
+        if text is None or not text.strip():
             reason = "missing_text" if text is None else "empty_text"
             return self.bad_record(filepath, where, reason, f"field {self.text_key!r}")
         return self.get_document_from_dict(data, filepath, li)
@@ -168,7 +180,11 @@ class StrictParquetReader(_Policy, ParquetReader):
             for batch in pqf.iter_batches(batch_size=self.batch_size, columns=columns):
                 for data in batch.to_pylist():
                     text = data.get(self.text_key)
-                    if not isinstance(text, str) or not text.strip():
+                    if text is not None and not isinstance(text, str):
+                        self.bad_record(
+                            filepath, f"row {row + 1}", *_not_a_string(self.text_key, text)
+                        )
+                    elif text is None or not text.strip():
                         self.bad_record(
                             filepath,
                             f"row {row + 1}",

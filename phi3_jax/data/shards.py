@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
@@ -11,7 +12,8 @@ import zstandard
 
 
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted files matching comma-separated globs; a glob matching nothing is an error."""
+    """Sorted files matching comma-separated globs; a glob matching nothing, or a directory
+    (say one named like a shard, `x.jsonl/`), is an error naming it."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p]
     files: list[str] = []
@@ -19,6 +21,11 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
         matched = sorted(glob.glob(pattern, recursive=True))
         if not matched:
             raise FileNotFoundError(f"glob {pattern!r} matches no file")
+        folders = [path for path in matched if os.path.isdir(path)]
+        if folders:
+            raise IsADirectoryError(
+                f"{folders[0]}: a directory, not a shard file (matched by glob {pattern!r})"
+            )
         files.extend(matched)
     return files
 

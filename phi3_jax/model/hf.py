@@ -332,9 +332,14 @@ def _weight_files(path: str) -> dict[str, str]:
         return files
     single = os.path.join(path, SINGLE_FILE)
     if not os.path.isfile(single):
-        raise HFFormatError(
-            f"{path}: no {SINGLE_FILE} or {INDEX_FILE} (pickled weights are not read)"
-        )
+        pickled = sorted(n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth")))
+        if pickled:
+            raise HFFormatError(
+                f"{path}: holds only PyTorch pickled weights ({', '.join(pickled)}), which are "
+                "not read (unpickling can run any code); save the model as safetensors first "
+                "(transformers: save_pretrained(DIR, safe_serialization=True))"
+            )
+        raise HFFormatError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
     return {name: single for name in _tensor_names(single)}
 
 

@@ -200,7 +200,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
 
     Returns the last logged train scalars merged with the last evaluation's.
     """
-    workdir = prepare_workdir(workdir)
     config = with_init_model(config_lib.validate(config))
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
@@ -219,6 +218,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
         f"peak {peak / 1e9:.1f} GFLOP/s ({peak_source})"
     )
 
+    # Created only now: a bad config, mesh or tokenizer leaves no empty workdir behind.
+    workdir = prepare_workdir(workdir)
     manager = checkpoint.make_manager(workdir, config)
     iterator = objective.train_iterator(config, tokenizer)
     writer = metrics.Writer(workdir) if primary else None

@@ -6,6 +6,9 @@ import glob
 import json
 import os
 import random
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +18,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from phi3_jax.config import default_config
 from phi3_jax.data import prepare
-from phi3_jax.data.readers import iter_documents
+from phi3_jax.data.readers import BadRecordError, StrictParquetReader, iter_documents
 from phi3_jax.data.shards import write_jsonl_zst
 from phi3_jax.data.tokenizer import load_tokenizer
 
@@ -245,6 +248,7 @@ def test_skip_counts_bad_records_in_the_manifest(tmp_path):
     with open(tmp_path / "in" / "bad.jsonl", "wb") as f:
         f.write(
             b'{"text": "caf\xc3\xa9 ok"}\n{"text": "\xff\xfe broken"}\n{"id": "no text"}\nnot json\n'
+            b'{"text": 1234.5}\n'
         )
     (tmp_path / "in" / "empty.jsonl").write_bytes(b"")
     with pytest.raises(Exception, match=r"bad\.jsonl: line 2: invalid_utf8"):
@@ -255,6 +259,7 @@ def test_skip_counts_bad_records_in_the_manifest(tmp_path):
         "missing_text": 1,
         "invalid_json": 1,
         "empty_file": 1,
+        "text_not_a_string": 1,
     }
     assert manifest["kept"]["phase1"] == len(GOOD)
 
@@ -295,3 +300,83 @@ def test_bad_arguments_are_errors_naming_them(tmp_path):
         prepare.input_format("corpus.csv")
     with pytest.raises(ValueError, match="on_bad_record"):
         _run(tmp_path, "x", SHIPPED_WEB, on_bad_record="ignore")
+
+
+def test_a_text_that_is_not_a_string_names_its_type(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "numbers.jsonl").write_text('{"text": 1234.5}\n')
+    with pytest.raises(
+        BadRecordError,
+        match=r"numbers\.jsonl: line 1: text_not_a_string: field 'text' is float 1234\.5$",
+    ):
+        list(iter_documents(str(tmp_path / "in" / "*.jsonl")))
+    pq.write_table(pa.table({"text": [7]}), tmp_path / "in" / "numbers.parquet")
+    reader = StrictParquetReader(str(tmp_path / "in"))
+    with pytest.raises(
+        BadRecordError, match=r"numbers\.parquet: row 1: text_not_a_string: field 'text' is int 7$"
+    ):
+        list(reader.read_file("numbers.parquet"))
+
+
+def test_a_directory_named_like_a_shard_is_an_error_before_anything_runs(tmp_path):
+    (tmp_path / "in" / "x.jsonl").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"in/x\.jsonl: a directory, not a shard file"):
+        _run(tmp_path, "out", str(tmp_path / "in" / "*"), on_bad_record="skip")
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_documents_over_max_document_bytes_are_dropped_before_any_filter_and_counted(tmp_path):
+    big = "\n".join(GOOD) * 3  # about 4.7 KB, good text otherwise
+    write_jsonl_zst(_records([*GOOD, big], "sized"), str(tmp_path / "in" / "sized.jsonl.zst"))
+    out, manifest = _run(tmp_path, "out", str(tmp_path / "in" / "*"), max_document_bytes=4000)
+    steps = manifest["steps"]["filter"]
+    assert [s["step"].split(": ")[-1] for s in steps][:3] == [
+        "🐿 Jsonl (strict)",
+        "📏 Document size",
+        "👯 Gopher Repetition",
+    ]
+    counts = _step(steps, "Document size")
+    assert {k: counts[k] for k in ("total", "dropped", "dropped_too_large", "forwarded")} == {
+        "total": 4,
+        "dropped": 1,
+        "dropped_too_large": 1,
+        "forwarded": 3,
+    }
+    assert _step(steps, "Gopher Repetition")["total"] == 3  # the big one never reached it
+    assert sorted(d.text for d in _kept(f"{out}/phase1")) == sorted(GOOD)
+    assert manifest["settings"]["max_document_bytes"] == 4000
+
+
+@pytest.mark.slow
+def test_a_200_mb_document_is_dropped_in_seconds(tmp_path):
+    huge = ("A sentence of an enormous dump that goes on. " * 4_500_000)[:200_000_000]
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "huge.jsonl", "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in _records([*GOOD, huge], "huge"))
+    started = time.monotonic()
+    _, manifest = _run(tmp_path, "out", str(tmp_path / "in" / "*"))
+    assert time.monotonic() - started < 120
+    assert _step(manifest["steps"]["filter"], "Document size")["dropped_too_large"] == 1
+    assert manifest["kept"]["phase1"] == len(GOOD)
+
+
+def run_prepare_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "phi3_jax.data.prepare", f"--quality_model={QUALITY_MODEL}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_raise_mode_is_one_error_line_with_the_traceback_behind_verbose(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.jsonl").write_text('{"text": "fine"}\n{"text": ["a", "list"]}\n')
+    args = (f"--input={tmp_path}/in/*", f"--output={tmp_path}/out")
+    quiet = run_prepare_cli(*args)
+    line = f"error: {tmp_path}/in/bad.jsonl: line 2: text_not_a_string: field 'text' is list ['a', 'list']"
+    assert quiet.returncode == 1 and quiet.stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in quiet.stderr, quiet.stderr
+    verbose = run_prepare_cli(*args, "--verbose")
+    assert verbose.returncode == 1 and verbose.stderr.strip().splitlines()[-1] == line
+    assert "Traceback (most recent call last)" in verbose.stderr

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import torch
 import transformers
 from cli_fixtures import run_module
 from hf_fixtures import hf_logits, random_hf_model, random_tokens
@@ -90,6 +91,21 @@ def test_not_a_phi3_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(hf.HFFormatError, match=r"model_type='llama' is not a Phi-3"):
         hf.load_hf(tmp_path)
+
+
+def test_convert_of_a_directory_with_only_pytorch_model_bin_is_one_line(hf_dir, tmp_path):
+    pickled = tmp_path / "pickled"
+    copy_dir(hf_dir, pickled)
+    os.remove(pickled / "model.safetensors")
+    torch.save({"lm_head.weight": torch.zeros(2, 2)}, pickled / "pytorch_model.bin")
+    result = run_convert("hf-to-orbax", f"--hf_dir={pickled}", f"--out={tmp_path / 'out'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"hf-to-orbax: {pickled}: holds only PyTorch pickled weights (pytorch_model.bin), which "
+        "are not read (unpickling can run any code); save the model as safetensors first "
+        "(transformers: save_pretrained(DIR, safe_serialization=True))"
+    )
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_missing_shard(hf_dir, tmp_path):
