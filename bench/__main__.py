@@ -1,5 +1,7 @@
 """`python -m bench` (`make bench`): run every benchmark module of this package, in name order,
-then print one markdown table of the figures and write them to bench/results.json.
+then print one markdown table of the figures and write them to bench/results.json. The first rows
+are the software stack that measured them (`stack.python`, `stack.jax`, `stack.jaxlib`): figures
+are comparable only between runs of the same stack.
 
 Each module exposes `run()`, which measures, prints its figures and returns them (None: skipped,
 e.g. the GPU benchmark without a GPU). They are stored under the module's `RESULT_KEY` (default:
@@ -12,7 +14,10 @@ import json
 import os
 import pathlib
 import pkgutil
+import platform
 
+import jax
+import jaxlib
 from absl import app, flags
 
 import bench
@@ -51,12 +56,21 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def stack() -> dict[str, str]:
+    """Versions of the interpreter and of JAX that the figures were measured on."""
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+    }
+
+
 def main(argv: list[str]) -> None:
     del argv
     unknown = set(_ONLY.value) - set(MODULES)
     if unknown:
         raise app.UsageError(f"--bench_only: no such benchmark {sorted(unknown)}")
-    results = {"load_average_at_start": os.getloadavg()[0]}
+    results = {"stack": stack(), "load_average_at_start": os.getloadavg()[0]}
     for name, module in MODULES.items():
         if _ONLY.value and name not in _ONLY.value:
             continue

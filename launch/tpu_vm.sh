@@ -153,10 +153,11 @@ install_project() {
   local archive="${TMPDIR:-/tmp}/phi3_jax_$name.tar.gz"
   run git -C "$root" archive --format=tar.gz --prefix=phi3_jax/ -o "$archive" HEAD
   run "${group[@]}" scp "$archive" "$name:phi3_jax.tar.gz" "${common[@]}" "${targets[@]}"
-  # The TPU runtime of the pinned jax: jax[tpu] at the version requirements.txt pins.
-  local jax_pin
-  jax_pin=$(grep -E '^jax==' "$root/requirements.txt")
-  run "${group[@]}" ssh "$name" "${common[@]}" "${targets[@]}" --command="set -e; rm -rf phi3_jax; tar xzf phi3_jax.tar.gz; cd phi3_jax; python3 -m venv .venv; .venv/bin/pip install --quiet -r requirements.txt '${jax_pin/jax/jax[tpu]}'"
+  # The tested stack of the workers' Python (constraints-py311.txt or constraints-py312.txt, see
+  # the README) with the TPU runtime of its jax: jax[tpu], whose libtpu pin the file agrees with.
+  # shellcheck disable=SC2016 # expanded by the workers' shell, not here
+  local pick='py=$(.venv/bin/python -c "import sys; print(\"%d%d\" % sys.version_info[:2])"); test -f constraints-py$py.txt || { echo "no constraints-py$py.txt: no tested stack for this Python (README: Install)" >&2; exit 1; }'
+  run "${group[@]}" ssh "$name" "${common[@]}" "${targets[@]}" --command="set -e; rm -rf phi3_jax; tar xzf phi3_jax.tar.gz; cd phi3_jax; python3 -m venv .venv; $pick; .venv/bin/pip install --quiet -r requirements.txt -c constraints-py\$py.txt 'jax[tpu]'"
 }
 
 run_training() {

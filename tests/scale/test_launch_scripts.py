@@ -113,7 +113,8 @@ def test_tpu_vm_dry_run_creates_installs_runs_and_deletes():
     assert out[3].startswith("git -C ") and out[3].endswith(" HEAD")
     assert out[4].startswith(f"{vm} scp ") and out[4].endswith(f"{where} --worker=all")
     assert out[5].startswith(f"{vm} ssh phi3 {where} --worker=all --command=set\\ -e")
-    assert "jax\\[tpu\\]==0.10.2" in out[5]
+    # jax[tpu] at the pins of the workers' Python's constraints file.
+    assert out[5].endswith("-c\\ constraints-py\\$py.txt\\ \\'jax\\[tpu\\]\\'")
     assert out[6] == (
         f"{vm} ssh phi3 {where} --worker=all --command=cd\\ phi3_jax\\ \\&\\&\\ .venv/bin/python"
         "\\ -m\\ phi3_jax.train\\ --config=configs/phi3_mini.py:tpu=v5p-128\\ "

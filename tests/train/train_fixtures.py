@@ -1,4 +1,5 @@
-"""Shared pieces of the train tests: a small config, a packed batch, and a few steps on a mesh.
+"""Shared pieces of the train tests: a small config, a packed batch, a few steps on a mesh, and
+the config of whole in-process runs on the bundled corpus.
 
 Also imported by the multi-process worker script, so it must not import anything from pytest.
 """
@@ -86,3 +87,15 @@ def run_steps(config, devices=None, initial=None, steps: int = STEPS):
     # Gathered from every process (a no-op copy to host with one process).
     params = multihost_utils.process_allgather(state.params, tiled=True)
     return history, params, state
+
+
+def run_config(**overrides):
+    """configs/phi3_tiny.py for in-process runs: 8 rows (one per device) of 32 tokens."""
+    config = phi3_tiny.get_config()
+    config.train.update(seq_len=32, global_batch_size=8)
+    config.data.num_workers = 0
+    config.log.update(every_steps=1, peak_flops=1e10)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config_lib.validate(config)
