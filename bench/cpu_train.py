@@ -11,6 +11,7 @@ peak that a JAX matmul probe measures in the same process. Both sides use all co
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -152,9 +153,12 @@ def seconds_per_step(trainer, steps: int) -> float:
 SECTIONED = True
 
 
-def run() -> dict[str, dict]:
+def run() -> dict[str, dict] | None:
     """Measure both sides alternately, print the figures; returns the cpu_train and cpu_mfu
-    sections."""
+    sections. None (skipped) without torch, as in the Python 3.12 stack."""
+    if importlib.util.find_spec("torch") is None:
+        print("cpu_train: skipped (no torch)")
+        return None
     config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value)
     config.train.loss_chunk = _LOSS_CHUNK.value
     config_lib.validate(config)

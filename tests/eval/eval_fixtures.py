@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 TOKENIZER_TEXT = [
     "Question: Which of these is a mammal?\nAnswer: the whale, because it breathes air.",
     "The following are multiple choice questions (with answers) about science.",
@@ -18,7 +20,7 @@ def save_tiny_hf(out: str, *, vocab: int = 384, seed: int = 0, init_range: float
     """Writes a random 2-layer GQA Phi-3 and its tokenizer to `out` (once); returns `out`."""
     if os.path.exists(os.path.join(out, "config.json")):
         return out
-    import torch
+    torch = pytest.importorskip("torch")  # absent on Python 3.12 (README: Install)
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

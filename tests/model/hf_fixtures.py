@@ -1,7 +1,6 @@
 """Random Hugging Face Phi-3 models for parity tests (transformers' own PyTorch implementation).
 
-Importing this module skips the importing test module where torch is absent (Python 3.12: see the
-README's install section)."""
+Where torch is absent (Python 3.12: see the README's install section) the test calling them skips."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ import pytest
 import transformers
 
 from configs import base
-
-torch = pytest.importorskip("torch")
 
 
 def random_hf_model(seed: int = 0, **overrides) -> transformers.Phi3ForCausalLM:
@@ -30,6 +27,7 @@ def random_hf_model(seed: int = 0, **overrides) -> transformers.Phi3ForCausalLM:
         eos_token_id=2,
         pad_token_id=0,
     )
+    torch = pytest.importorskip("torch")
     kwargs.update(overrides)
     torch.manual_seed(seed)
     config = transformers.Phi3Config(**kwargs)
@@ -43,6 +41,7 @@ def random_hf_model(seed: int = 0, **overrides) -> transformers.Phi3ForCausalLM:
 
 
 def hf_logits(model: transformers.Phi3ForCausalLM, tokens: np.ndarray) -> np.ndarray:
+    torch = pytest.importorskip("torch")
     with torch.no_grad():
         return model(torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
 
