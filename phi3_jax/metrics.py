@@ -85,26 +85,35 @@ def attention_forward_flops(config: ml_collections.ConfigDict) -> float:
     return 4.0 * config.model.hidden_size * sum(attention_keys(config))
 
 
+def matmul_params(config: ml_collections.ConfigDict) -> int:
+    """Parameters that multiply: all but the embedding lookup (phi3 has a separate lm_head;
+    phi3small ties it to the embedding, which then multiplies)."""
+    total = model.param_count(config)
+    embedding = config.model.vocab_size * config.model.hidden_size
+    return total - embedding if config.model.architecture == "phi3" else total
+
+
+def block_params(config: ml_collections.ConfigDict) -> int:
+    """Parameters outside the embedding and the lm_head (Kaplan et al.'s non-embedding N)."""
+    return matmul_params(config) - config.model.vocab_size * config.model.hidden_size
+
+
 def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
     """Training FLOPs per token: `model` (6N + attention) and `remat` (recomputed forward)."""
     m = config.model
-    embedding = m.vocab_size * m.hidden_size
-    total = model.param_count(config)
-    # phi3 has a separate lm_head; phi3small ties it to the embedding, which then multiplies.
-    matmul_params = total - embedding if m.architecture == "phi3" else total
-    block_params = matmul_params - embedding
+    block = block_params(config)
     # Forward 1x + backward 2x.
     attention_forward = attention_forward_flops(config)
     remat = {
         "none": 0.0,
         # Every block runs forward again in the backward pass.
-        "full": 2.0 * block_params + attention_forward,
+        "full": 2.0 * block + attention_forward,
         # All matmul outputs are saved: only elementwise work is recomputed.
         "dots": 0.0,
         # Projections are saved, the batched attention matmuls are recomputed.
         "dots_no_batch": attention_forward,
     }[m.remat]
-    return {"model": 6.0 * matmul_params + 3.0 * attention_forward, "remat": remat}
+    return {"model": 6.0 * matmul_params(config) + 3.0 * attention_forward, "remat": remat}
 
 
 def cpu_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
