@@ -76,3 +76,26 @@ def test_loop_scores_eval_tasks_and_the_cli_reads_the_run(tmp_path):
     assert set(saved["results"]["copa"]["metrics"]) == {
         k.split("/")[2] for k in scored[-1] if k.startswith("eval_tasks/copa/")
     }
+
+    # The run's checkpoint exported with `convert orbax-to-hf` is the reference's model: our
+    # scorer on the run (its tokenizer, float32) equals lm-eval's hf backend on the export.
+    from lm_eval.models import huggingface as lm_eval_hf
+    from test_reference import TOL, _choice_requests, _instances
+
+    from phi3_jax import convert
+    from phi3_jax.eval import source
+
+    export = str(tmp_path / "export")
+    convert.orbax_to_hf(str(workdir), export)
+    loaded = source.load(workdir=str(workdir))
+    loaded.config.model.dtype = "float32"
+    ours = scorer.Scorer(loaded.config, loaded.params, loaded.tokenizer, add_bos=True, log=None)
+    _, pairs = _choice_requests(["copa", "arc_easy"], 3, 1)
+    mine = ours.loglikelihood(pairs)
+    # The run trains with BOS first (data.add_bos): lm-eval's add_bos_token.
+    hf_lm = lm_eval_hf.HFLM(
+        pretrained=export, device="cpu", dtype="float32", batch_size=8, add_bos_token=True
+    )
+    theirs = hf_lm.loglikelihood(_instances("loglikelihood", pairs))
+    assert [m[1] for m in mine] == [t[1] for t in theirs]
+    assert max(abs(m[0] - t[0]) for m, t in zip(mine, theirs, strict=True)) <= TOL

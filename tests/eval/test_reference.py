@@ -168,6 +168,13 @@ def test_rolling_matches_lm_eval_hf(tiny_hf):
     _check_rolling(tiny_hf, texts, max_length=64)
 
 
+@pytest.mark.slow
+def test_rolling_matches_lm_eval_hf_hundreds(tiny_hf):
+    """200 texts in 32-token windows (28K tokens, |ll| up to ~3000)."""
+    docs = tasks.TASKS["arc_easy"].load()[:200]
+    _check_rolling(tiny_hf, [f"{d['question']} {' '.join(d['choices']['text'])}" for d in docs], 32)
+
+
 def _check_generation(path, names, limit, max_gen_toks):
     reqs = []
     for name in names:
