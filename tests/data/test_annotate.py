@@ -112,3 +112,12 @@ def test_failures_are_retried_then_counted_and_scores_become_labels(tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"text": "x", "label": "hq"}\n')
         quality.read_labelled(str(bad), score_threshold=3)
+
+
+def test_quality_train_refuses_scores_that_give_one_label_only(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "a b c", "score": 4}\n{"text": "d e f", "score": 5}\n')
+    with pytest.raises(SystemExit, match="need records of both labels"):
+        quality.main(
+            ["train", f"--labelled={path}", "--score_threshold=3", f"--out={tmp_path / 'm.bin'}"]
+        )
