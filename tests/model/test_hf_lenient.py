@@ -8,10 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
-# transformers' reference models run on torch: without it (Python 3.12, see the README) these skip.
-pytest.importorskip("torch")
-
 import torch
 import transformers
 from hf_fixtures import hf_logits, random_tokens

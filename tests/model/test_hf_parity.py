@@ -7,10 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
-# transformers' reference models run on torch: without it (Python 3.12, see the README) these skip.
-pytest.importorskip("torch")
-
 import safetensors.torch
 from hf_fixtures import LONGROPE, hf_logits, random_hf_model, random_tokens
 

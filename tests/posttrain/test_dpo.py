@@ -14,10 +14,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-# TRL's loss code runs on torch: without it (Python 3.12, see the README) these skip.
-pytest.importorskip("torch")
-
 import torch
 from run_fixtures import assert_resume_is_bitwise_exact, small_run
 from trl.trainer.dpo_trainer import DPOTrainer

@@ -5,7 +5,7 @@ torch (skipped without it, as on Python 3.12: see the README's install section).
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 import transformers
 from train_fixtures import run_config
 
@@ -13,8 +13,6 @@ from phi3_jax import convert, metrics
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.train import loop
-
-torch = pytest.importorskip("torch")
 
 
 def random_hf_phi3(path: str) -> transformers.Phi3ForCausalLM:
