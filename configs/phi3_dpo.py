@@ -32,13 +32,13 @@ FULL_SIZE = dict(
     checkpoint=dict(every_steps=100),
 )
 TINY = dict(
-    train=dict(steps=20, global_batch_size=16, seq_len=128, objective="dpo"),
-    optim=dict(lr=2e-4, warmup_steps=2, min_lr_ratio=0.0, weight_decay=0.0),
+    train=dict(steps=12, global_batch_size=8, seq_len=128, objective="dpo"),
+    optim=dict(lr=3e-4, warmup_steps=1, min_lr_ratio=0.0, weight_decay=0.0),
     dpo=dict(beta=0.1, loss="sigmoid"),
     data=dict(num_workers=1, eval_batches=2),
     log=dict(every_steps=2),
-    eval=dict(every_steps=10),
-    checkpoint=dict(every_steps=10),
+    eval=dict(every_steps=6),
+    checkpoint=dict(every_steps=6),
 )
 
 

@@ -32,12 +32,12 @@ FULL_SIZE = dict(
     checkpoint=dict(every_steps=200),
 )
 TINY = dict(
-    train=dict(steps=60, global_batch_size=16, seq_len=128, objective="sft"),
-    optim=dict(lr=1e-3, warmup_steps=6, min_lr_ratio=0.0, weight_decay=0.0),
+    train=dict(steps=40, global_batch_size=16, seq_len=128, objective="sft"),
+    optim=dict(lr=1e-3, warmup_steps=4, min_lr_ratio=0.0, weight_decay=0.0),
     data=dict(num_workers=1, eval_batches=2),
-    log=dict(every_steps=10),
-    eval=dict(every_steps=30),
-    checkpoint=dict(every_steps=30),
+    log=dict(every_steps=5),
+    eval=dict(every_steps=20),
+    checkpoint=dict(every_steps=20),
 )
 
 

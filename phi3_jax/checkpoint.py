@@ -78,14 +78,31 @@ def restore_params(path: str, abstract_params=None):
         )
 
 
+def init_config(path: str) -> ml_collections.ConfigDict:
+    """The config saved with what checkpoint.init_from names: a params checkpoint or a run
+    (WORKDIR, .../checkpoints or .../checkpoints/STEP; `locate`)."""
+    kind, where, step = locate(path)
+    if kind == "params":
+        return load_config(where)
+    manager, _, saved = _open_run(where, step)
+    manager.close()
+    return config_lib.from_json(json.dumps(saved["config"]))
+
+
 def restore_sharded_params(path: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """A params checkpoint's params, each in its shards of the config's param sharding on `mesh`."""
+    """The params of what checkpoint.init_from names, each in its shards of the config's param
+    sharding on `mesh`: a params checkpoint's read in place; a run's (its latest step, or the
+    STEP of .../checkpoints/STEP) read on one device, then placed."""
+    kind, where, step = locate(path)
+    if kind == "run":
+        params = restore_params_of_run(where, step)[1]
+        return jax.device_put(params, state_lib.param_shardings(config, mesh))
     targets = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         model.abstract_params(config),
         state_lib.param_shardings(config, mesh),
     )
-    return restore_params(path, targets)
+    return restore_params(where, targets)
 
 
 def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
@@ -416,13 +433,9 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[
         manager.reload()
 
 
-def restore_params_of_run(workdir: str, step: int | None = None):
-    """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
-
-    The config is the one the run saved, with a one-device mesh (no data, fsdp, sequence or
-    tensor split); only the params are read. A missing run or step is a FileNotFoundError
-    naming it.
-    """
+def _open_run(workdir: str, step: int | None):
+    """(read-only manager, step, its saved config and checksums) of a run's checkpoint
+    (default: the latest)."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: not found (not a training run's workdir?)")
@@ -440,6 +453,17 @@ def restore_params_of_run(workdir: str, step: int | None = None):
         step,
         args=ocp.args.Composite(config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
     )
+    return manager, step, saved
+
+
+def restore_params_of_run(workdir: str, step: int | None = None):
+    """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
+
+    The config is the one the run saved, with a one-device mesh (no data, fsdp, sequence or
+    tensor split); only the params are read. A missing run or step is a FileNotFoundError
+    naming it.
+    """
+    manager, step, saved = _open_run(workdir, step)
     config = config_lib.from_json(json.dumps(saved["config"]))
     config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])

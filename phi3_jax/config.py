@@ -325,7 +325,8 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     # A failed save (disk full): "stop" (one line, exit) or "continue" (one line, train on; the
     # checkpoints saved before are kept either way).
     c.on_save_error = "stop"
-    # A params checkpoint (`convert hf-to-orbax`) to start a fresh run from; "" = random init.
+    # What a fresh run starts from: a params checkpoint (`convert hf-to-orbax`) or a run's
+    # checkpoint (WORKDIR: its latest step; WORKDIR/checkpoints/STEP); "" = random init.
     c.init_from = ""
     return c
 

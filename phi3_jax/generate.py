@@ -1,5 +1,6 @@
 """Batched generation with a key/value cache, and `python -m phi3_jax.generate --workdir=DIR
---prompt="..."`, which samples from a run's latest checkpoint.
+--prompt="..." [--chat [--system="..."]]`, which samples from a run's latest checkpoint; with
+--chat the prompt is a user message in Phi-3's chat format and the reply stops on its stop tokens.
 
 `generate_batch` takes several prompts of any lengths at once: they go through the model together
 into one cache (left- or right-padded), then every row gets one token per step until it stops on
@@ -24,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from phi3_jax import checkpoint, model, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.posttrain import chat
 
 FLAGS = flags.FLAGS
 PADDING_SIDES = ("left", "right")
@@ -293,6 +295,25 @@ def _define_flags() -> None:
     flags.DEFINE_float("temperature", 0.0, "0 = greedy; else softmax temperature.")
     flags.DEFINE_float("top_p", 0.95, "Nucleus sampling: smallest set of this probability.")
     flags.DEFINE_integer("seed", 0, "Seed of the sampling.")
+    flags.DEFINE_bool("chat", False, "The prompt is a user message: reply in the chat format.")
+    flags.DEFINE_string("system", "", "--chat: a system message before the user's.")
+
+
+def chat_reply(config, params, tokenizer, messages, **sampling) -> tuple[str, str]:
+    """(the rendered prompt, the assistant's reply) of a conversation ending with a user
+    message; generation stops on the chat format's stop tokens (the reply ends with the one it
+    stopped on; none if it ran out of tokens)."""
+    prompt = chat.encode_prompt(tokenizer, chat.check_messages(messages, need_assistant=False))
+    stops = chat.stop_ids(tokenizer)
+    new = generate_batch(
+        config,
+        params,
+        [prompt],
+        stop_ids=[stops],
+        decodable=tokenizer.decodable_mask(config.model.vocab_size),
+        **sampling,
+    )[0]
+    return chat.render(messages, add_generation_prompt=True), tokenizer.decode(new)
 
 
 def main(argv: list[str]) -> None:
@@ -303,6 +324,20 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.ERROR)
     config, params, step = checkpoint.restore_params_of_run(FLAGS.workdir)
     tokenizer = load_tokenizer(config)
+    if FLAGS.chat:
+        system = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []
+        prompt, reply = chat_reply(
+            config,
+            params,
+            tokenizer,
+            [*system, {"role": "user", "content": FLAGS.prompt}],
+            max_new_tokens=FLAGS.max_new_tokens,
+            temperature=FLAGS.temperature,
+            top_p=FLAGS.top_p,
+            rng=jax.random.key(FLAGS.seed),
+        )
+        print(f"[checkpoint step {step}]\n{prompt}{reply}")
+        return
     prompt = [tokenizer.bos_id, *tokenizer.encode(FLAGS.prompt)]
     new = generate(
         config,

@@ -67,7 +67,7 @@ def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     compute settings kept), so a converted Hugging Face model trains as it was saved."""
     if not config.checkpoint.init_from:
         return config
-    saved = checkpoint.load_config(config.checkpoint.init_from).model
+    saved = checkpoint.init_config(config.checkpoint.init_from).model
     config = config.copy_and_resolve_references()
     for key in COMPUTE_KEYS:
         saved[key] = config.model[key]

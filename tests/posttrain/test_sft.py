@@ -16,6 +16,7 @@ from hf_fixtures import random_hf_model
 from run_fixtures import assert_resume_is_bitwise_exact, small_run
 
 from configs import phi3_sft
+from phi3_jax import checkpoint, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.data import pipeline, sources
 from phi3_jax.data.tokenizer import load_tokenizer
@@ -215,7 +216,15 @@ def test_skipped_and_too_long_conversations_are_counted(tmp_path, tokenizer):
     assert (counts["too_long_truncated"], counts["too_long_dropped"]) == (0, 1)
 
 
-def test_sft_run_resumes_bitwise_exactly(tmp_path):
+def test_sft_run_resumes_bitwise_exactly_and_a_run_is_an_init_from(tmp_path):
     config = small_run(phi3_sft.get_config("tiny"))
     lines = assert_resume_is_bitwise_exact(config_lib.validate(config), tmp_path)
     assert any(line.startswith("step 4/4") for line in lines)
+    # checkpoint.init_from may name a run (its latest step): its model and params.
+    run = str(tmp_path / "straight")
+    assert checkpoint.init_config(run).model == config.model
+    _, expected, _ = checkpoint.restore_params_of_run(run)
+    mesh = sharding.make_mesh(config.mesh)
+    got = checkpoint.restore_sharded_params(run, config, mesh)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
