@@ -86,7 +86,7 @@ train: $(STAMP)
 CHAT_DIR ?= workdir/chat
 CHAT_PROMPT ?= Solve 4x + 3 = 23.
 chat: $(STAMP)
-	test -d $(TRAIN_DIR)/checkpoints || $(MAKE) train
+	test -d $(TRAIN_DIR)/checkpoints -o -f $(TRAIN_DIR)/config.json || $(MAKE) train
 	$(PY) -m phi3_jax.train --config=configs/phi3_sft.py --workdir=$(CHAT_DIR)/sft \
 		--config.checkpoint.init_from=$(TRAIN_DIR)
 	$(PY) -m phi3_jax.train --config=configs/phi3_dpo.py --workdir=$(CHAT_DIR)/dpo \
