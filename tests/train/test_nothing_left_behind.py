@@ -24,8 +24,8 @@ def start_with_workers(workdir, **overrides) -> subprocess.Popen:
     return subprocess.Popen(
         command(
             workdir,
-            **{"data.num_workers": 2, "train.steps": 10_000, "checkpoint.every_steps": 3},
-            **overrides,
+            **{"data.num_workers": 2, "train.steps": 10_000, "checkpoint.every_steps": 3}
+            | overrides,
         ),
         cwd=REPO,
         env=environment(),
