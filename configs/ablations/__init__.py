@@ -1,0 +1,1 @@
+"""Ablations: sweep files whose arms differ in one thing only (`python -m launch.ablation FILE`)."""
