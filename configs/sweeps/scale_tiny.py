@@ -8,7 +8,7 @@ runs them one after another. Rows of 64 tokens, 8 per step; one phase of the fil
 
 # (hidden_size, layers, heads): non-embedding parameters from 27K to 0.85M.
 SIZES = ((32, 2, 2), (64, 2, 4), (96, 3, 4), (128, 4, 4))
-STEPS = (20, 60)
+STEPS = (15, 45)
 LR = 3e-3
 
 
