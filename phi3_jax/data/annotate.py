@@ -137,7 +137,27 @@ def endpoint_of(endpoint: str | None, serve_workdir: str | None) -> Iterator[str
         yield url
 
 
-def _read_results(folder: pathlib.Path) -> list[dict]:
+def endpoint_config(url: str, model: str, concurrency: int) -> InferenceConfig:
+    """datatrove's inference config for an OpenAI-compatible server's chat endpoint."""
+    return InferenceConfig(
+        server_type="endpoint",
+        model_name_or_path=model,
+        endpoint_url=url,
+        use_chat=True,
+        max_concurrent_generations=concurrency,
+        metric_interval=3600,
+    )
+
+
+def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """--endpoint, --serve_workdir and --model, as every LLM data tool takes them."""
+    parser.add_argument("--endpoint", default=None, help="an OpenAI-compatible server's base URL")
+    parser.add_argument("--serve_workdir", default=None, help="serve this run here instead")
+    parser.add_argument("--model", default=None, help="model id (default: the endpoint's first)")
+
+
+def read_results(folder: pathlib.Path) -> list[dict]:
+    """The records InferenceRunner's jsonl writer left in `folder`, file by file."""
     records = []
     for path in sorted(folder.glob("*.jsonl")):
         records += [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
@@ -171,14 +191,6 @@ def run(
     sampling = {"temperature": 0.0, "max_tokens": max_tokens}
     with endpoint_of(endpoint, serve_workdir) as url:
         name = model or served_model(url)
-        config = InferenceConfig(
-            server_type="endpoint",
-            model_name_or_path=name,
-            endpoint_url=url,
-            use_chat=True,
-            max_concurrent_generations=concurrency,
-            metric_interval=3600,
-        )
         runner = InferenceRunner(
             rollout_fn=lambda doc, generate: judge(
                 doc,
@@ -188,7 +200,7 @@ def run(
                 backoff_s=backoff_s,
                 sampling=sampling,
             ),
-            config=config,
+            config=endpoint_config(url, name, concurrency),
             output_writer=JsonlWriter(str(raw), output_filename="${rank}.jsonl", compression=None),
             metadata_key=RESULTS_KEY,
         )
@@ -202,7 +214,7 @@ def run(
     }
     labels, failed, unparseable = [], 0, 0
     histogram = {str(s): 0 for s in range(6)}
-    for record in _read_results(raw):
+    for record in read_results(raw):
         result = record["metadata"][RESULTS_KEY][0]
         if "error" in result:
             failed += 1
@@ -236,11 +248,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3_jax.data.annotate")
     parser.add_argument("--input", required=True, help="comma-separated globs of jsonl shards")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--endpoint", default=None, help="an OpenAI-compatible server's base URL")
-    parser.add_argument("--serve_workdir", default=None, help="serve this run here instead")
+    add_endpoint_flags(parser)
     parser.add_argument("--sample", type=int, default=100, help="documents to judge")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    parser.add_argument("--model", default=None, help="model id (default: the endpoint's first)")
     parser.add_argument("--max_doc_chars", type=int, default=3000)
     parser.add_argument("--max_tokens", type=int, default=256)
     parser.add_argument("--retries", type=int, default=3)

@@ -234,9 +234,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     llm = parser.add_argument_group("--generator=llm")
     llm.add_argument("--topics", default=None, help="seed topics, one per line")
-    llm.add_argument("--endpoint", default=None, help="an OpenAI-compatible server's base URL")
-    llm.add_argument("--serve_workdir", default=None, help="serve this run here instead")
-    llm.add_argument("--model", default=None, help="model id (default: the endpoint's first)")
+    from phi3_jax.data.annotate import add_endpoint_flags  # only the llm generator needs it
+
+    add_endpoint_flags(llm)
     llm.add_argument("--max_tokens", type=int, default=1024)
     llm.add_argument("--temperature", type=float, default=0.8)
     llm.add_argument("--top_p", type=float, default=0.95)

@@ -40,10 +40,10 @@ from collections.abc import Sequence
 import orjson
 from datatrove.data import Document
 from datatrove.pipeline.dedup import MinhashDedupSignature
-from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.writers import JsonlWriter
 
-from phi3_jax.data.annotate import endpoint_of, served_model
+from phi3_jax.data.annotate import endpoint_config, endpoint_of, read_results, served_model
 from phi3_jax.data.prepare import MINHASH
 from phi3_jax.data.synthetic import write_shards
 
@@ -202,14 +202,7 @@ def generate_documents(
         name = model or served_model(url)
         runner = InferenceRunner(
             rollout_fn=lambda doc, generate: write_one(doc, generate, sampling=sampling),
-            config=InferenceConfig(
-                server_type="endpoint",
-                model_name_or_path=name,
-                endpoint_url=url,
-                use_chat=True,
-                max_concurrent_generations=concurrency,
-                metric_interval=3600,
-            ),
+            config=endpoint_config(url, name, concurrency),
             output_writer=JsonlWriter(
                 str(root / "generations"),
                 output_filename="${rank}_chunk_${chunk_index}.jsonl",
@@ -221,13 +214,11 @@ def generate_documents(
         )
         runner.run(inputs, rank=0, world_size=1)
     records = []
-    for path in sorted((root / "generations").glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            raw = orjson.loads(line)
-            result = raw["metadata"].pop(RESULTS_KEY)[0]
-            meta = {**raw["metadata"], "finish_reason": result["finish_reason"]}
-            meta |= {"sampling": sampling, "model": name, "source": "synthetic-llm"}
-            records.append({"id": raw["id"], "text": result["text"], "metadata": meta})
+    for raw in read_results(root / "generations"):
+        result = raw["metadata"].pop(RESULTS_KEY)[0]
+        meta = {**raw["metadata"], "finish_reason": result["finish_reason"]}
+        meta |= {"sampling": sampling, "model": name, "source": "synthetic-llm"}
+        records.append({"id": raw["id"], "text": result["text"], "metadata": meta})
     kept, dropped = select(records, limits)
     paths = write_shards(kept, out, 2000)
     summary = {

@@ -260,16 +260,7 @@ async def completions(request: web.Request) -> web.Response:
                 {"index": len(choices), "text": text, "logprobs": logprobs, "finish_reason": reason}
             )
     prompt_tokens = sum(len(p) for p in prompts)
-    return web.json_response(
-        {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": choices,
-            "usage": _usage(prompt_tokens, completion_tokens),
-        }
-    )
+    return _response("cmpl", "text_completion", served, choices, prompt_tokens, completion_tokens)
 
 
 def _prompt_text(engine: Engine, prompt: list[int]) -> str:
@@ -277,12 +268,16 @@ def _prompt_text(engine: Engine, prompt: list[int]) -> str:
     return engine.tokenizer.decode(prompt[hidden:])
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
+def _response(
+    prefix: str, kind: str, served: str, choices: list, prompt_tokens: int, completion_tokens: int
+) -> web.Response:
+    usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    body = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time())}
+    return web.json_response({**body, "model": served, "choices": choices, "usage": usage})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,16 +314,7 @@ async def chat_completions(request: web.Request) -> web.Response:
                 "finish_reason": reason,
             }
         )
-    return web.json_response(
-        {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": choices,
-            "usage": _usage(len(prompt), completion_tokens),
-        }
-    )
+    return _response("chatcmpl", "chat.completion", served, choices, len(prompt), completion_tokens)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from aiohttp import web
 from phi3_jax.data import annotate, quality
 from phi3_jax.data.shards import write_jsonl_zst
 from phi3_jax.serve.background import BackgroundServer
+from tests.data.scripted_server import chat_app
 from tests.data.test_prepare import GOOD
 from tests.serve.serve_fixtures import MODEL, served
 
@@ -64,8 +65,7 @@ def scripted_app(calls: dict) -> web.Application:
     """Answers by the document's kind (the word after 'Kind:'): a score, rambling, a garbage
     body, a 500 on the first call only, or always a 500."""
 
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
+    def respond(body: dict):
         text = body["messages"][0]["content"]
         kind, n = re.search(r"Kind: (\w+) (\d)", text).groups()
         calls[kind] = calls.get(kind, 0) + 1
@@ -74,16 +74,9 @@ def scripted_app(calls: dict) -> web.Application:
         if kind == "garbage":
             return web.Response(status=200, text="<html>not json")
         answer = "It rambles." if kind == "rambling" else f"Fine.\nEducational score: {n}"
-        choice = {"index": 0, "message": {"role": "assistant", "content": answer}}
-        return web.json_response({"choices": [{**choice, "finish_reason": "stop"}], "usage": {}})
+        return answer, "stop"
 
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "scripted"}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
-    return app
+    return chat_app(respond)
 
 
 def test_failures_are_retried_then_counted_and_scores_become_labels(tmp_path):

@@ -15,6 +15,7 @@ from datatrove.pipeline.inference.types import ServerError
 from phi3_jax.data import synthetic, synthetic_llm
 from phi3_jax.data.readers import iter_documents
 from phi3_jax.serve.background import BackgroundServer
+from tests.data.scripted_server import chat_app
 from tests.serve.serve_fixtures import served
 
 TOPICS = ["good", "dup", "short", "trunc", "wrong", "right", "loop", "memhog"]
@@ -47,22 +48,13 @@ def _answer(prompt: str) -> tuple[str, str]:
 
 
 def scripted_app(calls: list, fail_after: int | None = None) -> web.Application:
-    async def chat(request: web.Request) -> web.Response:
-        body = await request.json()
+    def respond(body: dict):
         calls.append(body)
         if fail_after is not None and len(calls) > fail_after:
             return web.Response(status=500, text="node lost")
-        text, finish = _answer(body["messages"][0]["content"])
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}}
-        return web.json_response({"choices": [{**choice, "finish_reason": finish}], "usage": {}})
+        return _answer(body["messages"][0]["content"])
 
-    async def models(request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": "scripted"}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
-    return app
+    return chat_app(respond)
 
 
 @pytest.fixture
