@@ -11,7 +11,7 @@ from aiohttp import web
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.eval import source
 from phi3_jax.serve.api import make_app
-from phi3_jax.serve.engine import Engine
+from phi3_jax.serve.engine import Engine, serving_mesh
 
 FLAGS = flags.FLAGS
 
@@ -27,6 +27,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("model_name", None, "The served model id (default: the dir's name).")
     flags.DEFINE_integer("max_rows", 32, "Rows (choices) decoded together at most.")
     flags.DEFINE_float("batch_wait_s", 0.01, "How long a batch waits for more requests.")
+    flags.DEFINE_integer("mesh_data", 1, "Devices a batch's rows split over.")
+    flags.DEFINE_integer("mesh_tensor", 1, "Devices the params and cache split over.")
 
 
 def main(argv: list[str]) -> None:
@@ -39,7 +41,11 @@ def main(argv: list[str]) -> None:
     except (source.SourceError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
     name = FLAGS.model_name or os.path.basename(os.path.abspath(FLAGS.workdir or FLAGS.hf_dir))
-    engine = Engine(loaded, max_rows=FLAGS.max_rows, wait_s=FLAGS.batch_wait_s)
+    try:
+        mesh = serving_mesh(loaded.config, FLAGS.mesh_data, FLAGS.mesh_tensor)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
+    engine = Engine(loaded, max_rows=FLAGS.max_rows, wait_s=FLAGS.batch_wait_s, mesh=mesh)
     logging.info("serving %s on http://%s:%d/v1", name, FLAGS.host, FLAGS.port)
     web.run_app(make_app(engine, name), host=FLAGS.host, port=FLAGS.port)
 

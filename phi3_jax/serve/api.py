@@ -15,6 +15,7 @@ the field at fault; the server never crashes on one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -246,8 +247,12 @@ async def completions(request: web.Request) -> web.Response:
     stops = _stops(body)
     jobs = [_job(engine, body, ids, max_tokens, stop_ids) for ids in prompts]
     choices, completion_tokens = [], 0
-    for job in jobs:
-        rows = await engine.generate(job) if max_tokens else [[] for _ in range(job.n)]
+    # A request's prompts queue together, so they share a batch.
+    if max_tokens:
+        outputs = await asyncio.gather(*(engine.generate(job) for job in jobs))
+    else:
+        outputs = [[[] for _ in range(job.n)] for job in jobs]
+    for job, rows in zip(jobs, outputs, strict=True):
         for new in rows:
             ids, text, reason = _finish(engine, new, stop_ids, stops, max(max_tokens, 1))
             completion_tokens += len(new)

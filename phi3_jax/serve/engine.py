@@ -7,7 +7,9 @@ batch. Temperature 0 rows are batched with any other greedy rows: greedy decodin
 not depend on the rest of the batch. A sampled job with a `seed` runs alone, so its rows' keys
 (generate_batch folds the row index into the seed) and hence its text are reproducible; sampled
 jobs without a seed share batches and draw fresh keys. The model runs on one worker thread, so
-the event loop stays free for other clients while a batch decodes.
+the event loop stays free for other clients while a batch decodes. Given a mesh
+(`serving_mesh`), a batch's rows split over its data axis and the params and cache over its
+tensor axis.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phi3_jax import generate as generate_lib
-from phi3_jax import model
+from phi3_jax import model, sharding
 from phi3_jax.eval.scorer import padded_length
 from phi3_jax.eval.source import Loaded
 
@@ -52,6 +54,18 @@ class Job:
         if self.seed is not None:
             return ("seeded", serial)
         return ("sampled", self.temperature, self.top_p)
+
+
+def serving_mesh(config, data: int, tensor: int) -> jax.sharding.Mesh | None:
+    """A (data, tensor) mesh over the first data * tensor devices (None for one device); the
+    config's mesh section is set to it."""
+    if data * tensor == 1:
+        return None
+    devices = jax.devices()
+    if data * tensor > len(devices):
+        raise ValueError(f"mesh data={data} x tensor={tensor}: only {len(devices)} devices")
+    config.mesh.update(data=data, fsdp=1, sequence=1, tensor=tensor, dcn_data=1, dcn_fsdp=1)
+    return sharding.make_mesh(config.mesh, devices[: data * tensor])
 
 
 @dataclasses.dataclass

@@ -36,8 +36,8 @@ def tiny_loaded(context: int = 128) -> Loaded:
 
 
 @contextlib.contextmanager
-def served(wait_s: float = 0.01, max_rows: int = 32, context: int = 128):
+def served(wait_s: float = 0.01, max_rows: int = 32, context: int = 128, mesh=None):
     """(base URL, engine) of the tiny model (`context` positions) served while the block runs."""
-    engine = Engine(tiny_loaded(context), wait_s=wait_s, max_rows=max_rows)
+    engine = Engine(tiny_loaded(context), wait_s=wait_s, max_rows=max_rows, mesh=mesh)
     with BackgroundServer(make_app(engine, MODEL)) as url:
         yield url, engine

@@ -6,6 +6,7 @@ requests answered with 4xx naming the field while the server keeps serving."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 
 import httpx
 import jax
@@ -15,6 +16,9 @@ import pytest
 
 from phi3_jax import generate, model
 from phi3_jax.posttrain import chat
+from phi3_jax.serve.api import make_app
+from phi3_jax.serve.background import BackgroundServer
+from phi3_jax.serve.engine import Engine, serving_mesh
 from tests.serve.serve_fixtures import MODEL, served, tiny_loaded
 
 PROMPTS = [
@@ -111,6 +115,24 @@ def test_greedy_text_alone_equals_text_in_a_batch(server):
     # The eight requests shared batches (fewer batches than requests).
     assert engine.counters.batches - before < len(PROMPTS)
     assert engine.counters.largest_batch > 1
+
+
+def test_greedy_text_on_a_mesh_equals_one_device(server):
+    url, _ = server
+    loaded = tiny_loaded()
+    config = loaded.config.copy_and_resolve_references()
+    mesh = serving_mesh(config, data=2, tensor=2)
+    assert mesh.shape["data"] == 2 and mesh.shape["tensor"] == 2
+
+    def ask(base: str) -> list[str]:
+        out = client(base).completions.create(
+            model=MODEL, prompt=PROMPTS[4:6], max_tokens=5, temperature=0
+        )
+        return [c.text for c in out.choices]
+
+    engine = Engine(dataclasses.replace(loaded, config=config), wait_s=0.01, mesh=mesh)
+    with BackgroundServer(make_app(engine, MODEL)) as on_mesh:
+        assert ask(on_mesh) == ask(url)
 
 
 def test_seeded_sampling_is_reproducible(server):
