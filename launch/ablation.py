@@ -14,7 +14,6 @@ evaluation and report commands are printed, to run where the checkpoints are onc
 
 from __future__ import annotations
 
-import argparse
 import glob
 import io
 import json
@@ -117,22 +116,16 @@ def eval_commands(ablation, workdir: str, data_dir: str) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ablation", help="a configs/ablations/*.py file")
-    parser.add_argument("--launcher", choices=sorted(sweep.LAUNCHERS), required=True)
-    parser.add_argument("--workdir_root", default="workdir/ablations", help="a local path")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands only")
-    argv = sys.argv[1:] if argv is None else argv
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    extra = argv[split + 1 :]
+    args, extra = sweep.parse_args(
+        __doc__, "a configs/ablations/*.py file", "workdir/ablations", argv
+    )
     if args.workdir_root.startswith("gs://"):
         print(f"error: --workdir_root={args.workdir_root}: must be a local path", file=sys.stderr)
         return 2
-    root = sweep.sweep_root(args.ablation, os.path.abspath(args.workdir_root))
+    root = sweep.sweep_root(args.file, os.path.abspath(args.workdir_root))
     data_dir = os.path.join(root, "data")
     try:
-        ablation = sweep.load_module(args.ablation)
+        ablation = sweep.load_module(args.file)
         runs = ablation_runs(ablation, data_dir)
         launches = sweep.plan(runs, root, args.launcher, extra)
         if not args.dry_run:

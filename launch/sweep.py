@@ -167,20 +167,26 @@ def write_records(launches: list[dict]) -> None:
         write_run_record(planned["workdir"], planned["record"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", help="a configs/sweeps/*.py file")
+def parse_args(
+    doc: str, what: str, root: str, argv: list[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
+    """The options of a launch command (the file `what` names, --launcher, --workdir_root
+    defaulting to `root`, --dry_run) and the launcher script's own, those after `--`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("file", help=what)
     parser.add_argument("--launcher", choices=sorted(LAUNCHERS), required=True)
-    parser.add_argument("--workdir_root", default="workdir/sweeps", help="local path or gs://")
+    parser.add_argument("--workdir_root", default=root, help="local path or gs://")
     parser.add_argument("--dry_run", action="store_true", help="print the commands only")
     argv = sys.argv[1:] if argv is None else argv
-    # Everything after `--` belongs to the launcher script.
     split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    extra = argv[split + 1 :]
+    return parser.parse_args(argv[:split]), argv[split + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(__doc__, "a configs/sweeps/*.py file", "workdir/sweeps", argv)
     try:
-        root = sweep_root(args.sweep, args.workdir_root)
-        launches = plan(load_runs(args.sweep), root, args.launcher, extra)
+        root = sweep_root(args.file, args.workdir_root)
+        launches = plan(load_runs(args.file), root, args.launcher, extra)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
