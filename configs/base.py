@@ -263,3 +263,23 @@ def with_preset(
     for section, values in presets[arg].items():
         config[section].update(values)
     return config_lib.validate(config)
+
+
+def posttraining(
+    arg: str | None, source: str, globs: str, tiny: dict, full_size: dict
+) -> ml_collections.ConfigDict:
+    """A post-training run (configs/phi3_sft.py, phi3_dpo.py) of variant `arg` (default tiny): one
+    data source `source` of `globs` (2% held out, no phase 2) replacing the pretraining mixture,
+    and the sections of `tiny` or `full_size` updated."""
+    variant = arg or "tiny"
+    config = get_config(variant)
+    # Replaced, not merged: the pretraining sources and phases are not part of the run.
+    config.data.sources = ml_collections.ConfigDict(
+        {source: dict(globs=globs, format="jsonl", text_field="text")}
+    )
+    config.data.phase1 = ml_collections.ConfigDict({source: 1.0})
+    config.data.phase2 = ml_collections.ConfigDict()
+    config.data.update(phase2_start_step=0, eval_fraction=0.02)
+    for section, values in (tiny if variant == "tiny" else full_size).items():
+        config[section].update(values)
+    return config_lib.validate(config)

@@ -9,21 +9,8 @@ decay on norms, 2% of the conversations held out. `tiny` is `make chat`'s run on
 instruction set (data/chat/sft.jsonl.zst).
 """
 
-import ml_collections
-
 from configs import base
-from phi3_jax import config as config_lib
 
-CHAT_DATA = dict(
-    # One source, the conversations; no phase 2.
-    sources=ml_collections.ConfigDict(
-        {"chat": dict(globs="data/chat/sft.jsonl.zst", format="jsonl", text_field="text")}
-    ),
-    phase1=ml_collections.ConfigDict({"chat": 1.0}),
-    phase2=ml_collections.ConfigDict(),
-    phase2_start_step=0,
-    eval_fraction=0.02,
-)
 FULL_SIZE = dict(
     train=dict(steps=2000, global_batch_size=128, seq_len=4096, objective="sft"),
     optim=dict(lr=2e-5, warmup_steps=60, min_lr_ratio=0.0, weight_decay=0.0),
@@ -41,17 +28,5 @@ TINY = dict(
 )
 
 
-def with_updates(config: ml_collections.ConfigDict, updates: dict) -> ml_collections.ConfigDict:
-    for section, values in updates.items():
-        config[section].update(values)
-    return config
-
-
 def get_config(arg: str | None = None):
-    variant = arg or "tiny"
-    config = base.get_config(variant)
-    # Replaced, not merged: the pretraining sources and phases are not part of an SFT run.
-    for key, value in CHAT_DATA.items():
-        config.data[key] = value
-    config = with_updates(config, TINY if variant == "tiny" else FULL_SIZE)
-    return config_lib.validate(config)
+    return base.posttraining(arg, "chat", "data/chat/sft.jsonl.zst", TINY, FULL_SIZE)
