@@ -176,19 +176,21 @@ def _job(engine: Engine, body: dict, prompt: list[int], max_tokens: int, stop_id
 
 
 def _finish(engine: Engine, new: list[int], stop_ids, stops: list[str], max_tokens: int):
-    """(kept ids, text, finish_reason) of a row: a final stop id dropped, the text cut before
-    the first stop string (and the ids to those whose text stays whole)."""
+    """(ids, text, finish_reason) of a row. The text leaves out a final stop id and is cut
+    before the first stop string; the ids (those log-probabilities are reported for) keep the
+    stop id, as other servers report it, and end where a cut text ends."""
     ids = list(new)
     reason = "length" if len(ids) >= max_tokens else "stop"
-    if ids and ids[-1] in stop_ids:
-        ids, reason = ids[:-1], "stop"
-    text = engine.tokenizer.decode(ids)
+    stopped = bool(ids) and ids[-1] in stop_ids
+    shown = ids[:-1] if stopped else ids
+    reason = "stop" if stopped else reason
+    text = engine.tokenizer.decode(shown)
     cut = cut_at_stop(text, stops)
     if len(cut) < len(text):
         reason = "stop"
-        while ids and len(engine.tokenizer.decode(ids)) > len(cut):
-            ids.pop()
-        text = cut
+        while shown and len(engine.tokenizer.decode(shown)) > len(cut):
+            shown = shown[:-1]
+        return shown, cut, reason
     return ids, text, reason
 
 

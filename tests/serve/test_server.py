@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import types
 
 import httpx
 import jax
@@ -16,6 +17,7 @@ import pytest
 
 from phi3_jax import generate, model
 from phi3_jax.posttrain import chat
+from phi3_jax.serve import api
 from phi3_jax.serve.api import make_app
 from phi3_jax.serve.background import BackgroundServer
 from phi3_jax.serve.engine import Engine, serving_mesh
@@ -97,6 +99,24 @@ def test_echo_logprobs_equal_a_full_forward_pass(server):
         assert PROMPTS[1][offset:].startswith(token)
     for top, chosen in zip(lp.top_logprobs, lp.token_logprobs, strict=True):
         assert len(top) == 2 and max(top.values()) >= chosen - 1e-5
+
+    # lm-eval's local-completions scores with max_tokens=1 and drops the last position.
+    scored = client(url).completions.create(
+        model=MODEL, prompt=ids, max_tokens=1, echo=True, logprobs=1, temperature=0
+    )
+    assert len(scored.choices[0].logprobs.token_logprobs) == len(ids)  # BOS has none
+
+
+def test_a_stop_id_is_left_out_of_the_text_but_reported_with_the_ids():
+    tok = tiny_loaded().tokenizer
+    engine = types.SimpleNamespace(tokenizer=tok)
+    word = tok.encode("list")
+    ids, text, reason = api._finish(engine, [*word, tok.eos_id], {tok.eos_id}, [], 8)
+    assert (ids, text, reason) == ([*word, tok.eos_id], "list", "stop")
+    ids, text, reason = api._finish(engine, word * 3, {tok.eos_id}, [], 3 * len(word))
+    assert (ids, text, reason) == (word * 3, "list list list", "length")
+    ids, text, reason = api._finish(engine, word * 3, {tok.eos_id}, [" li"], 99)
+    assert (ids, text, reason) == (word, "list", "stop")
 
 
 def test_greedy_text_alone_equals_text_in_a_batch(server):
