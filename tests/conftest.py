@@ -14,19 +14,29 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# Modules that import torch, or a library installed only with it (requirements-dev.txt: TRL,
-# accelerate), at the top cannot be collected where those are absent, as in the Python 3.12 stack
-# (README: Install): they are reported skipped instead of as collection errors. Tests of other
-# modules that need torch only somewhere skip themselves there with pytest.importorskip("torch").
+# Where torch, or a library installed only with it (requirements-dev.txt: TRL, accelerate), is
+# absent, as in the Python 3.12 stack (README: Install), a test module that imports one at the top
+# and a test that imports one as it runs are reported skipped, not as errors or failures.
 _TORCH_ONLY = tuple(f"No module named '{name}'" for name in ("torch", "trl", "accelerate"))
+
+
+def _skip_without_torch(report, path) -> None:
+    missing = [why for why in _TORCH_ONLY if why in report.longreprtext] if report.failed else []
+    if missing:
+        report.outcome = "skipped"
+        report.longrepr = (str(path), None, f"Skipped: {missing[0]}")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector):
     report = yield
-    if report.failed and isinstance(collector, pytest.Module):
-        missing = [why for why in _TORCH_ONLY if why in report.longreprtext]
-        if missing:
-            report.outcome = "skipped"
-            report.longrepr = (str(collector.path), None, f"Skipped: {missing[0]}")
+    if isinstance(collector, pytest.Module):
+        _skip_without_torch(report, collector.path)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    _skip_without_torch(report, item.path)
     return report
