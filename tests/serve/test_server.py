@@ -200,3 +200,14 @@ def test_malformed_json_is_400(server):
     url, _ = server
     response = httpx.post(f"{url}/v1/completions", content=b"{not json", timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "body"
+
+
+def test_a_client_that_goes_away_costs_the_others_nothing(server):
+    url, _ = server
+    body = {"model": MODEL, "prompt": PROMPTS[5], "max_tokens": 6, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{url}/v1/completions", json=body, timeout=0.001)
+    api = client(url)
+    out = api.completions.create(model=MODEL, prompt=PROMPTS[6], max_tokens=4, temperature=0)
+    assert out.usage.completion_tokens == 4
+    assert httpx.get(f"{url}/health", timeout=60).json()["status"] == "ok"
