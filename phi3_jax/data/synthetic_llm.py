@@ -31,7 +31,6 @@ import os
 import pathlib
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -93,11 +92,13 @@ def prompt_specs(topics: Sequence[str], n: int, seed: int) -> list[dict]:
     return specs
 
 
-def _limit_memory(limit: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
+# The sandbox's child caps its own address space, then runs the code it reads from stdin (no
+# preexec_fn: forking a multithreaded parent, as JAX is, to run Python in between can deadlock).
+_SANDBOX = (
+    "import resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); code = sys.stdin.read(); "
+    "exec(compile(code, '<exercise>', 'exec'), {'__name__': '__main__'})"
+)
 
 
 def check_code(text: str, limits: Limits) -> str | None:
@@ -108,13 +109,13 @@ def check_code(text: str, limits: Limits) -> str | None:
         with tempfile.TemporaryDirectory() as scratch:
             try:
                 done = subprocess.run(
-                    [sys.executable, "-I", "-c", code],
+                    [sys.executable, "-I", "-c", _SANDBOX, str(limits.code_memory_bytes)],
+                    input=code,
                     capture_output=True,
                     text=True,
                     timeout=limits.code_timeout_s,
                     cwd=scratch,
                     env={"PATH": os.environ.get("PATH", "")},
-                    preexec_fn=_limit_memory(limits.code_memory_bytes),
                 )
             except subprocess.TimeoutExpired:
                 return "code_failed"
