@@ -45,6 +45,13 @@ def batch_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> NamedShardi
     return step_lib.batch_shardings(config, mesh)["tokens"]
 
 
+def tokens_per_step(config: ml_collections.ConfigDict) -> int:
+    """Tokens through the model per train step (a DPO pair is two rows); MFU counts these, so for
+    DPO it leaves out the reference's forward pass."""
+    rows = 2 if config.train.objective == "dpo" else 1
+    return rows * config.train.global_batch_size * config.train.seq_len
+
+
 def make_steps(
     config: ml_collections.ConfigDict, mesh: Mesh, log: Callable[[str], None]
 ) -> tuple[Callable, Callable]:

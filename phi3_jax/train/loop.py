@@ -211,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     flops = metrics.flops_per_token(config)
     peak, peak_source = metrics.peak_flops(config, mesh.devices.ravel().tolist())
     batch_size = config.train.global_batch_size
-    tokens_per_step = batch_size * config.train.seq_len
+    tokens_per_step = objective.tokens_per_step(config)
     log(
         f"model {model.param_count(config):,} params | mesh {dict(mesh.shape)} | "
         f"{flops['model'] / 1e6:.1f} MFLOP/token (+{flops['remat'] / 1e6:.1f} remat) | "
