@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 
 import grain
@@ -34,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
-from phi3_jax import model, sharding
+from phi3_jax import model, paths, sharding
 from phi3_jax.train import state as state_lib
 
 PARAMS_DIR = "params"
@@ -43,22 +42,12 @@ CONFIG_FILE = "config.json"
 
 def save_params(path: str, config: ml_collections.ConfigDict, params) -> None:
     """Write params and config; the directory appears only once complete."""
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    try:
+    with paths.atomic_directory(path) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(config_lib.to_json(config))
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
             checkpointer.wait_until_finished()
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

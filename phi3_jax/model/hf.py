@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 
 import jax
@@ -24,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.flax import save_file
 
 from phi3_jax import config as config_lib
+from phi3_jax import paths
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -469,13 +468,7 @@ def write_checkpoint(
     Everything is written to a temporary sibling directory and renamed into place only when
     complete, so a crash never leaves a half-written model.
     """
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    try:
+    with paths.atomic_directory(path) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(hf_config, f, indent=2)
         shards = _shard(tensors, max_shard_bytes)
@@ -494,7 +487,3 @@ def write_checkpoint(
                 )
         if write_also is not None:
             write_also(tmp)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
