@@ -1,37 +1,141 @@
-"""Paths on disk: the one atomic directory write.
+"""Paths that may be buckets (gs://, s3://) or local, and the one atomic directory write.
 
-A leaf module (no phi3_jax imports), so that every layer can write through it: the params
-checkpoint (`checkpoint.save_params`) and the Hugging Face export (`model.hf.write_checkpoint`)
-both build their directory with `atomic_directory`.
+One path layer: `etils.epath`, which orbax uses for its own files; without TensorFlow it runs over
+fsspec (gcsfs for gs://, s3fs for s3://), which datatrove's readers and writers use too. So a
+`--workdir`, a shard glob, a tokenizer or a Hugging Face directory is read and written the same
+way wherever it lives. Credentials are the clients' standard ones (application default
+credentials for GCS, the AWS environment and config files for S3); nothing here reads or stores
+them. Endpoints too (STORAGE_EMULATOR_HOST, AWS_ENDPOINT_URL: the bucket tests' emulators).
+
+A leaf module (no phi3_jax imports), so that every layer can use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob as glob_lib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
+
+import fsspec
+from etils import epath
+
+# The URL schemes of buckets; anything else is a local path.
+REMOTE_SCHEMES = ("gs://", "s3://")
+
+# Listings are not cached: another process (a resumed run, another host of the same run, an
+# evaluation reading the checkpoints) writes the same bucket, and a stale listing would hide its
+# objects. epath instantiates gcsfs and s3fs itself, so the default goes into fsspec's config.
+for _protocol in ("gcs", "gs", "s3"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a bucket URL (gs://, s3://)."""
+    return os.fspath(path).startswith(REMOTE_SCHEMES)
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """A bucket URL unchanged, a local path made absolute (orbax wants absolute paths)."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def path(path: str | os.PathLike) -> epath.Path:
+    """`path` (local or a bucket URL, made absolute) as an epath.Path: open, read_text,
+    write_bytes, exists, is_dir, iterdir, mkdir, rmtree work on both."""
+    return epath.Path(resolve(path))
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """`base`/`names`... as a string (a bucket URL keeps its scheme)."""
+    return os.fspath(path(base).joinpath(*names))
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted paths matching `pattern` (`**` matches any depth), files and directories; a bucket
+    pattern's matches are URLs of the same scheme."""
+    if not is_remote(pattern):
+        return sorted(glob_lib.glob(pattern, recursive=True))
+    scheme = pattern[: pattern.index("://") + 3]
+    filesystem = fsspec.filesystem(scheme[:-3])
+    return sorted(scheme + match for match in filesystem.glob(pattern))
+
+
+def has_magic(pattern: str) -> bool:
+    """Whether `pattern` is a glob (holds *, ? or [) rather than one path."""
+    return glob_lib.has_magic(pattern)
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Create `directory` and write and delete a probe file there: an OSError naming it on one
+    line if that fails (a missing bucket, no permission, a read-only disk, no credentials)."""
+    directory = path(directory)
+    try:
+        # A bucket has no directories to make, and making one could create a mistyped bucket.
+        if not is_remote(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as error:  # noqa: BLE001 - each client raises its own kinds of error.
+        text = str(error).splitlines()[0] if str(error) else ""
+        raise OSError(
+            f"{directory}: not a writable directory ({type(error).__name__}: "
+            f"{getattr(error, 'strerror', None) or text})"
+        ) from None
+
+
+def _upload(local: str, target: epath.Path) -> None:
+    """Copy the local directory `local` to `target`, the files at its top last: a reader that
+    waits for a top-level file (a params checkpoint's config.json, a Hugging Face config.json)
+    sees it only once everything below is there."""
+    files = [
+        os.path.join(root, name) for root, _, names in os.walk(local) for name in sorted(names)
+    ]
+    files.sort(key=lambda f: (os.path.dirname(f) == local, f))
+    for file in files:
+        destination = target / os.path.relpath(file, local)
+        with open(file, "rb") as source, destination.open("wb") as sink:
+            shutil.copyfileobj(source, sink)
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str) -> Iterator[str]:
-    """Yield a temporary sibling directory of `path` to write into; on a clean exit it is renamed
-    to `path`, so a reader sees the directory only once complete (a crash or an error leaves
-    nothing at `path`, and the temporary directory is removed).
+def atomic_directory(path_: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary local directory to write into; on a clean exit it becomes `path_`, so a
+    reader sees the directory only once complete (a crash or an error leaves nothing at
+    `path_`, and the temporary directory is removed).
 
-    An existing `path` is a FileExistsError naming it (never overwritten); missing parents are
+    Locally the temporary directory is a sibling of `path_`, renamed to it. A bucket has no
+    rename: the directory is written on local disk, then uploaded file by file, the top-level
+    files last (`_upload`), so a reader checking one of those sees a complete directory; an
+    upload that fails removes what it wrote, and one cut short by a crash lacks those files.
+
+    An existing `path_` is a FileExistsError naming it (never overwritten); missing parents are
     created.
     """
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        raise FileExistsError(f"{path}: already exists; refusing to overwrite")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    target = path(path_)
+    if target.exists():
+        raise FileExistsError(f"{target}: already exists; refusing to overwrite")
+    if is_remote(target):
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.") as tmp:
+            yield tmp
+            try:
+                _upload(tmp, target)
+            except BaseException:
+                # What was uploaded goes too, where the bucket still answers.
+                with contextlib.suppress(Exception):
+                    target.rmtree(missing_ok=True)
+                raise
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         yield tmp
-        os.rename(tmp, path)
+        os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
