@@ -29,6 +29,8 @@ from phi3_jax.posttrain import chat
 
 FLAGS = flags.FLAGS
 PADDING_SIDES = ("left", "right")
+# The shortest prompt length of a bucketed batch (`generate_batch(..., buckets=True)`).
+MIN_BUCKET_LENGTH = 16
 
 
 def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_p: float) -> jax.Array:
@@ -55,14 +57,29 @@ def decoding_rules(config: ml_collections.ConfigDict) -> sharding.Rules:
     )
 
 
+def power_of_two_at_least(n: int, minimum: int = 1) -> int:
+    """The smallest power of two that is at least n and at least `minimum`."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def _bucketed(prompts: Sequence[Sequence[int]], split: int, limit: int) -> tuple[int, int]:
+    """(rows, prompt length) of a bucketed batch: the prompt count and the longest prompt rounded
+    up to powers of two (length at least MIN_BUCKET_LENGTH, kept within `limit` unless the longest
+    prompt is already past it), rows a multiple of the batch split."""
+    longest = max(map(len, prompts))
+    length = min(power_of_two_at_least(longest, MIN_BUCKET_LENGTH), max(longest, limit))
+    rows = power_of_two_at_least(len(prompts))
+    return -(-rows // split) * split, length
+
+
 def _padded_batch(
-    prompts: Sequence[Sequence[int]], rows: int, padding: str
+    prompts: Sequence[Sequence[int]], rows: int, padding: str, length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens [rows, longest], lengths [rows], start [rows]): the prompts padded with id 0 on
-    `padding`'s side (nothing attends to padding, so any id does); rows past the prompts repeat
-    the first one (they fill out the mesh's batch split)."""
+    """(tokens [rows, length], lengths [rows], start [rows]): the prompts padded with id 0 on
+    `padding`'s side to `length` (default: the longest; nothing attends to padding, so any id
+    does); rows past the prompts repeat the first one (they fill out the batch)."""
     lengths = np.array([len(p) for p in prompts] + [len(prompts[0])] * (rows - len(prompts)))
-    longest = int(lengths.max())
+    longest = int(lengths.max()) if length is None else length
     tokens = np.zeros((rows, longest), np.int32)
     for row in range(rows):
         prompt = prompts[row if row < len(prompts) else 0]
@@ -124,8 +141,12 @@ class _Decoder:
             return fn(*args)
 
     def _next(self, logits, keys, decodable):
-        """Each row's next token from the logits [batch, vocab] of its last real position."""
-        return self.sample(jnp.where(decodable, logits, -jnp.inf), keys)
+        """Each row's next token from the logits [batch, vocab] of its last real position; on
+        a mesh, every device holds them all, so every process can read them (multi-process)."""
+        ids = self.sample(jnp.where(decodable, logits, -jnp.inf), keys)
+        if self.mesh is None:
+            return ids
+        return jax.lax.with_sharding_constraint(ids, NamedSharding(self.mesh, PartitionSpec()))
 
     def _prefill(self, params, tokens, lengths, start, keys, cache_length, decodable):
         def run():
@@ -187,6 +208,7 @@ def generate_batch(
     padding: str = "left",
     mesh: Mesh | None = None,
     decodable: np.ndarray | None = None,
+    buckets: bool = False,
 ) -> list[list[int]]:
     """The new token ids of each prompt, in prompt order.
 
@@ -207,6 +229,10 @@ def generate_batch(
                     used); None decodes on the default device
     decodable       bool [config.model.vocab_size]: the ids that may be produced (the
                     tokenizer's `decodable_mask`); None allows every id
+    buckets         pad the prompt count and the longest prompt's length up to powers of two
+                    (length at least MIN_BUCKET_LENGTH, not past max_position_embeddings -
+                    max_new_tokens unless a prompt is), so calls of other sizes in the same
+                    bucket reuse one compiled prefill and step (the results are the same)
 
     A row's ids end with the stop id or stop sequence that ended it, if one did. Rows that
     stop early keep their place in the batch until every row is done.
@@ -231,8 +257,12 @@ def generate_batch(
 
     decoder = _decoder(config, mesh, temperature, top_p)
     split = 1 if mesh is None else sharding.data_parallel_size(mesh, decoder.rules)
-    rows = -(-len(prompts) // split) * split
-    tokens, lengths, start = _padded_batch(prompts, rows, padding)
+    if buckets:
+        limit = config.model.max_position_embeddings - max_new_tokens
+        rows, length = _bucketed(prompts, split, limit)
+    else:
+        rows, length = -(-len(prompts) // split) * split, None
+    tokens, lengths, start = _padded_batch(prompts, rows, padding, length)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(rows))
     params, tokens, lengths, start = decoder.place(params, tokens, lengths, start)
     cache_length = int(tokens.shape[1]) + max_new_tokens

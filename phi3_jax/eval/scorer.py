@@ -42,7 +42,7 @@ class Counters:
 
 def padded_length(n: int, max_length: int) -> int:
     """n rounded up to a power of two (at least MIN_LENGTH), at most max_length."""
-    return min(max(MIN_LENGTH, 1 << max(n - 1, 0).bit_length()), max_length)
+    return min(generate_lib.power_of_two_at_least(n, MIN_LENGTH), max_length)
 
 
 def _token_logprobs(config, params, tokens, targets, mask):
@@ -196,7 +196,8 @@ class Scorer:
         first stop sequence; EOS ends it too. The context keeps its last
         max_length - max_new_tokens ids (left truncation, counted). Requests go through
         `generate.generate_batch` in batches of `gen_batch`, longest first, grouped by their
-        stop sequences and token budget."""
+        stop sequences and token budget, padded to power-of-two buckets (a task compiles once
+        per bucket)."""
         prompts = []
         for context, _, max_new in requests:
             keep = self.max_length - max_new
@@ -226,6 +227,7 @@ class Scorer:
                     stop_sequences=[stops] * len(chunk),
                     mesh=self.mesh,
                     decodable=self._decodable,
+                    buckets=True,
                 )
                 for i, ids in zip(chunk, new, strict=True):
                     out[i] = cut_at_stop(self._decode_text(ids), until)

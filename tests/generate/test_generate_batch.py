@@ -142,6 +142,73 @@ def test_generation_split_over_a_mesh_equals_one_device():
     assert cache["kv"]["k"].addressable_shards[0].data.shape == (2, 1, 32, 2, 16)
 
 
+class CompileCounter:
+    """Counts XLA compilations by function name (jax.monitoring's backend-compile event, sent
+    for every compilation a jitted function's in-memory cache does not hold)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def __call__(self, event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.names.append(kwargs.get("fun_name", ""))
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+    def decoding(self) -> int:
+        """Compilations of the decoder's prefill and step."""
+        return sum(name in ("jit(_prefill)", "jit(_step)") for name in self.names)
+
+
+LONG_PROMPT = [1, 17, 230, 45, 9, 33, 44, 55, 66, 77, 88, 99, 111, 122]
+# 4, 3, 3 and 4 rows, longest prompts 9, 9, 5 and 14 tokens: four shapes, one bucket (4 x 16).
+BUCKET_BATCHES = [
+    PROMPTS,
+    PROMPTS[:3],
+    [PROMPTS[1], PROMPTS[3], PROMPTS[0]],
+    [PROMPTS[3], LONG_PROMPT, PROMPTS[1], PROMPTS[2]],
+]
+
+
+def test_buckets_compile_once_and_equal_the_unpadded_path():
+    config, params = tiny_config(), sharp_params()
+    long_ref = greedy_by_recomputing(config, params, [LONG_PROMPT], NEW)[0]
+    by_prompt = {tuple(p): r for p, r in zip(PROMPTS, references(), strict=True)}
+    by_prompt[tuple(LONG_PROMPT)] = long_ref
+    generate._DECODERS.clear()  # a fresh decoder: nothing compiled yet
+
+    def run(batch, buckets, padding="left"):
+        return generate.generate_batch(
+            config, params, batch, max_new_tokens=NEW, padding=padding, buckets=buckets
+        )
+
+    with CompileCounter() as bucketed:
+        outs = [run(batch, True) for batch in BUCKET_BATCHES]
+    with CompileCounter() as unpadded:
+        plain = [run(batch, False) for batch in BUCKET_BATCHES]
+    assert outs == plain
+    assert outs == [[by_prompt[tuple(p)] for p in batch] for batch in BUCKET_BATCHES]
+    # One prefill and one step serve the bucket; without buckets each shape compiles both.
+    assert bucketed.decoding() == 2, bucketed.names
+    assert unpadded.decoding() == 2 * len(BUCKET_BATCHES), unpadded.names
+    assert run(BUCKET_BATCHES[3], True, "right") == outs[3]
+
+
+def test_bucket_sizes():
+    prompts = [[1] * 9, [1] * 3, [1] * 17]
+    assert generate._bucketed(prompts, split=1, limit=1000) == (4, 32)
+    assert generate._bucketed(prompts, split=8, limit=1000) == (8, 32)
+    assert generate._bucketed(prompts[:2], split=1, limit=1000) == (2, 16)
+    # Not past max_position_embeddings - max_new_tokens, unless the longest prompt already is.
+    assert generate._bucketed(prompts, split=1, limit=20) == (4, 20)
+    assert generate._bucketed(prompts, split=1, limit=10) == (4, 17)
+
+
 def test_bad_arguments_are_one_line_errors():
     config = tiny_config()
     with pytest.raises(ValueError, match=r"^prompts\[1\]: empty"):
