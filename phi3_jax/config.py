@@ -8,7 +8,6 @@ schema: overriding a key that is not here is an error); `configs/*.py` fill in a
 from __future__ import annotations
 
 import json
-import math
 
 import ml_collections
 
@@ -377,16 +376,6 @@ def default_config() -> ml_collections.ConfigDict:
 def head_dim(model: ml_collections.ConfigDict) -> int:
     """Per-head width, hidden_size // num_heads (Phi-3 has no separate head_dim key)."""
     return model.hidden_size // model.num_heads
-
-
-def longrope_attention_factor(model: ml_collections.ConfigDict) -> float:
-    """The cos/sin scale of LongRoPE: as configured, else sqrt(1 + ln(max/orig) / ln(orig))."""
-    if model.rope_attention_factor:
-        return model.rope_attention_factor
-    factor = model.max_position_embeddings / model.original_max_position_embeddings
-    if factor <= 1.0:
-        return 1.0
-    return math.sqrt(1.0 + math.log(factor) / math.log(model.original_max_position_embeddings))
 
 
 def _fail(key: str, value, why: str) -> None:

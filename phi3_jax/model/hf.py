@@ -10,7 +10,6 @@ top) and what current transformers writes (`rope_parameters`).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Mapping
 
@@ -23,6 +22,7 @@ from safetensors.flax import save_file
 
 from phi3_jax import config as config_lib
 from phi3_jax import paths
+from phi3_jax.model import rope as rope_lib
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -71,9 +71,8 @@ def _rope_from_hf(hf: Mapping, where: str) -> dict:
     if rope.get("attention_factor") is not None:
         out["rope_attention_factor"] = float(rope["attention_factor"])
     elif rope.get("factor") is not None:
-        factor, orig = float(rope["factor"]), original or hf["original_max_position_embeddings"]
-        scale = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
-        out["rope_attention_factor"] = scale
+        orig = original or hf["original_max_position_embeddings"]
+        out["rope_attention_factor"] = rope_lib.attention_factor(float(rope["factor"]), orig)
     return out
 
 

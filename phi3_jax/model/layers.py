@@ -1,4 +1,4 @@
-"""Phi-3 building blocks: RMSNorm, rotary embeddings (default and LongRoPE), attention, SwiGLU MLP.
+"""Phi-3 building blocks: RMSNorm, attention (with rotary embeddings, see `rope`), SwiGLU MLP.
 
 Every parameter is created with its logical axis names (`vocab`, `embed`, `heads`, `kv_heads`,
 `head_dim`, `mlp`); the sharding rules that map them onto a device mesh live outside the model.
@@ -11,10 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from phi3_jax import config as config_lib
-from phi3_jax.model import attention
+from phi3_jax.model import attention, rope
 
 Array = jax.Array
 
@@ -47,53 +46,6 @@ class RMSNorm(nn.Module):
             jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.model.rms_norm_eps
         )
         return scale.astype(x.dtype) * normed.astype(x.dtype)
-
-
-def rotary_inverse_frequencies(model: ml_collections.ConfigDict, extension: Array | None = None):
-    """inv_freq[i] = 1 / (extension[i] * theta ** (2i / head_dim)), in float32 as HF computes it."""
-    dim = config_lib.head_dim(model)
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
-    base = np.float32(model.rope_theta) ** exponents
-    if extension is not None:
-        base = jnp.asarray(extension, jnp.float32) * base
-    return 1.0 / jnp.asarray(base, jnp.float32)
-
-
-def rotary_cos_sin(
-    model: ml_collections.ConfigDict, positions: Array, use_long: Array | None = None
-) -> tuple[Array, Array]:
-    """cos and sin tables [batch, seq, head_dim] (float32) for the given positions.
-
-    LongRoPE takes the long factors where `use_long` (a bool, or one per row) is true and the short
-    ones elsewhere, and always scales cos/sin by the attention factor. By default `use_long` is
-    HF's rule for one forward call: the largest position + 1 exceeds
-    original_max_position_embeddings.
-    """
-    if model.rope_scaling == "longrope":
-        if use_long is None:
-            use_long = jnp.max(positions) + 1 > model.original_max_position_embeddings
-        use_long = jnp.broadcast_to(use_long, positions.shape[:1])[:, None, None]
-        inv_freq = jnp.where(
-            use_long,
-            rotary_inverse_frequencies(model, model.rope_long_factor),
-            rotary_inverse_frequencies(model, model.rope_short_factor),
-        )
-        scale = config_lib.longrope_attention_factor(model)
-    else:
-        inv_freq = rotary_inverse_frequencies(model)
-        scale = 1.0
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(angles) * scale, jnp.sin(angles) * scale
-
-
-def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
-    """Rotate-half RoPE over the full head dim; x is [batch, seq, heads, head_dim]."""
-    cos = cos[:, :, None, :].astype(x.dtype)
-    sin = sin[:, :, None, :].astype(x.dtype)
-    first, second = jnp.split(x, 2, axis=-1)
-    rotated = jnp.concatenate([-second, first], axis=-1)
-    return x * cos + rotated * sin
 
 
 def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
@@ -182,10 +134,10 @@ class Attention(nn.Module):
         k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
         v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
         q = nn.with_logical_constraint(
-            apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
+            rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
         k = nn.with_logical_constraint(
-            apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
+            rope.apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
         )
 
         if kv is not None:

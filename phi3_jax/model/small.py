@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from phi3_jax import config as config_lib
-from phi3_jax.model import blocksparse, layers
+from phi3_jax.model import blocksparse, layers, rope
 
 Array = jax.Array
 
@@ -119,10 +119,10 @@ class Attention(nn.Module):
         k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
         v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
         q = nn.with_logical_constraint(
-            layers.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
+            rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
         k = nn.with_logical_constraint(
-            layers.apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
+            rope.apply_rotary(k, cos, sin), ("batch", "length", "kv_heads", None)
         )
         if kv is not None:
             kv = layers.update_cache(kv, k, v, index)
@@ -264,7 +264,7 @@ class Phi3Small(nn.Module):
         x = nn.Dropout(m.embedding_dropout)(embed(tokens), deterministic=self.deterministic)
         if m.mup_embedding_multiplier > 0:
             x = x * m.mup_embedding_multiplier
-        cos, sin = layers.rotary_cos_sin(m, positions)
+        cos, sin = rope.rotary_cos_sin(m, positions)
         group_size = m.dense_attention_every_n_layers
         num_groups = m.num_layers // group_size
         if cache is None:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from phi3_jax.model import attention, layers, small
+from phi3_jax.model import attention, layers, rope, small
 
 Array = jax.Array
 
@@ -85,7 +85,7 @@ class Phi3(nn.Module):
         x = embed(tokens)
         kv, index = None, None
         if cache is None:
-            cos, sin = layers.rotary_cos_sin(m, positions)
+            cos, sin = rope.rotary_cos_sin(m, positions)
             # Fast kernels build their masks blockwise from the segment ids.
             if attention.uses_segment_ids(m):
                 mask = segment_ids
@@ -95,8 +95,10 @@ class Phi3(nn.Module):
             kv, index, start = cache["kv"], cache["index"], cache["start"]
             cache_length = kv["k"].shape[2]
             # Each row picks its LongRoPE factors from its own length after this call.
-            use_long = index + lengths - start > m.original_max_position_embeddings
-            cos, sin = layers.rotary_cos_sin(m, positions, use_long)
+            use_long = rope.uses_long_factors(
+                index + lengths - start, m.original_max_position_embeddings
+            )
+            cos, sin = rope.rotary_cos_sin(m, positions, use_long)
             mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, m.sliding_window)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
@@ -303,7 +305,8 @@ def decode(
         cache = {**cache, "tokens": layers.write_cache(cache["tokens"], tokens, cache["index"])}
         before = cache["index"] - cache["start"]
         original = config.model.original_max_position_embeddings
-        crosses = (before > 0) & (before <= original) & (before + lengths > original)
+        longer = rope.uses_long_factors(before + lengths, original)
+        crosses = (before > 0) & ~rope.uses_long_factors(before, original) & longer
         recompute = functools.partial(_recompute, config, picks=picks)
         logits, cache = jax.lax.cond(
             jnp.any(crosses), recompute, step, params, tokens, cache, lengths
