@@ -17,6 +17,7 @@ import statistics
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 
@@ -49,7 +50,7 @@ MODEL = dict(
 OPTIM = dict(lr=1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
 
 
-def config_134m(**model_overrides) -> config_lib.ml_collections.ConfigDict:
+def config_134m(**model_overrides) -> ml_collections.ConfigDict:
     """The benchmark model as a phi3_jax config on one device."""
     config = base.get_config("mini")
     config.model.update(MODEL, name="bench_134m", **model_overrides)
