@@ -202,8 +202,34 @@ MODELS = {
 }
 
 
+# Phi-3's two-phase data recipe (report §3, PHI3.md §5.2): phase 1 mostly web; phase 2 a more
+# heavily filtered subset of that web with synthetic textbooks. The weights and the phase-2 start
+# are ours (the report gives no split). `web` and `web_strict` are phi3_jax.data.prepare's phase 1
+# and 2 outputs, `synthetic` phi3_jax.data.synthetic's.
+PHASES = dict(phase1={"web": 1.0}, phase2={"web_strict": 0.6, "synthetic": 0.4})
+# The bundled demo corpus (`make data`, data/README.md): the test-size variants train on it. A
+# full-size variant names the same sources with their shards unset, so a run that does not set
+# them (`--config.data.sources.web.globs=...`) stops with a line naming the key.
+DEMO_GLOBS = {
+    "web": "data/web/phase1/*.jsonl.zst",
+    "web_strict": "data/web/phase2/*.jsonl.zst",
+    "synthetic": "data/synthetic/*.jsonl.zst",
+}
+TEST_SIZE = ("tiny", "small_tiny")
+# Phase 2 from the last fifth of the schema's 1000 default steps (pretraining() moves it).
+PHASE2_START_STEP = 800
+
+
+def data_recipe(variant: str) -> dict:
+    """The `data` section's sources and phases of `variant`: the demo corpus at test size, the
+    same sources unset at full size."""
+    globs = DEMO_GLOBS if variant in TEST_SIZE else dict.fromkeys(DEMO_GLOBS, "")
+    sources = {name: config_lib.data_source(g) for name, g in globs.items()}
+    return dict(sources=sources, phase2_start_step=PHASE2_START_STEP, **PHASES)
+
+
 def get_config(variant: str) -> ml_collections.ConfigDict:
-    """The default run configuration with the named model variant, validated."""
+    """The default run configuration with the named model variant and its data recipe."""
     if variant not in MODELS:
         raise config_lib.ConfigError(
             f"variant={variant!r}: unknown; expected one of {', '.join(sorted(MODELS))}"
@@ -212,7 +238,9 @@ def get_config(variant: str) -> ml_collections.ConfigDict:
     config.variant = variant
     config.model.update(MODELS[variant])
     config.model.name = variant
-    return config_lib.validate(config)
+    for key, value in data_recipe(variant).items():
+        config.data[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return config
 
 
 # Pretraining recipe of the full-size variants. Phi-3's report does not publish its batch,
@@ -266,17 +294,17 @@ def with_preset(
 
 
 def posttraining(
-    arg: str | None, source: str, globs: str, tiny: dict, full_size: dict
+    arg: str | None, source: str, demo_globs: str, tiny: dict, full_size: dict
 ) -> ml_collections.ConfigDict:
     """A post-training run (configs/phi3_sft.py, phi3_dpo.py) of variant `arg` (default tiny): one
-    data source `source` of `globs` (2% held out, no phase 2) replacing the pretraining mixture,
-    and the sections of `tiny` or `full_size` updated."""
+    data source `source` (2% held out, no phase 2) replacing the pretraining mixture, its shards
+    `demo_globs` (the bundled set) for tiny and unset (the run names them) at full size, and the
+    sections of `tiny` or `full_size` updated."""
     variant = arg or "tiny"
     config = get_config(variant)
     # Replaced, not merged: the pretraining sources and phases are not part of the run.
-    config.data.sources = ml_collections.ConfigDict(
-        {source: dict(globs=globs, format="jsonl", text_field="text")}
-    )
+    globs = demo_globs if variant == "tiny" else ""
+    config.data.sources = ml_collections.ConfigDict({source: config_lib.data_source(globs)})
     config.data.phase1 = ml_collections.ConfigDict({source: 1.0})
     config.data.phase2 = ml_collections.ConfigDict()
     config.data.update(phase2_start_step=0, eval_fraction=0.02)

@@ -1,7 +1,8 @@
 """DPO on preference pairs: `--config=configs/phi3_dpo.py:SIZE` (tiny | mini | mini_128k | small |
 medium) with `--config.checkpoint.init_from=CKPT` (the SFT model: a params checkpoint, e.g.
-`convert`ed from an SFT run) and `--config.data.sources.pairs.globs=...` (jsonl, jsonl.zst or
-parquet of {"prompt", "chosen", "rejected"}). The reference is init_from's params, frozen.
+`convert`ed from an SFT run) and, at full size where it is required (only tiny has bundled data),
+`--config.data.sources.pairs.globs=...` (jsonl, jsonl.zst or parquet of {"prompt", "chosen",
+"rejected"}). The reference is init_from's params, frozen.
 
 The report gives no DPO recipe (PHI3.md §5.3); the full sizes use common choices, not the
 report's: beta 0.1 (the DPO paper's), a small peak lr (5e-7) after 150 warmup steps, 64 pairs per

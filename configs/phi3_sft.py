@@ -1,7 +1,7 @@
 """SFT in Phi-3's chat format: `--config=configs/phi3_sft.py:SIZE` (tiny | mini | mini_128k |
 small | medium), usually with `--config.checkpoint.init_from=CKPT` (a pretraining run's params, or
-a converted Hugging Face Phi-3) and `--config.data.sources.chat.globs=...` (jsonl, jsonl.zst or
-parquet of {"messages": [...]}).
+a converted Hugging Face Phi-3) and, at full size where it is required (only tiny has bundled
+data), `--config.data.sources.chat.globs=...` (jsonl, jsonl.zst or parquet of {"messages": [...]}).
 
 The report gives no SFT recipe (PHI3.md §5.3); these are common choices for full fine-tuning:
 AdamW at a peak lr of 2e-5 (1e-3 for the tiny demo), 3% warmup, cosine decay to 0, no weight

@@ -14,7 +14,9 @@ from phi3_jax.config.data import (
     ON_BAD_RECORD,
     PACKINGS,
     TOKENIZER_KINDS,
+    data_source,
     default_data_config,
+    require_training_data,
     validate_data,
 )
 from phi3_jax.config.loop import (
@@ -91,6 +93,7 @@ __all__ = [
     "VARIANTS",
     "WEIGHT_DECAY_MASKS",
     "ConfigError",
+    "data_source",
     "default_checkpoint_config",
     "default_config",
     "default_data_config",
@@ -104,6 +107,7 @@ __all__ = [
     "default_sharding_config",
     "default_train_config",
     "from_json",
+    "require_training_data",
     "head_dim",
     "rule_mesh_axes",
     "to_json",

@@ -15,14 +15,18 @@ ON_BAD_RECORD = ("raise", "skip")
 TOKENIZER_KINDS = ("sentencepiece", "hf", "tiktoken")
 
 
-def _data_source(globs: str, fmt: str = "jsonl") -> ml_collections.ConfigDict:
+def data_source(
+    globs: str, fmt: str = "jsonl", text_field: str = "text"
+) -> ml_collections.ConfigDict:
+    """One named source of `data.sources` (the recipes in configs/ name theirs)."""
     s = ml_collections.ConfigDict()
-    # Comma-separated globs (or paths) of the source's shards.
+    # Comma-separated globs (or paths) of the source's shards; "" = not set yet (a full-size
+    # recipe names its sources, the run sets where their shards are).
     s.globs = globs
     # One of DATA_FORMATS.
     s.format = fmt
     # JSON field / parquet column holding the document text (unused for arrayrecord_*).
-    s.text_field = "text"
+    s.text_field = text_field
     return s
 
 
@@ -35,20 +39,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     d.tokenizer.kind = "sentencepiece"
     # Its file or directory; sentencepiece reads the tokenizer.json beside the .model if there.
     d.tokenizer.path = "data/tokenizer.model"
-    # Named sources, as written by phi3_jax.data.prepare (web) and phi3_jax.data.synthetic.
-    d.sources = ml_collections.ConfigDict(
-        {
-            "web": _data_source("data/web/phase1/*.jsonl.zst"),
-            "web_strict": _data_source("data/web/phase2/*.jsonl.zst"),
-            "synthetic": _data_source("data/synthetic/*.jsonl.zst"),
-        }
-    )
-    # Phase 1 mixture, source name -> weight (Phi-3: mostly web).
-    d.phase1 = ml_collections.ConfigDict({"web": 1.0})
-    # Phase 2 mixture (Phi-3: the stricter web subset plus synthetic); empty for one phase.
-    d.phase2 = ml_collections.ConfigDict({"web_strict": 0.6, "synthetic": 0.4})
+    # Named sources (name -> `data_source`); the recipe (configs/base.py) names them.
+    d.sources = ml_collections.ConfigDict()
+    # Phase 1 mixture, source name -> weight; the recipe's.
+    d.phase1 = ml_collections.ConfigDict()
+    # Phase 2 mixture; empty for one phase.
+    d.phase2 = ml_collections.ConfigDict()
     # Index of the first batch (train step, counted from 0) drawn from phase 2.
-    d.phase2_start_step = 800
+    d.phase2_start_step = 0
     # first_fit (grain's first-fit bins, padded) or concat_split (no padding, splits documents).
     d.packing = "first_fit"
     # First-fit: rows packed at once (more: less padding, documents reordered further).
@@ -85,14 +83,12 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
     if not data.tokenizer.path:
         fail("data.tokenizer.path", data.tokenizer.path, "must name the tokenizer's file")
     for name, source in data.sources.items():
-        if not [g for g in source.globs.split(",") if g]:
+        if source.globs and not [g for g in source.globs.split(",") if g]:
             fail(f"data.sources.{name}.globs", source.globs, "needs at least one glob")
         if source.format not in DATA_FORMATS:
             fail(f"data.sources.{name}.format", source.format, f"must be one of {DATA_FORMATS}")
         if not source.text_field:
             fail(f"data.sources.{name}.text_field", source.text_field, "must be non-empty")
-    if not data.phase1:
-        fail("data.phase1", dict(data.phase1), "phase 1 needs at least one source")
     _validate_mixture(data, "phase1")
     _validate_mixture(data, "phase2")
     for key, low in (
@@ -110,3 +106,19 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
         fail("data.on_bad_record", data.on_bad_record, f"must be one of {ON_BAD_RECORD}")
     if not 0 <= data.eval_fraction < 1:
         fail("data.eval_fraction", data.eval_fraction, "must lie in [0, 1)")
+
+
+def require_training_data(data: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the key to set when the run has nothing to train on: no phase-1
+    source, or a mixed source whose shards are not set (a full-size recipe leaves them to the run)."""
+    if not data.phase1:
+        fail("data.phase1", dict(data.phase1), "phase 1 needs at least one source")
+    for phase in ("phase1", "phase2"):
+        for name in data[phase]:
+            if not data.sources[name].globs:
+                fail(
+                    f"data.sources.{name}.globs",
+                    "",
+                    f"not set; point --config.data.sources.{name}.globs at the shards to train on "
+                    "(phi3_jax.data.prepare and phi3_jax.data.synthetic write them)",
+                )

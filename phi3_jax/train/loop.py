@@ -201,6 +201,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
     Returns the last logged train scalars merged with the last evaluation's.
     """
     config = with_init_model(config_lib.validate(config))
+    config_lib.require_training_data(config.data)
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
     mesh = sharding.make_mesh(config.mesh)

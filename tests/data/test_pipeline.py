@@ -15,6 +15,7 @@ import pytest
 from absl import flags
 from shard_fixtures import make_tokenizer, write_source
 
+from configs import base
 from phi3_jax import config as config_lib
 from phi3_jax import sharding
 from phi3_jax.data import pipeline
@@ -252,7 +253,7 @@ def test_eval_batches_are_held_out_and_repeatable(corpus, tokenizer):
 
 
 def test_train_iterator_from_config(corpus, tokenizer):
-    config = config_lib.default_config()
+    config = base.get_config("tiny")
     for name in ("web", "web_strict", "synthetic"):
         config.data.sources[name].globs = glob_of(corpus, name)
     config.data.num_workers = 0

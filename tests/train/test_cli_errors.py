@@ -44,6 +44,13 @@ TINY = "--config=configs/phi3_tiny.py"
             "small_tiny, medium, hf",
         ),
         (
+            # A full-size recipe names its sources; where their shards are is the run's to say.
+            ["--config=configs/phi3_mini.py"],
+            "error: data.sources.web.globs='': not set; point --config.data.sources.web.globs "
+            "at the shards to train on (phi3_jax.data.prepare and phi3_jax.data.synthetic write "
+            "them)",
+        ),
+        (
             [TINY, "--config.data.tokenizer.path=/nope/tok.model"],
             "error: data.tokenizer.path='/nope/tok.model' (kind sentencepiece): /nope/tok.model: "
             "no such sentencepiece model",

@@ -1,0 +1,84 @@
+"""The configuration: recipes in configs/ validate; a full-size recipe names its data sources but
+leaves their shards to the run, which refuses to start without them in one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from configs import (
+    base,
+    phi3_dpo,
+    phi3_medium,
+    phi3_mini,
+    phi3_mini_128k,
+    phi3_sft,
+    phi3_small,
+    phi3_tiny,
+)
+from phi3_jax import config as config_lib
+from phi3_jax.train import loop
+
+FULL_SIZE = {"mini": phi3_mini, "mini_128k": phi3_mini_128k, "small": phi3_small}
+FULL_SIZE["medium"] = phi3_medium
+
+
+def test_the_schema_has_no_data_sources():
+    data = config_lib.default_config().data
+    assert (dict(data.sources), dict(data.phase1), dict(data.phase2)) == ({}, {}, {})
+
+
+@pytest.mark.parametrize(
+    "get_config, arg",
+    [
+        (phi3_tiny.get_config, None),
+        (phi3_small.get_config, "tiny"),
+        (phi3_sft.get_config, "tiny"),
+        (phi3_sft.get_config, "mini"),
+        (phi3_dpo.get_config, "tiny"),
+        (phi3_dpo.get_config, "small"),
+        *[(module.get_config, None) for module in FULL_SIZE.values()],
+    ],
+    ids=lambda x: getattr(x, "__module__", x),
+)
+def test_every_recipe_validates(get_config, arg):
+    config_lib.validate(get_config(arg))
+
+
+def test_the_test_sizes_train_on_the_bundled_demo_corpus():
+    for config in (phi3_tiny.get_config(), phi3_small.get_config("tiny")):
+        globs = {name: source.globs for name, source in config.data.sources.items()}
+        assert globs == base.DEMO_GLOBS
+        assert (dict(config.data.phase1), dict(config.data.phase2)) == (
+            base.PHASES["phase1"],
+            base.PHASES["phase2"],
+        )
+
+
+@pytest.mark.parametrize("variant", sorted(FULL_SIZE))
+def test_a_full_size_recipe_without_its_shards_refuses_to_train(variant, tmp_path):
+    config = FULL_SIZE[variant].get_config()
+    assert set(config.data.sources) == set(base.DEMO_GLOBS)
+    assert (dict(config.data.phase1), dict(config.data.phase2)) == (
+        base.PHASES["phase1"],
+        base.PHASES["phase2"],
+    )
+    with pytest.raises(config_lib.ConfigError) as error:
+        loop.train(config, str(tmp_path / "run"))
+    assert str(error.value) == (
+        "data.sources.web.globs='': not set; point --config.data.sources.web.globs at the "
+        "shards to train on (phi3_jax.data.prepare and phi3_jax.data.synthetic write them)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_phase_2_source_without_shards_is_named_too(tmp_path):
+    config = phi3_mini.get_config()
+    config.data.sources.web.globs = "data/web/phase1/*.jsonl.zst"
+    with pytest.raises(config_lib.ConfigError, match=r"^data\.sources\.synthetic\.globs='': not"):
+        loop.train(config, str(tmp_path / "run"))
+
+
+def test_a_full_size_posttraining_recipe_names_its_one_source(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"^data\.sources\.chat\.globs='': not set"):
+        loop.train(phi3_sft.get_config("mini"), str(tmp_path / "run"))
+    assert phi3_sft.get_config("tiny").data.sources.chat.globs == "data/chat/sft.jsonl.zst"
