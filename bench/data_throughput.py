@@ -23,8 +23,9 @@ from absl import app, flags
 
 from phi3_jax import config as config_lib
 from phi3_jax.data import pipeline
-from phi3_jax.data.sources import SourceSpec
-from phi3_jax.data.tokenizer import load_tokenizer, train_sentencepiece, write_sentencepiece_json
+from phi3_jax.data.sentencepiece_tokenizer import train_sentencepiece, write_sentencepiece_json
+from phi3_jax.data.shard_records import SourceSpec
+from phi3_jax.data.tokenizer import load_tokenizer
 
 RESULT_KEY = "data"
 

@@ -18,9 +18,10 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from phi3_jax import checkpoint
+from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
+from phi3_jax.train import restore as restore_lib
 
 FLAGS = flags.FLAGS
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face Phi-3 directory to read.")
@@ -33,17 +34,17 @@ _OUT = flags.DEFINE_string("out", None, "Directory to write (must not exist).")
 
 def hf_to_orbax(hf_dir: str, out: str) -> None:
     config, params = hf.load_hf(hf_dir)
-    checkpoint.save_params(out, config, params)
+    params_checkpoint.save_params(out, config, params)
 
 
 def orbax_to_hf(ckpt: str, out: str, step: int | None = None) -> None:
     """Export a run's checkpoint with its tokenizer, or a params checkpoint, to `out`."""
-    kind, path, step = checkpoint.locate(ckpt, step)
+    kind, path, step = params_checkpoint.locate(ckpt, step)
     if kind == "params":
-        config, params = checkpoint.load_params_checkpoint(path)
+        config, params = params_checkpoint.load_params_checkpoint(path)
         hf.save_hf(config, params, out)
         return
-    config, params, step = checkpoint.restore_params_of_run(path, step)
+    config, params, step = restore_lib.restore_params_of_run(path, step)
     tokenizer = load_tokenizer(config)
     hf.save_hf(config, jax.device_get(params), out, write_also=tokenizer.save_hf)
 

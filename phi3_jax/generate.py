@@ -22,10 +22,11 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from phi3_jax import checkpoint, model, sharding
 from phi3_jax import config as config_lib
+from phi3_jax import model, sharding
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.posttrain import chat
+from phi3_jax.train import restore as restore_lib
 
 FLAGS = flags.FLAGS
 PADDING_SIDES = ("left", "right")
@@ -352,7 +353,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         # orbax logs its read-only restore at INFO and WARNING; the sample is the output.
         logging.set_verbosity(logging.ERROR)
-    config, params, step = checkpoint.restore_params_of_run(FLAGS.workdir)
+    config, params, step = restore_lib.restore_params_of_run(FLAGS.workdir)
     tokenizer = load_tokenizer(config)
     if FLAGS.chat:
         system = [{"role": "system", "content": FLAGS.system}] if FLAGS.system else []

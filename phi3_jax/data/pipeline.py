@@ -4,16 +4,14 @@ Per phase, each named source (`sources.ShardSource`, tokenizing as it reads) is 
 mixing by the phase's weights; documents become next-token pairs (`tokens` = ids[:-1], `targets` =
 ids[1:], BOS/EOS framed) and are packed with grain's first-fit or concat-then-split packing into
 rows of `seq_len`, then batched per process. The two Phi-3 phases are two such pipelines, each
-prefetched by its own grain worker processes; `_PhasedIterDataset` takes batches 0..start-1 from
+prefetched by its own grain worker processes; `phases.PhasedIterDataset` takes batches 0..start-1 from
 phase 1 and the rest from phase 2, so the switch happens at the same batch whatever the number of
 workers. The iterator's state (grain's, JSON) saves and restores through orbax with
 `grain.checkpoint.CheckpointSave/CheckpointRestore`, and carries the per-source counters
 (`source_counters`). The train loop turns each per-process batch into global arrays with
 `phi3_jax.sharding.global_batch`; nothing here uses JAX but the default process index and count.
 
-Batch format, per process: `tokens`, `targets`, `segment_ids` (1, 2, ... per document in a row, 0
-on padding), `positions` (restart at 0 per document) as int32 [batch, seq_len], and `loss_mask`
-float32 (1 where `targets` is a real next token of the same document, 0 on padding).
+Batch format, per process: `data.batch` (`BATCH_KEYS`, `train_row`).
 
 Post-training plugs in through `Records`: the fields a source's records are read with and the
 function that turns a record into ids (`phi3_jax.posttrain`); a document that also carries a
@@ -35,13 +33,14 @@ import ml_collections
 import numpy as np
 
 from phi3_jax.config import PACKINGS
-from phi3_jax.data.sources import ReadOptions, ShardSource, SourceSpec, counters
-
-BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
+from phi3_jax.data import batch
+from phi3_jax.data.phases import PhasedIterDataset
+from phi3_jax.data.shard_records import SourceSpec
+from phi3_jax.data.sources import ReadOptions, ShardSource, counters
 
 
 class Tokenizer(Protocol):
-    """What the pipeline needs of `phi3_jax.data.tokenizer.Tokenizer`."""
+    """What the pipeline needs of a tokenizer (`phi3_jax.data.tokenizer.load`'s)."""
 
     bos_id: int
     eos_id: int
@@ -189,21 +188,6 @@ class NextTokenPieces(grain.experimental.FlatMapTransform):
         ]
 
 
-def train_row(row: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
-    """A packed row in the train step's format (segment ids/positions are those of `tokens`)."""
-    segment_ids = row["tokens_segment_ids"].astype(np.int32)
-    real = segment_ids > 0
-    trained = real & (row["trained"] > 0) if "trained" in row else real
-    return {
-        # Both packers pad with zeros; padding shows as pad_id, masked out of the loss.
-        "tokens": np.where(real, row["tokens"], pad_id).astype(np.int32),
-        "targets": np.where(real, row["targets"], pad_id).astype(np.int32),
-        "segment_ids": segment_ids,
-        "positions": row["tokens_positions"].astype(np.int32),
-        "loss_mask": trained.astype(np.float32),
-    }
-
-
 def _pack(examples: grain.IterDataset, opts: PipelineOptions, trained: bool) -> grain.IterDataset:
     lengths = {"tokens": opts.seq_len, "targets": opts.seq_len}
     if trained:
@@ -225,7 +209,7 @@ def pack_and_batch(
     # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
     max_len = opts.seq_len if opts.packing == "first_fit" else None
     examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
-    rows = _pack(examples, opts, trained).map(functools.partial(train_row, pad_id=pad_id))
+    rows = _pack(examples, opts, trained).map(functools.partial(batch.train_row, pad_id=pad_id))
     return rows.batch(opts.batch_size, drop_remainder=True)
 
 
@@ -309,7 +293,7 @@ def train_dataset(
     if not opts.phase2:
         return phase1
     phase2 = _phase_batches(opts, opts.phase2, tokenizer, records)
-    return _PhasedIterDataset(phase1, phase2, opts.phase2_start_step)
+    return PhasedIterDataset(phase1, phase2, opts.phase2_start_step)
 
 
 def eval_datasets(
@@ -353,66 +337,3 @@ def source_counters(iterator: grain.DatasetIterator) -> dict[str, dict[str, int]
     batch just returned), summed over workers and phases; exact across save/restore.
     """
     return counters(iterator.get_state())
-
-
-class _PhasedIterDataset(grain.IterDataset):
-    """Batches 0..start-1 from `phase1`, then `phase2`; each keeps its own workers and state."""
-
-    def __init__(self, phase1: grain.IterDataset, phase2: grain.IterDataset, start: int):
-        super().__init__([phase1, phase2])
-        self._start = start
-
-    def __iter__(self) -> grain.DatasetIterator:
-        phase1, phase2 = self.parents
-        return _PhasedIterator(iter(phase1), iter(phase2), self._start)
-
-    def __str__(self) -> str:
-        return f"PhasedIterDataset(phase2_start_step={self._start})"
-
-
-class _PhasedIterator(grain.DatasetIterator):
-    def __init__(self, phase1: grain.DatasetIterator, phase2: grain.DatasetIterator, start: int):
-        super().__init__([phase1, phase2])
-        self._phase1, self._phase2 = phase1, phase2
-        self._start = start
-        self._step = 0
-        # Phase 1's state when it ended (None while it runs): kept for its counters.
-        self._phase1_final: dict[str, Any] | None = None
-
-    def _switch(self) -> None:
-        self._phase1_final = self._phase1.get_state()
-        # Its workers are no longer needed.
-        self._phase1.close()
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._phase1_final is None and self._step >= self._start:
-            self._switch()
-        active = self._phase1 if self._phase1_final is None else self._phase2
-        batch = next(active)
-        self._step += 1
-        return batch
-
-    def start_prefetch(self) -> None:
-        # Only the running phase: starting the other would spawn idle workers.
-        (self._phase1 if self._phase1_final is None else self._phase2).start_prefetch()
-
-    def get_state(self) -> dict[str, Any]:
-        in_phase2 = self._phase1_final is not None
-        return {
-            "step": self._step,
-            "phase1": self._phase1_final if in_phase2 else self._phase1.get_state(),
-            "phase2": self._phase2.get_state() if in_phase2 else None,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._step = state["step"]
-        if state["phase2"] is None:
-            self._phase1_final = None
-            self._phase1.set_state(state["phase1"])
-        else:
-            self._phase1_final = state["phase1"]
-            self._phase1.close()
-            self._phase2.set_state(state["phase2"])
-
-    def __str__(self) -> str:
-        return f"PhasedIterator(step={self._step}, phase2_start_step={self._start})"

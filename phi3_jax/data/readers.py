@@ -1,89 +1,43 @@
 """Datatrove readers that never lose a record silently.
 
 datatrove's own readers log a warning and move on when a line is not JSON, a file is cut short or a
-record has no text. Here every such case is a bad record: with `on_bad_record="raise"` a
-`BadRecordError` names the file and the record; with `"skip"` the record is dropped and counted in
-the step's stats as `bad_<reason>` (the manifest reports them). A truncated `.zst` file, which the
-zstd stream reader ends silently, is detected by checking that its last frame is complete.
+record has no text. Here every such case is a bad record, found by the one format layer
+(`data/formats.py`, shared with training's grain sources): with `on_bad_record="raise"` an
+`errors.BadInputError` names the file and the record; with `"skip"` the record is dropped and
+counted in the step's stats as `bad_<kind>` (the manifest reports them).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator, Sequence
-from typing import BinaryIO, Literal
+from collections.abc import Sequence
 
-import zstandard
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 
+from phi3_jax.config import ON_BAD_RECORD
+from phi3_jax.data import formats
+from phi3_jax.data.formats import Bad
 from phi3_jax.data.shards import expand_globs
-
-OnBadRecord = Literal["raise", "skip"]
-ON_BAD_RECORD = ("raise", "skip")
-# Compressed bytes read at a time from a .zst file.
-_CHUNK = 1 << 20
-
-
-class BadRecordError(ValueError):
-    """An input record (or a whole input file) is unusable; the message names file and record."""
-
-
-class TruncatedFileError(EOFError):
-    """A compressed input ends before its last frame does."""
-
-
-def zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    """Decompressed bytes of a (multi-frame) zstd stream; raise TruncatedFileError if it is cut."""
-    new = zstandard.ZstdDecompressor().decompressobj
-    dec, pending = new(), False
-    while chunk := raw.read(_CHUNK):
-        while chunk:
-            pending = True
-            yield dec.decompress(chunk)
-            chunk = b""
-            if dec.eof:
-                chunk, dec, pending = dec.unused_data, new(), False
-    if pending:
-        raise TruncatedFileError("zstd stream ends inside a frame")
-
-
-def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Newline-separated lines of a byte stream given in chunks (no newline kept). A line spanning
-    many chunks is joined once (linear time, however long the line)."""
-    pieces: list[bytes] = []
-    for chunk in chunks:
-        lines = chunk.split(b"\n")
-        if len(lines) > 1:
-            lines[0] = b"".join([*pieces, lines[0]])
-            pieces = []
-            yield from lines[:-1]
-        pieces.append(lines[-1])
-    tail = b"".join(pieces)
-    if tail:
-        yield tail
+from phi3_jax.errors import BadInputError
 
 
 class _Policy:
-    """Mixin: what a reader does with a bad record."""
+    """Mixin: what a reader does with a bad record (`on_bad_record`, checked at construction)."""
 
-    on_bad_record: OnBadRecord
+    on_bad_record: str
 
-    def bad_record(self, filepath: str, where: str, reason: str, detail: object, count: int = 1):
+    def set_policy(self, on_bad_record: str) -> None:
+        if on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(f"on_bad_record={on_bad_record!r}: must be one of {ON_BAD_RECORD}")
+        self.on_bad_record = on_bad_record
+
+    def bad_record(self, filepath: str, where: str, bad: Bad, count: int = 1) -> None:
         if self.on_bad_record == "raise":
             path = self.data_folder.resolve_paths(filepath)
-            raise BadRecordError(f"{path}: {where}: {reason}: {detail}")
-        self.stat_update(f"bad_{reason}", value=count)
-
-
-def _not_a_string(field: str, value: object) -> tuple[str, str]:
-    """The reason and detail of a text field holding something else than a string."""
-    return "text_not_a_string", f"field {field!r} is {type(value).__name__} {value!r:.60}"
-
-
-def _check_policy(on_bad_record: str) -> None:
-    if on_bad_record not in ON_BAD_RECORD:
-        raise ValueError(f"on_bad_record={on_bad_record!r}: must be one of {ON_BAD_RECORD}")
+            raise BadInputError(f"{path}: {where}: {bad.kind}: {bad.reason}")
+        self.stat_update(f"bad_{bad.kind}", value=count)
 
 
 class StrictJsonlReader(_Policy, JsonlReader):
@@ -91,55 +45,33 @@ class StrictJsonlReader(_Policy, JsonlReader):
 
     name = "🐿 Jsonl (strict)"
 
-    def __init__(self, *args, on_bad_record: OnBadRecord = "raise", **kwargs):
-        _check_policy(on_bad_record)
+    def __init__(self, *args, on_bad_record: str = "raise", **kwargs):
+        self.set_policy(on_bad_record)
         super().__init__(*args, **kwargs)
-        self.on_bad_record = on_bad_record
 
-    def _lines(self, filepath: str) -> Iterator[bytes]:
-        if filepath.endswith(".zst"):
-            with self.data_folder.open(filepath, "rb", compression=None) as raw:
-                yield from split_lines(zstd_chunks(raw))
-        else:
-            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
-                yield from f
-
-    def _document(self, line: bytes, filepath: str, li: int) -> Document | None:
-        import orjson
-
-        where = f"line {li + 1}"
-        try:
-            data = orjson.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            return self.bad_record(filepath, where, "invalid_utf8", e)
-        except orjson.JSONDecodeError as e:
-            return self.bad_record(filepath, where, "invalid_json", e)
-        if not isinstance(data, dict):
-            return self.bad_record(filepath, where, "invalid_json", "not a JSON object")
-        text = data.get(self.text_key)
-        if text is not None and not isinstance(text, str):
-            return self.bad_record(filepath, where, *_not_a_string(self.text_key, text))
-        if text is None or not text.strip():
-            reason = "missing_text" if text is None else "empty_text"
-            return self.bad_record(filepath, where, reason, f"field {self.text_key!r}")
-        return self.get_document_from_dict(data, filepath, li)
+    def _document(self, line: bytes, filepath: str, index: int) -> Document | None:
+        obj = formats.json_object(line)
+        text = obj if isinstance(obj, Bad) else formats.record_text(obj, self.text_key)
+        if isinstance(text, Bad):
+            return self.bad_record(filepath, f"line {index + 1}", text)
+        return self.get_document_from_dict(obj, filepath, index)
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
-        li = -1
-        try:
-            for li, line in enumerate(self._lines(filepath)):
-                if not line.strip():
-                    continue
-                with self.track_time():
-                    document = self._document(line, filepath, li)
-                if document:
-                    yield document
-        except (EOFError, zstandard.ZstdError, OSError) as e:
-            # Records before the cut were yielded; the rest of the file is lost and counted once.
-            self.bad_record(filepath, f"after line {li + 1}", "truncated_file", e)
-            return
-        if li < 0:
-            self.bad_record(filepath, "line 1", "empty_file", "no records")
+        # Decompressed by formats (the one truncation check), not by the folder's open.
+        open_binary = functools.partial(self.data_folder.open, mode="rb", compression=None)
+        records = 0
+        for index, line in formats.jsonl_lines(filepath, open_binary=open_binary):
+            if isinstance(line, Bad):
+                # Records before the cut were yielded; the rest of the file is lost, counted once.
+                self.bad_record(filepath, f"after line {index}", line)
+                return
+            records += 1
+            with self.track_time():
+                document = self._document(line, filepath, index)
+            if document:
+                yield document
+        if not records:
+            self.bad_record(filepath, "line 1", Bad("no records", kind="empty_file"))
 
 
 class StrictParquetReader(_Policy, ParquetReader):
@@ -147,10 +79,9 @@ class StrictParquetReader(_Policy, ParquetReader):
 
     name = "📒 Parquet (strict)"
 
-    def __init__(self, *args, on_bad_record: OnBadRecord = "raise", **kwargs):
-        _check_policy(on_bad_record)
+    def __init__(self, *args, on_bad_record: str = "raise", **kwargs):
+        self.set_policy(on_bad_record)
         super().__init__(*args, **kwargs)
-        self.on_bad_record = on_bad_record
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         import pyarrow as pa
@@ -160,37 +91,29 @@ class StrictParquetReader(_Policy, ParquetReader):
             try:
                 pqf = pq.ParquetFile(f)
             except pa.ArrowException as e:
-                self.bad_record(filepath, "file", "unreadable_file", e)
+                self.bad_record(filepath, "file", Bad(str(e), kind="unreadable_file"))
                 return
             names = pqf.schema_arrow.names
             rows = pqf.metadata.num_rows
             if self.text_key not in names:
-                detail = f"no column {self.text_key!r} (columns: {names})"
-                self.bad_record(filepath, f"all {rows} rows", "missing_column", detail, rows)
+                missing = formats.missing_column(self.text_key, names)
+                self.bad_record(filepath, f"all {rows} rows", missing, rows)
                 return
             if rows == 0:
-                self.bad_record(filepath, "row 1", "empty_file", "no rows")
+                self.bad_record(filepath, "row 1", Bad("no rows", kind="empty_file"))
                 return
             columns = (
                 None
                 if self.read_metadata
                 else [c for c in (self.text_key, self.id_key) if c in names]
             )
+            what = f"field {self.text_key!r}"
             row = 0
             for batch in pqf.iter_batches(batch_size=self.batch_size, columns=columns):
                 for data in batch.to_pylist():
-                    text = data.get(self.text_key)
-                    if text is not None and not isinstance(text, str):
-                        self.bad_record(
-                            filepath, f"row {row + 1}", *_not_a_string(self.text_key, text)
-                        )
-                    elif text is None or not text.strip():
-                        self.bad_record(
-                            filepath,
-                            f"row {row + 1}",
-                            "empty_text",
-                            f"{self.text_key!r} is {text!r}",
-                        )
+                    text = formats.text_value(data.get(self.text_key), what)
+                    if isinstance(text, Bad):
+                        self.bad_record(filepath, f"row {row + 1}", text)
                     else:
                         yield self.get_document_from_dict(data, filepath, row)
                     row += 1
@@ -200,23 +123,22 @@ class StrictWarcReader(_Policy, WarcReader):
     """WARC/WET files (.warc, .warc.gz); HTML responses become documents (extraction comes later).
 
     warcio reads gzipped WARC member by member and ends quietly at a cut member, so after the last
-    record the gzip stream is checked for completeness.
+    record the gzip stream is checked for completeness (formats' truncation check).
     """
 
     name = "🕷 Warc (strict)"
 
-    def __init__(self, *args, on_bad_record: OnBadRecord = "raise", **kwargs):
-        _check_policy(on_bad_record)
+    def __init__(self, *args, on_bad_record: str = "raise", **kwargs):
+        self.set_policy(on_bad_record)
         # warcio detects and decompresses gzip members itself.
         super().__init__(*args, compression=None, **kwargs)
-        self.on_bad_record = on_bad_record
 
-    def _gzip_error(self, filepath: str) -> Exception | None:
+    def _read_error(self, filepath: str) -> Exception | None:
         try:
-            with self.data_folder.open(filepath, "rb", compression="gzip") as f:
-                while f.read(_CHUNK):
+            with self.data_folder.open(filepath, "rb", compression=None) as raw:
+                for _ in formats.file_chunks(raw, filepath):
                     pass
-        except (EOFError, OSError) as e:
+        except formats.READ_ERRORS as e:
             return e
         return None
 
@@ -228,15 +150,17 @@ class StrictWarcReader(_Policy, WarcReader):
             for document in super().read_file(filepath):
                 n += 1
                 yield document
-        except (ArchiveLoadFailed, EOFError, OSError) as e:
-            self.bad_record(filepath, f"after document {n}", "truncated_file", e)
-            return
-        if filepath.endswith(".gz") and (error := self._gzip_error(filepath)):
-            self.bad_record(filepath, f"after document {n}", "truncated_file", error)
+        except (ArchiveLoadFailed, *formats.READ_ERRORS) as e:
+            error = e
+        else:
+            error = self._read_error(filepath) if filepath.endswith(".gz") else None
+        if error is not None:
+            bad = Bad(str(error), ends_shard=True, kind="truncated_file")
+            self.bad_record(filepath, f"after document {n}", bad)
 
 
 def iter_documents(
-    patterns: str | Sequence[str], on_bad_record: OnBadRecord = "raise"
+    patterns: str | Sequence[str], on_bad_record: str = "raise"
 ) -> DocumentsPipeline:
     """Documents of jsonl(.gz/.zst) files matching comma-separated globs, read outside a pipeline."""
     files = [os.path.abspath(f) for f in expand_globs(patterns)]

@@ -1,39 +1,33 @@
 """Streaming shard sources: documents read shard by shard, with exact resumable state.
 
-A source is a named list of globs over shards of one format: jsonl (plain, .gz or .zst) with a text
-field, parquet with a text column (read one row group at a time), or ArrayRecord holding UTF-8 text
-or pre-tokenized int32 ids. With `fields` (post-training data: chat messages, preference pairs) a
-jsonl or parquet record gives those fields' JSON values as a dict instead of a text. `ShardSource` is a grain `IterDataset` divided among processes
-(constructor arguments) and grain workers (`set_slice`, called by `mp_prefetch`): by shard, or by
-record index where there are fewer shards than readers, so no two readers share a record. Its
-iterator's state is (epoch, shard position, record index) plus per-source counters, all small JSON
-values, so a restored iterator re-opens the shard and skips to the record. Bad input raises
-`BadInputError` naming file and record, or with `on_bad="skip"` is dropped and counted
-(`bad_records`, `bad_shards`); nothing is lost silently.
+A source is a named list of globs over shards of one format (`shard_records.SourceSpec`; the
+formats and how a shard is read are `shard_records`'). `ShardSource` is a grain `IterDataset`
+divided among processes (constructor arguments) and grain workers (`set_slice`, called by
+`mp_prefetch`): by shard, or by record index where there are fewer shards than readers, so no two
+readers share a record. Its iterator's state is (epoch, shard position, record index) plus
+per-source counters, all small JSON values, so a restored iterator re-opens the shard and skips
+to the record. Bad input raises `errors.BadInputError` naming file and record, or with
+`on_bad="skip"` is dropped and counted (`bad_records`, `bad_shards`); nothing is lost silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import hashlib
-import itertools
 import json
 import logging
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zstandard
-from array_record.python.array_record_module import ArrayRecordReader
 
-from phi3_jax.config import DATA_FORMATS, ON_BAD_RECORD
+from phi3_jax.config import ON_BAD_RECORD
+from phi3_jax.data.formats import Bad
+from phi3_jax.data.shard_records import SourceSpec, read_records
+from phi3_jax.errors import BadInputError
 
 SPLITS = ("train", "eval")
 # The keys of a source iterator's state that count what it has read (see `counters`); the
@@ -46,26 +40,6 @@ COUNTER_KEYS = (
     "too_long_dropped",
     "too_long_truncated",
 )
-# Compressed bytes read per step: bounds memory per open shard, whatever the shard size.
-_CHUNK_BYTES = 1 << 20
-# ArrayRecord records fetched per read call.
-_ARRAY_RECORD_BATCH = 256
-
-
-class BadInputError(ValueError):
-    """A shard or a record cannot be used; the message names the source, file and record."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """One named source: the globs of its shards, their format and the text field/column."""
-
-    name: str
-    globs: tuple[str, ...]
-    format: str = "jsonl"
-    text_field: str = "text"
-    # jsonl/parquet: read these fields as a {field: JSON value} dict instead of text_field's text.
-    fields: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +49,6 @@ class Counted:
 
     counter: str
     arrays: dict[str, np.ndarray] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Bad:
-    """Why a record is unusable; `ends_shard`: nothing from here to the end of the shard is."""
-
-    reason: str
-    ends_shard: bool = False
 
 
 def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
@@ -109,222 +75,6 @@ def eval_fraction_of(payload: str | np.ndarray | dict) -> float:
         payload = json.dumps(payload, sort_keys=True, ensure_ascii=False)
     data = payload.encode("utf-8") if isinstance(payload, str) else payload.tobytes()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") / 2.0**64
-
-
-def _text_value(value: Any) -> str | Bad:
-    if not isinstance(value, str):
-        return Bad(f"text is {type(value).__name__}, not a string")
-    if not value:
-        return Bad("empty text")
-    return value
-
-
-# Record readers: they yield (record index, payload or Bad) from record `start` on, streaming.
-
-
-def _decompressed_chunks(path: str, new_decompressor: Callable[[], Any]) -> Iterator[bytes]:
-    """Decompress a (multi-frame/member) file chunk by chunk; a stream cut short is an error."""
-    with open(path, "rb") as fh:
-        decompressor, fed = new_decompressor(), False
-        while chunk := fh.read(_CHUNK_BYTES):
-            while chunk:
-                fed = True
-                yield decompressor.decompress(chunk)
-                if decompressor.eof:
-                    # Concatenated frames/members: the rest belongs to the next one.
-                    chunk, decompressor, fed = decompressor.unused_data, new_decompressor(), False
-                else:
-                    chunk = b""
-        # zstandard's stream readers return a truncated frame's prefix without complaint, hence eof.
-        if fed and not decompressor.eof:
-            raise EOFError("compressed stream ends before its end marker (truncated file)")
-
-
-def _raw_chunks(path: str) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK_BYTES):
-            yield chunk
-
-
-def _file_chunks(path: str) -> Iterator[bytes]:
-    if path.endswith(".zst"):
-        return _decompressed_chunks(path, lambda: zstandard.ZstdDecompressor().decompressobj())
-    if path.endswith(".gz"):
-        return _decompressed_chunks(path, lambda: zlib.decompressobj(wbits=31))
-    return _raw_chunks(path)
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    tail = b""
-    for chunk in chunks:
-        *complete, tail = (tail + chunk).split(b"\n")
-        yield from complete
-    if tail:
-        yield tail
-
-
-def _json_object(line: bytes) -> dict | Bad:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return Bad(f"invalid UTF-8 at byte {e.start}")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return Bad(f"invalid JSON: {e.msg}")
-    return obj if isinstance(obj, dict) else Bad(f"not a JSON object: {type(obj).__name__}")
-
-
-def _encodable(value: str | Bad, what: str) -> str | Bad:
-    try:
-        # JSON escapes can spell lone surrogates, which no tokenizer can encode.
-        if isinstance(value, str):
-            value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return Bad(f"invalid Unicode in {what} at character {e.start}")
-    return value
-
-
-def _json_text(line: bytes, field: str) -> str | Bad:
-    obj = _json_object(line)
-    if isinstance(obj, Bad):
-        return obj
-    if field not in obj:
-        return Bad(f"no field {field!r}")
-    return _encodable(_text_value(obj[field]), "the text")
-
-
-def _fields_value(obj: dict, fields: tuple[str, ...]) -> dict | Bad:
-    for field in fields:
-        if obj.get(field) is None:
-            return Bad(f"no field {field!r}")
-        bad = _encodable(json.dumps(obj[field], ensure_ascii=False), f"field {field!r}")
-        if isinstance(bad, Bad):
-            return bad
-    return {f: obj[f] for f in fields}
-
-
-def _json_fields(line: bytes, fields: tuple[str, ...]) -> dict | Bad:
-    obj = _json_object(line)
-    return obj if isinstance(obj, Bad) else _fields_value(obj, fields)
-
-
-_READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException)
-
-
-def _jsonl_records(
-    path: str, value: Callable[[bytes], Any], start: int
-) -> Iterator[tuple[int, Any]]:
-    lines = _lines(_file_chunks(path))
-    for index in itertools.count():
-        # Only the read is guarded: a generator closed at its yield must not run an except clause.
-        try:
-            line = next(lines)
-        except StopIteration:
-            return
-        except _READ_ERRORS as e:
-            yield index, Bad(f"unreadable: {e}", ends_shard=True)
-            return
-        # Blank lines are separators, not records; they still count for the record index.
-        if index >= start and line.strip():
-            yield index, value(line)
-
-
-def _parquet_records(
-    path: str, columns: tuple[str, ...], value: Callable[[dict], Any], start: int
-) -> Iterator[tuple[int, Any]]:
-    """`value` of each row's {column: value} dict."""
-    try:
-        pf = pq.ParquetFile(path)
-    except _READ_ERRORS as e:
-        yield start, Bad(f"cannot open parquet: {e}", ends_shard=True)
-        return
-    for field in columns:
-        if field not in pf.schema_arrow.names:
-            names = ", ".join(pf.schema_arrow.names)
-            yield start, Bad(f"no column {field!r} (columns: {names})", ends_shard=True)
-            return
-    offset = 0
-    for group in range(pf.num_row_groups):
-        rows = pf.metadata.row_group(group).num_rows
-        if offset + rows > start:
-            try:
-                table = pf.read_row_group(group, columns=list(columns))
-            except _READ_ERRORS as e:
-                yield max(offset, start), Bad(f"unreadable row group {group}: {e}", ends_shard=True)
-                return
-            values = table.to_pylist()
-            for i in range(max(start - offset, 0), rows):
-                yield offset + i, value(values[i])
-        offset += rows
-
-
-def _decode_text(record: bytes) -> str | Bad:
-    try:
-        return _text_value(record.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return Bad(f"invalid UTF-8 at byte {e.start}")
-
-
-def _decode_tokens(record: bytes) -> np.ndarray | Bad:
-    if not record or len(record) % 4:
-        return Bad(f"{len(record)} bytes is not a non-empty int32 array")
-    return np.frombuffer(record, dtype="<i4").astype(np.int32)
-
-
-def _arrayrecord_error(reader: ArrayRecordReader) -> str | None:
-    """The reader's error, if any: ArrayRecord reports it through ok() and raises it on close()."""
-    if reader.ok():
-        return None
-    try:
-        reader.close()
-    except RuntimeError as e:
-        return str(e)
-    return "reader not ok"
-
-
-def _arrayrecord_records(
-    path: str, decode: Callable[[bytes], Any], start: int
-) -> Iterator[tuple[int, Any]]:
-    reader = ArrayRecordReader(path)
-    if error := _arrayrecord_error(reader):
-        yield start, Bad(f"cannot open ArrayRecord: {error}", ends_shard=True)
-        return
-    count = reader.num_records()
-    for first in range(start, count, _ARRAY_RECORD_BATCH):
-        # Only the read is guarded: a generator closed at its yield must not run an except clause.
-        try:
-            batch = reader.read(first, min(first + _ARRAY_RECORD_BATCH, count))
-        except RuntimeError as e:
-            batch = e
-        if isinstance(batch, RuntimeError):
-            yield first, Bad(f"unreadable: {batch}", ends_shard=True)
-            return
-        for i, record in enumerate(batch):
-            yield first + i, decode(record)
-    reader.close()
-
-
-def read_records(spec: SourceSpec, path: str, start: int = 0) -> Iterator[tuple[int, Any]]:
-    """(record index, text | int32 ids | {field: value} | Bad) of one shard from record `start`,
-    streamed."""
-    if spec.fields and spec.format not in ("jsonl", "parquet"):
-        raise ValueError(f"source {spec.name}: fields {spec.fields} need jsonl or parquet shards")
-    if spec.format == "jsonl":
-        if spec.fields:
-            return _jsonl_records(path, functools.partial(_json_fields, fields=spec.fields), start)
-        return _jsonl_records(path, functools.partial(_json_text, field=spec.text_field), start)
-    if spec.format == "parquet":
-        if spec.fields:
-            value = functools.partial(_fields_value, fields=spec.fields)
-            return _parquet_records(path, spec.fields, value, start)
-        field = spec.text_field
-        return _parquet_records(path, (field,), lambda row: _text_value(row[field]), start)
-    if spec.format == "arrayrecord_text":
-        return _arrayrecord_records(path, _decode_text, start)
-    if spec.format == "arrayrecord_tokens":
-        return _arrayrecord_records(path, _decode_tokens, start)
-    raise ValueError(f"source {spec.name}: format {spec.format!r} is not one of {DATA_FORMATS}")
 
 
 @dataclasses.dataclass(frozen=True)

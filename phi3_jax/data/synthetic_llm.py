@@ -43,7 +43,7 @@ from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.writers import JsonlWriter
 
 from phi3_jax.data.annotate import endpoint_config, endpoint_of, read_results, served_model
-from phi3_jax.data.prepare import MINHASH
+from phi3_jax.data.prepare.pipeline import MINHASH
 from phi3_jax.data.synthetic import write_shards
 
 AUDIENCES = ("a curious ten-year-old", "a high-school student", "a first-year undergraduate",

@@ -23,7 +23,7 @@ import numpy as np
 import tiktoken
 
 from phi3_jax.data import tokenizer_files
-from phi3_jax.data.tokenizer_files import TokenizerError
+from phi3_jax.errors import BadInputError
 
 # cl100k_base's pre-tokenisation regex (tiktoken_ext.openai_public.cl100k_base).
 CL100K_PAT_STR = (
@@ -89,11 +89,11 @@ def load_ranks(path: str) -> dict[bytes, int]:
                 token, rank = line.split()
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
             except (ValueError, binascii.Error):
-                raise TokenizerError(
+                raise BadInputError(
                     f"{path}:{number}: not a 'base64 rank' line: {line[:80]!r}"
                 ) from None
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise TokenizerError(f"{path}: ranks must be 0..{len(ranks) - 1}, each once")
+        raise BadInputError(f"{path}: ranks must be 0..{len(ranks) - 1}, each once")
     return ranks
 
 
@@ -160,7 +160,7 @@ class TiktokenTokenizer:
         try:
             from transformers.convert_slow_tokenizer import TikTokenConverter
         except ImportError:
-            raise TokenizerError(
+            raise BadInputError(
                 f"{self.ranks_path}: writing a Hugging Face tokenizer.json of tiktoken ranks "
                 "needs transformers (pip install transformers)"
             ) from None
@@ -200,7 +200,7 @@ def load_tiktoken_tokenizer(ranks_path: str) -> TiktokenTokenizer:
     bos, eos and pad are all <|endoftext|>, as in Phi-3-small (it has no separate BOS).
     """
     if not os.path.isfile(ranks_path):
-        raise TokenizerError(f"{ranks_path}: no such tiktoken ranks file")
+        raise BadInputError(f"{ranks_path}: no such tiktoken ranks file")
     ranks = load_ranks(ranks_path)
     masked = set(phi3_small_dummy_ids(len(ranks)))
     special_ids = {
@@ -250,7 +250,7 @@ def train_ranks(texts: Iterator[str], num_ranks: int) -> dict[bytes, int]:
         token = bytes(to_byte[c] for c in left + right)
         ranks.setdefault(token, len(ranks))
     if len(ranks) != num_ranks:
-        raise TokenizerError(f"the texts give {len(ranks)} ranks, not {num_ranks}")
+        raise BadInputError(f"the texts give {len(ranks)} ranks, not {num_ranks}")
     return ranks
 
 

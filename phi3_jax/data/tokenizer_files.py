@@ -12,10 +12,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 
-class TokenizerError(ValueError):
-    """A tokenizer file is missing, malformed or inconsistent; the message names it."""
-
-
 def decodable_mask(ids: Iterable[int], num_rows: int) -> np.ndarray:
     """[num_rows] bool: True at each of `ids` below num_rows."""
     mask = np.zeros(num_rows, bool)

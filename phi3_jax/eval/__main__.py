@@ -16,7 +16,7 @@ import json
 from absl import app, flags, logging
 
 from phi3_jax.config import TOKENIZER_KINDS
-from phi3_jax.data.tokenizer_files import TokenizerError
+from phi3_jax.errors import BadInputError
 from phi3_jax.eval import runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
 
@@ -46,7 +46,7 @@ def _define_flags() -> None:
 
 # Bad input: one line on stderr and exit status 1, no traceback.
 # (FileNotFoundError: a missing task file, run or checkpoint step.)
-INPUT_ERRORS = (tasks.TaskError, FileNotFoundError, source.SourceError, TokenizerError)
+INPUT_ERRORS = (tasks.TaskError, FileNotFoundError, source.SourceError, BadInputError)
 
 
 def main(argv: list[str]) -> None:

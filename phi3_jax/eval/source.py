@@ -7,9 +7,9 @@ import os
 
 import ml_collections
 
-from phi3_jax import checkpoint
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
+from phi3_jax.train import restore as restore_lib
 
 
 class SourceError(ValueError):
@@ -39,7 +39,7 @@ def load(
     if bool(workdir) == bool(hf_dir):
         raise SourceError("give exactly one of workdir and hf_dir")
     if workdir:
-        config, params, step = checkpoint.restore_params_of_run(workdir, step)
+        config, params, step = restore_lib.restore_params_of_run(workdir, step)
         source = {"workdir": os.path.abspath(workdir), "step": int(step)}
         return Loaded(config, params, load_tokenizer(config), bool(config.data.add_bos), source)
     config, params = hf.load_hf(hf_dir)

@@ -40,10 +40,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from phi3_jax import checkpoint, model, sharding
+from phi3_jax import model, sharding
 from phi3_jax.data import pipeline
-from phi3_jax.data.sources import Bad, Counted
+from phi3_jax.data.batch import BATCH_KEYS
+from phi3_jax.data.formats import Bad
+from phi3_jax.data.sources import Counted
 from phi3_jax.posttrain import chat
+from phi3_jax.train import restore as restore_lib
 from phi3_jax.train import state as state_lib
 from phi3_jax.train import step as step_lib
 
@@ -120,7 +123,7 @@ class PairIds:
 
 def pair_rows(document: dict[str, np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     """A pair as the train step's arrays, each [2, seq_len] (chosen, rejected), padded."""
-    rows = {key: np.zeros((2, seq_len), np.int32) for key in step_lib.BATCH_KEYS}
+    rows = {key: np.zeros((2, seq_len), np.int32) for key in BATCH_KEYS}
     rows["tokens"][:] = rows["targets"][:] = pad_id
     rows["loss_mask"] = np.zeros((2, seq_len), np.float32)
     for i, side in enumerate(SIDES):
@@ -202,7 +205,7 @@ def pair_losses(
 
 def _as_rows(pairs: Batch) -> Batch:
     # [pairs, 2, seq] → [2 pairs, seq]: a pair's two rows stay side by side, on one device.
-    return {k: v.reshape(-1, v.shape[-1]) for k, v in pairs.items() if k in step_lib.BATCH_KEYS}
+    return {k: v.reshape(-1, v.shape[-1]) for k, v in pairs.items() if k in BATCH_KEYS}
 
 
 def _logits(config, params, rows: Batch, dropout_rng=None) -> jax.Array:
@@ -280,7 +283,7 @@ def batch_shardings(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, 
     params in their param shardings."""
     rows = sharding.batch_sharding(mesh, sharding.logical_rules(config)).spec
     pair = NamedSharding(mesh, PartitionSpec(rows[0], None, *rows[1:]))
-    shardings = dict.fromkeys(step_lib.BATCH_KEYS, pair)
+    shardings = dict.fromkeys(BATCH_KEYS, pair)
     return shardings | {"reference": state_lib.param_shardings(config, mesh)}
 
 
@@ -288,7 +291,7 @@ def reference_params(config: ml_collections.ConfigDict, mesh: Mesh, log: Callabl
     """The run's starting params (frozen): checkpoint.init_from's, else the seeded random init."""
     if config.checkpoint.init_from:
         log(f"dpo: reference = the params of {config.checkpoint.init_from} (frozen, not saved)")
-        return checkpoint.restore_sharded_params(config.checkpoint.init_from, config, mesh)
+        return restore_lib.restore_sharded_params(config.checkpoint.init_from, config, mesh)
     log(f"dpo: reference = the random init of train.seed={config.train.seed} (frozen, not saved)")
     return state_lib.init_state(config, mesh).params
 

@@ -21,8 +21,9 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from phi3_jax.data.formats import Bad
 from phi3_jax.data.pipeline import Records
-from phi3_jax.data.sources import Bad, Counted
+from phi3_jax.data.sources import Counted
 from phi3_jax.posttrain import chat
 
 

@@ -9,7 +9,6 @@ from phi3_jax.train.state import (
     state_shardings,
 )
 from phi3_jax.train.step import (
-    BATCH_KEYS,
     batch_shardings,
     check_batch,
     eval_step,
@@ -20,7 +19,6 @@ from phi3_jax.train.step import (
 )
 
 __all__ = [
-    "BATCH_KEYS",
     "TrainState",
     "abstract_state",
     "batch_shardings",

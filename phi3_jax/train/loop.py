@@ -27,10 +27,12 @@ import ml_collections
 
 from phi3_jax import checkpoint, metrics, model, sharding
 from phi3_jax import config as config_lib
+from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.eval import in_loop
 from phi3_jax.posttrain import objective
+from phi3_jax.train import restore as restore_lib
 from phi3_jax.train import state as state_lib
 
 Log = Callable[[str], None]
@@ -67,7 +69,7 @@ def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     compute settings kept), so a converted Hugging Face model trains as it was saved."""
     if not config.checkpoint.init_from:
         return config
-    saved = checkpoint.init_config(config.checkpoint.init_from).model
+    saved = params_checkpoint.init_config(config.checkpoint.init_from).model
     config = config.copy_and_resolve_references()
     for key in COMPUTE_KEYS:
         saved[key] = config.model[key]
@@ -102,7 +104,7 @@ def _initial_state(config, mesh, manager, iterator, fingerprint: str, log: Log):
         log(f"resuming from step {step} (checkpoint {manager.directory / str(step)})")
         return state, step
     if config.checkpoint.init_from:
-        params = checkpoint.restore_sharded_params(config.checkpoint.init_from, config, mesh)
+        params = restore_lib.restore_sharded_params(config.checkpoint.init_from, config, mesh)
         log(f"starting from the params checkpoint {config.checkpoint.init_from}")
         return state_lib.state_from_params(config, mesh, params), 0
     log(f"starting from a random init (train.seed={config.train.seed})")

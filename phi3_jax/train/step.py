@@ -28,12 +28,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phi3_jax import model, sharding
 from phi3_jax.config import ConfigError
+from phi3_jax.data.batch import BATCH_KEYS
 from phi3_jax.model import attention
 from phi3_jax.train import optim
 from phi3_jax.train import state as state_lib
 from phi3_jax.train.state import TrainState
-
-BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

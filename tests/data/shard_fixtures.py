@@ -15,7 +15,8 @@ import zstandard
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from phi3_jax import config as config_lib
-from phi3_jax.data.tokenizer import load_tokenizer, train_sentencepiece, write_sentencepiece_json
+from phi3_jax.data.sentencepiece_tokenizer import train_sentencepiece, write_sentencepiece_json
+from phi3_jax.data.tokenizer import load_tokenizer
 
 WORDS = (
     "the of and a to in is you that it he was for on are as with his they at be this have from "

@@ -18,8 +18,11 @@ from shard_fixtures import make_tokenizer, write_source
 from configs import base
 from phi3_jax import config as config_lib
 from phi3_jax import sharding
+from phi3_jax.data import batch as batch_lib
 from phi3_jax.data import pipeline
-from phi3_jax.data.sources import BadInputError, ReadOptions, ShardSource, SourceSpec
+from phi3_jax.data.shard_records import SourceSpec
+from phi3_jax.data.sources import ReadOptions, ShardSource
+from phi3_jax.errors import BadInputError
 
 SOURCES = ("web", "web_strict", "synthetic", "snow")
 SEQ_LEN = 32
@@ -96,8 +99,8 @@ def parse_absl_flags() -> None:
 
 def test_batch_format(corpus, tokenizer):
     batch = next(iter(pipeline.train_dataset(options(corpus), tokenizer)))
-    assert sorted(batch) == sorted(pipeline.BATCH_KEYS)
-    for key in pipeline.BATCH_KEYS:
+    assert sorted(batch) == sorted(batch_lib.BATCH_KEYS)
+    for key in batch_lib.BATCH_KEYS:
         assert batch[key].shape == (2, SEQ_LEN)
         assert batch[key].dtype == (np.float32 if key == "loss_mask" else np.int32)
 
@@ -162,7 +165,7 @@ def test_packing_loses_and_duplicates_nothing(corpus, tokenizer, packing):
     docs = list(ShardSource(spec, to_ids, ReadOptions(repeat=False)))
     single_pass = ShardSource(spec, to_ids, ReadOptions(repeat=False))
     rows = list(pipeline.pack_and_batch(single_pass, opts, tokenizer.pad_id))
-    rows = {k: np.concatenate([r[k] for r in rows]) for k in pipeline.BATCH_KEYS}
+    rows = {k: np.concatenate([r[k] for r in rows]) for k in batch_lib.BATCH_KEYS}
 
     assert max(len(d["ids"]) for d in docs) > 2 * SEQ_LEN  # Some documents are split.
     real = rows["segment_ids"] > 0
@@ -271,7 +274,7 @@ def test_batches_become_global_arrays_through_the_sharding_hand_off(corpus, toke
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("data",))
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     arrays = sharding.global_batch(batch, batch_sharding, 8)
-    assert sorted(arrays) == sorted(pipeline.BATCH_KEYS)
+    assert sorted(arrays) == sorted(batch_lib.BATCH_KEYS)
     for key, array in arrays.items():
         assert array.shape == (8, SEQ_LEN) and array.sharding == batch_sharding
         assert {s.data.shape for s in array.addressable_shards} == {(1, SEQ_LEN)}

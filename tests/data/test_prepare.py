@@ -18,9 +18,12 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from phi3_jax.config import default_config
 from phi3_jax.data import prepare
-from phi3_jax.data.readers import BadRecordError, StrictParquetReader, iter_documents
+from phi3_jax.data.prepare import manifest as prepare_manifest
+from phi3_jax.data.prepare import pipeline as prepare_pipeline
+from phi3_jax.data.readers import StrictParquetReader, iter_documents
 from phi3_jax.data.shards import write_jsonl_zst
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.errors import BadInputError
 
 QUALITY_MODEL = "data/quality/edu.bin"
 TOKENIZER = "data/tokenizer.model"
@@ -134,10 +137,10 @@ def test_phase2_is_a_stricter_subset_and_the_manifest_lists_outputs(filtered):
     assert on_disk["kept"] == manifest["kept"]
     for phase in ("phase1", "phase2"):
         for entry in manifest["outputs"][phase]:
-            assert entry == prepare.file_entry(entry["path"])
+            assert entry == prepare_manifest.file_entry(entry["path"])
     assert all(len(d.metadata) and d.metadata["__label__hq"] >= 0.9 for d in _kept(f"{out}/phase2"))
     assert manifest["inputs"] == [
-        prepare.file_entry(f) for f in sorted(glob.glob(f"{os.path.dirname(out)}/in/*"))
+        prepare_manifest.file_entry(f) for f in sorted(glob.glob(f"{os.path.dirname(out)}/in/*"))
     ]
 
 
@@ -153,7 +156,7 @@ def test_token_shards_hold_each_kept_document_in_order(filtered):
 
 
 def test_the_same_stages_build_on_every_executor(tmp_path):
-    stage_list = prepare.stages(
+    stage_list = prepare_pipeline.stages(
         [str(tmp_path / "a.jsonl")],
         str(tmp_path / "out"),
         str(tmp_path / "work"),
@@ -297,7 +300,7 @@ def test_bad_arguments_are_errors_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
         _run(tmp_path, "x", str(tmp_path / "nothing*.jsonl"))
     with pytest.raises(ValueError, match="unknown input format"):
-        prepare.input_format("corpus.csv")
+        prepare_pipeline.input_format("corpus.csv")
     with pytest.raises(ValueError, match="on_bad_record"):
         _run(tmp_path, "x", SHIPPED_WEB, on_bad_record="ignore")
 
@@ -306,14 +309,14 @@ def test_a_text_that_is_not_a_string_names_its_type(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "numbers.jsonl").write_text('{"text": 1234.5}\n')
     with pytest.raises(
-        BadRecordError,
+        BadInputError,
         match=r"numbers\.jsonl: line 1: text_not_a_string: field 'text' is float 1234\.5$",
     ):
         list(iter_documents(str(tmp_path / "in" / "*.jsonl")))
     pq.write_table(pa.table({"text": [7]}), tmp_path / "in" / "numbers.parquet")
     reader = StrictParquetReader(str(tmp_path / "in"))
     with pytest.raises(
-        BadRecordError, match=r"numbers\.parquet: row 1: text_not_a_string: field 'text' is int 7$"
+        BadInputError, match=r"numbers\.parquet: row 1: text_not_a_string: field 'text' is int 7$"
     ):
         list(reader.read_file("numbers.parquet"))
 

@@ -11,13 +11,13 @@ import pytest
 import zstandard
 
 from phi3_jax.data.readers import (
-    BadRecordError,
     StrictJsonlReader,
     StrictParquetReader,
     StrictWarcReader,
     iter_documents,
 )
 from phi3_jax.data.shards import expand_globs
+from phi3_jax.errors import BadInputError
 
 LINES = b"".join(
     json.dumps({"id": str(i), "text": f"document {i} " * 50}).encode() + b"\n" for i in range(100)
@@ -41,7 +41,7 @@ def _counts(reader):
 )
 def test_truncated_compressed_file(tmp_path, name, payload):
     (tmp_path / name).write_bytes(payload)
-    with pytest.raises(BadRecordError, match=rf"{name}: after line \d+: truncated_file"):
+    with pytest.raises(BadInputError, match=rf"{name}: after line \d+: truncated_file"):
         _read(StrictJsonlReader(str(tmp_path)), name)
     reader = StrictJsonlReader(str(tmp_path), on_bad_record="skip")
     ids = _read(reader, name)
@@ -69,7 +69,7 @@ def test_multi_frame_zst_reads_every_frame(tmp_path):
 )
 def test_bad_jsonl_record(tmp_path, line, reason):
     (tmp_path / "f.jsonl").write_bytes(b'{"text": "fine"}\n' + line + b'\n{"text": "also fine"}\n')
-    with pytest.raises(BadRecordError, match=rf"f\.jsonl: line 2: {reason}"):
+    with pytest.raises(BadInputError, match=rf"f\.jsonl: line 2: {reason}"):
         _read(StrictJsonlReader(str(tmp_path)), "f.jsonl")
     reader = StrictJsonlReader(str(tmp_path), on_bad_record="skip")
     assert len(_read(reader, "f.jsonl")) == 2
@@ -78,7 +78,7 @@ def test_bad_jsonl_record(tmp_path, line, reason):
 
 def test_empty_file(tmp_path):
     (tmp_path / "e.jsonl").write_bytes(b"")
-    with pytest.raises(BadRecordError, match=r"e\.jsonl: line 1: empty_file"):
+    with pytest.raises(BadInputError, match=r"e\.jsonl: line 1: empty_file"):
         _read(StrictJsonlReader(str(tmp_path)), "e.jsonl")
     reader = StrictJsonlReader(str(tmp_path), on_bad_record="skip")
     assert _read(reader, "e.jsonl") == [] and _counts(reader) == {"bad_empty_file": 1}
@@ -90,10 +90,10 @@ def test_parquet_without_the_text_column_and_with_null_text(tmp_path):
         pa.table({"text": ["a", None, "c"], "id": ["x", "y", "z"]}), tmp_path / "null.parquet"
     )
     with pytest.raises(
-        BadRecordError, match=r"nocol\.parquet: all 3 rows: missing_column: no column 'text'"
+        BadInputError, match=r"nocol\.parquet: all 3 rows: missing_column: no column 'text'"
     ):
         _read(StrictParquetReader(str(tmp_path)), "nocol.parquet")
-    with pytest.raises(BadRecordError, match=r"null\.parquet: row 2: empty_text"):
+    with pytest.raises(BadInputError, match=r"null\.parquet: row 2: empty_text"):
         _read(StrictParquetReader(str(tmp_path)), "null.parquet")
     reader = StrictParquetReader(str(tmp_path), on_bad_record="skip")
     assert _read(reader, "nocol.parquet") == [] and _read(reader, "null.parquet") == ["x", "z"]
@@ -124,7 +124,7 @@ def test_warc_html_responses_become_documents_and_a_cut_file_is_bad(tmp_path):
     docs = list(StrictWarcReader(str(tmp_path)).read_files_shard(["a.warc.gz"]))
     assert [d.metadata["url"] for d in docs] == [f"http://example.com/{i}" for i in range(3)]
     (tmp_path / "cut.warc.gz").write_bytes((tmp_path / "a.warc.gz").read_bytes()[:-60])
-    with pytest.raises(BadRecordError, match=r"cut\.warc\.gz: after document 2: truncated_file"):
+    with pytest.raises(BadInputError, match=r"cut\.warc\.gz: after document 2: truncated_file"):
         _read(StrictWarcReader(str(tmp_path)), "cut.warc.gz")
 
 

@@ -18,14 +18,9 @@ from shard_fixtures import (
     write_parquet,
 )
 
-from phi3_jax.data.sources import (
-    BadInputError,
-    ReadOptions,
-    ShardSource,
-    SourceSpec,
-    counters,
-    read_records,
-)
+from phi3_jax.data.shard_records import SourceSpec, read_records
+from phi3_jax.data.sources import ReadOptions, ShardSource, counters
+from phi3_jax.errors import BadInputError
 
 
 def utf8_ids(payload: str | np.ndarray) -> np.ndarray:

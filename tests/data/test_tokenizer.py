@@ -9,6 +9,7 @@ import pytest
 from shard_fixtures import tokenizer_config
 
 from phi3_jax import config as config_lib
+from phi3_jax.data import sentencepiece_tokenizer as sp_lib
 from phi3_jax.data import tokenizer as tok_lib
 from phi3_jax.data.shards import write_jsonl_zst
 
@@ -128,7 +129,7 @@ def test_a_missing_tokenizer_names_the_key_and_file(kind, path, message):
 
 def test_a_tokenizer_json_of_another_model_is_refused(tmp_path):
     texts = [f"Line {i}: other words entirely, {i * 3} of them." for i in range(300)]
-    other = tok_lib.train_sentencepiece(iter(texts), 300, str(tmp_path / "other"))
+    other = sp_lib.train_sentencepiece(iter(texts), 300, str(tmp_path / "other"))
     shutil.copyfile(BUNDLED.replace(".model", ".json"), tmp_path / "other.json")
     with pytest.raises(
         config_lib.ConfigError, match=r"other\.json: does not belong to .*other\.model"

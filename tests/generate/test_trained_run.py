@@ -14,11 +14,12 @@ import pytest
 import transformers
 
 from configs import phi3_tiny
-from phi3_jax import checkpoint, convert, generate
 from phi3_jax import config as config_lib
+from phi3_jax import convert, generate
 from phi3_jax import model as phi3
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.train import loop
+from phi3_jax.train import restore as restore_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = "Hello world!  Two  spaces\n\tand a tab <|user|>\nfine<|end|>"
@@ -42,7 +43,7 @@ def run_dir(tmp_path_factory) -> str:
 
 
 def test_generation_after_a_sequence_parallel_run(run_dir):
-    config, params, step = checkpoint.restore_params_of_run(run_dir)
+    config, params, step = restore_lib.restore_params_of_run(run_dir)
     assert step == 2 and config.mesh.sequence == 1
     tokenizer = load_tokenizer(config)
     prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in ("The list", "A dict maps")]
@@ -76,7 +77,7 @@ def exported_model(out: str):
 
 
 def assert_export_reproduces(out: str, run_dir: str, step: int) -> None:
-    config, params, _ = checkpoint.restore_params_of_run(run_dir, step)
+    config, params, _ = restore_lib.restore_params_of_run(run_dir, step)
     config.model.dtype = "float32"
     tokenizer = load_tokenizer(config)
     model, hf_tokenizer = exported_model(out)
@@ -101,9 +102,9 @@ def test_a_run_exports_with_its_tokenizer(run_dir, tmp_path):
     convert.orbax_to_hf(os.path.join(run_dir, "checkpoints", "1"), first)
     assert_export_reproduces(first, run_dir, 1)
     # The two steps differ, so the step chosen matters.
-    second = checkpoint.restore_params_of_run(run_dir, 2)[1]
+    second = restore_lib.restore_params_of_run(run_dir, 2)[1]
     assert not np.array_equal(
-        np.asarray(checkpoint.restore_params_of_run(run_dir, 1)[1]["lm_head"]["kernel"]),
+        np.asarray(restore_lib.restore_params_of_run(run_dir, 1)[1]["lm_head"]["kernel"]),
         np.asarray(second["lm_head"]["kernel"]),
     )
 

@@ -9,11 +9,12 @@ import pytest
 from cli_fixtures import run_module
 
 from configs import phi3_small
-from phi3_jax import checkpoint, metrics
 from phi3_jax import config as config_lib
+from phi3_jax import metrics
 from phi3_jax.data import pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.train import loop
+from phi3_jax.train import restore as restore_lib
 
 STEPS = 3
 OVERRIDES = {
@@ -37,7 +38,7 @@ def test_tiny_small_trains_from_the_cli_on_ids_its_tokenizer_produces(tmp_path):
         *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    config, _, step = checkpoint.restore_params_of_run(workdir)
+    config, _, step = restore_lib.restore_params_of_run(workdir)
     assert step == STEPS and config.data.tokenizer.kind == "tiktoken"
     tokenizer = load_tokenizer(config)
     vocab, dummies = config.model.vocab_size, list(config.model.dummy_token_ids)

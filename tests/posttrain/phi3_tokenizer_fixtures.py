@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from phi3_jax.data.tokenizer import PHI3_SPECIAL_TOKENS
+from phi3_jax.data.sentencepiece_tokenizer import PHI3_SPECIAL_TOKENS
 
 LLAMA2_TOKENIZER = os.path.expanduser("~/.cache/phi3_jax/llama2-tokenizer.model")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from phi3_jax import checkpoint, metrics
+from phi3_jax import metrics
 from phi3_jax.train import loop
+from phi3_jax.train import restore as restore_lib
 
 STEPS = 4
 # A model smaller than tiny and a short run: the loop, not the model, is under test.
@@ -79,8 +80,8 @@ def assert_resume_is_bitwise_exact(config, tmp_path) -> list[str]:
     assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
     for step in (3, 4):
         assert got[step] == expected[step], step  # bitwise: exact float equality
-    _, a, _ = checkpoint.restore_params_of_run(str(tmp_path / "straight"), STEPS)
-    _, b, _ = checkpoint.restore_params_of_run(str(tmp_path / "crashed"), STEPS)
+    _, a, _ = restore_lib.restore_params_of_run(str(tmp_path / "straight"), STEPS)
+    _, b, _ = restore_lib.restore_params_of_run(str(tmp_path / "crashed"), STEPS)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     return straight

@@ -20,11 +20,12 @@ from trl.trainer.dpo_trainer import DPOTrainer
 from trl.trainer.utils import selective_log_softmax
 
 from configs import phi3_dpo
-from phi3_jax import checkpoint
 from phi3_jax import config as config_lib
-from phi3_jax.data import sources
+from phi3_jax import errors
+from phi3_jax.data import shard_records, sources
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.posttrain import chat, dpo
+from phi3_jax.train import restore as restore_lib
 
 TOLERANCE = 1e-5
 PAIRS, LENGTH, VOCAB = 4, 14, 40
@@ -238,10 +239,10 @@ def test_pairs_become_chosen_and_rejected_rows_with_completion_masks(tmp_path, t
 )
 def test_bad_pairs_are_errors_naming_the_record(tmp_path, tokenizer, record, error):
     path = write_jsonl(tmp_path / "bad.jsonl", [pair_record(0), record])
-    spec = sources.SourceSpec("pairs", (path,), fields=dpo.PAIR_FIELDS)
+    spec = shard_records.SourceSpec("pairs", (path,), fields=dpo.PAIR_FIELDS)
     opts = sources.ReadOptions(repeat=False)
     to_ids = dpo.records(dpo_config(path), tokenizer).to_ids
-    with pytest.raises(sources.BadInputError, match=f"bad.jsonl: record 1: {error}"):
+    with pytest.raises(errors.BadInputError, match=f"bad.jsonl: record 1: {error}"):
         list(sources.ShardSource(spec, to_ids, opts))
 
 
@@ -251,7 +252,7 @@ def test_dpo_run_resumes_bitwise_exactly_and_keeps_the_reference_out_of_checkpoi
     lines = assert_resume_is_bitwise_exact(config_lib.validate(config), tmp_path)
     assert any("dpo: reference = the random init" in line for line in lines)
     # The checkpoint holds the train state only: params and Adam moments, no reference copy.
-    _, params, _ = checkpoint.restore_params_of_run(str(tmp_path / "straight"), 4)
+    _, params, _ = restore_lib.restore_params_of_run(str(tmp_path / "straight"), 4)
     saved = (tmp_path / "straight" / "checkpoints" / "4" / "state").rglob("*")
     assert "reference" not in " ".join(str(p) for p in saved)
     assert jax.tree.leaves(params)

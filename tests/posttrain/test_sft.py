@@ -16,12 +16,14 @@ from hf_fixtures import random_hf_model
 from run_fixtures import assert_resume_is_bitwise_exact, small_run
 
 from configs import phi3_sft
-from phi3_jax import checkpoint, sharding
 from phi3_jax import config as config_lib
-from phi3_jax.data import pipeline, sources
+from phi3_jax import errors, sharding
+from phi3_jax.checkpoint import params as params_checkpoint
+from phi3_jax.data import pipeline, shard_records, sources
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
 from phi3_jax.posttrain import chat, sft
+from phi3_jax.train import restore as restore_lib
 from phi3_jax.train import step as step_lib
 
 TOPICS = ["apples", "rivers", "prime numbers", "sorting", "tea", "the moon", "bridges", "owls"]
@@ -168,14 +170,14 @@ def test_bad_conversation_is_an_error_naming_file_and_record(tmp_path, tokenizer
     messages, reason = BAD[case]
     records = [{"messages": conversation(i)} for i in range(3)] + [{"messages": messages}]
     path = write_jsonl(tmp_path / "bad.jsonl", records)
-    with pytest.raises(sources.BadInputError) as error:
+    with pytest.raises(errors.BadInputError) as error:
         first_batch(sft_config(path), tokenizer)
     assert f"bad.jsonl: record 3: messages: {reason}" in str(error.value)
 
 
 def source_state(config, tokenizer, n: int):
     """The source's counters after `n` documents."""
-    spec = sources.SourceSpec("chat", (config.data.sources.chat.globs,), fields=("messages",))
+    spec = shard_records.SourceSpec("chat", (config.data.sources.chat.globs,), fields=("messages",))
     opts = sources.ReadOptions(on_bad=config.data.on_bad_record, repeat=False)
     iterator = iter(sources.ShardSource(spec, sft.records(config, tokenizer).to_ids, opts))
     documents = [next(iterator) for _ in range(n)]
@@ -222,9 +224,9 @@ def test_sft_run_resumes_bitwise_exactly_and_a_run_is_an_init_from(tmp_path):
     assert any(line.startswith("step 4/4") for line in lines)
     # checkpoint.init_from may name a run (its latest step): its model and params.
     run = str(tmp_path / "straight")
-    assert checkpoint.init_config(run).model == config.model
-    _, expected, _ = checkpoint.restore_params_of_run(run)
+    assert params_checkpoint.init_config(run).model == config.model
+    _, expected, _ = restore_lib.restore_params_of_run(run)
     mesh = sharding.make_mesh(config.mesh)
-    got = checkpoint.restore_sharded_params(run, config, mesh)
+    got = restore_lib.restore_sharded_params(run, config, mesh)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

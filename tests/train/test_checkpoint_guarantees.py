@@ -33,6 +33,7 @@ from test_loop import (
 from train_fixtures import packed_batch, small_config
 
 from phi3_jax import checkpoint, sharding
+from phi3_jax.checkpoint import checksums
 from phi3_jax.train import loop
 from phi3_jax.train import state as state_lib
 from phi3_jax.train import step as step_lib
@@ -94,15 +95,15 @@ def test_checksums_are_the_same_on_any_mesh_and_change_with_one_bit():
     config = small_config((2, 4, 1))
     mesh = sharding.make_mesh(config.mesh)
     state = state_lib.init_state(config, mesh)
-    sums, non_finite = checkpoint.array_checksums(state)
+    sums, non_finite = checksums.array_checksums(state)
     assert non_finite == [] and ".params['embed_tokens']['embedding']" in sums
     one_device = jax.device_put(state, jax.devices()[0])
-    assert checkpoint.array_checksums(one_device)[0] == sums
+    assert checksums.array_checksums(one_device)[0] == sums
     embedding = np.asarray(state.params["embed_tokens"]["embedding"])
     flipped = embedding.view(np.uint32).copy()
     flipped[7, 3] ^= 1  # one bit of one float
     state.params["embed_tokens"]["embedding"] = flipped.view(np.float32)
-    changed = checkpoint.array_checksums(state)[0]
+    changed = checksums.array_checksums(state)[0]
     assert [k for k in sums if sums[k] != changed[k]] == [".params['embed_tokens']['embedding']"]
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from phi3_jax import checkpoint, metrics
 from phi3_jax.train import loop
+from phi3_jax.train import restore as restore_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12
@@ -93,7 +94,7 @@ def losses(workdir) -> dict[int, tuple[float, float]]:
 
 def saved_params(workdir, step: int) -> list[np.ndarray]:
     """The params of a checkpoint, on one device, as host numpy arrays."""
-    _, params, _ = checkpoint.restore_params_of_run(str(workdir), step)
+    _, params, _ = restore_lib.restore_params_of_run(str(workdir), step)
     return [np.asarray(leaf) for leaf in jax.tree.leaves(params)]
 
 

@@ -1,20 +1,13 @@
-"""Checkpoints on disk (orbax).
+"""A run's checkpoints (orbax), and their guarantees.
 
-A params-only checkpoint (`save_params` / `restore_params`) is what `convert hf-to-orbax` writes
-and what training can start from: `DIR/params` (an orbax PyTree checkpoint) and `DIR/config.json`
-(the resolved run configuration).
-
-A run's checkpoints (`make_manager`, `save`, `restore_latest`) are an orbax CheckpointManager in
-WORKDIR/checkpoints: per step the train state, the grain iterator's state, the config, a
-checksum of every array of the state and the tokenizer's fingerprint (a resume with another
-tokenizer is refused). Restore goes through abstract targets, so a state saved on
-one mesh loads onto any other, and recomputes the checksums: a checkpoint whose bytes changed on
-disk is damaged, and restore falls back to the one before and sets the damaged one aside.
-
-orbax 0.12.8 writes zarr chunks without a checksum of their own (its zarr3 codec chain has a
-crc32c on the shard index only, and no option to add one), so the checksums are ours: per array
-two 32-bit sums of a hash of each element's bits and position, computed on the devices. Integer
-sums are exact in any order, so they are the same on any mesh and any process count.
+`make_manager`, `save`, `restore_latest`: an orbax CheckpointManager in WORKDIR/checkpoints, per
+step the train state, the grain iterator's state, the config, a checksum of every array of the
+state (`checkpoint.checksums`) and the tokenizer's fingerprint (a resume with another tokenizer
+is refused). Restore goes through abstract targets, so a state saved on one mesh loads onto any
+other, and recomputes the checksums: a checkpoint whose bytes changed on disk is damaged, and
+restore falls back to the one before and sets the damaged one aside. A params-only checkpoint
+(what `convert hf-to-orbax` writes and a run can start from) is `checkpoint.params`; the params
+of a run read for use elsewhere are `phi3_jax.train.restore`'s.
 """
 
 from __future__ import annotations
@@ -27,78 +20,11 @@ from collections.abc import Callable
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
-from phi3_jax import model, paths, sharding
-from phi3_jax.train import state as state_lib
-
-PARAMS_DIR = "params"
-CONFIG_FILE = "config.json"
-
-
-def save_params(path: str, config: ml_collections.ConfigDict, params) -> None:
-    """Write params and config; the directory appears only once complete."""
-    with paths.atomic_directory(path) as tmp:
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            f.write(config_lib.to_json(config))
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(tmp, PARAMS_DIR), params)
-            checkpointer.wait_until_finished()
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """The configuration stored beside a params checkpoint."""
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file}: not found (not a phi3_jax params checkpoint?)")
-    with open(file) as f:
-        return config_lib.from_json(f.read())
-
-
-def restore_params(path: str, abstract_params=None):
-    """Params from a checkpoint; `abstract_params` (ShapeDtypeStructs, shardings) place them."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(
-            os.path.join(os.path.abspath(path), PARAMS_DIR), abstract_params
-        )
-
-
-def init_config(path: str) -> ml_collections.ConfigDict:
-    """The config saved with what checkpoint.init_from names: a params checkpoint or a run
-    (WORKDIR, .../checkpoints or .../checkpoints/STEP; `locate`)."""
-    kind, where, step = locate(path)
-    if kind == "params":
-        return load_config(where)
-    manager, _, saved = _open_run(where, step)
-    manager.close()
-    return config_lib.from_json(json.dumps(saved["config"]))
-
-
-def restore_sharded_params(path: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """The params of what checkpoint.init_from names, each in its shards of the config's param
-    sharding on `mesh`: a params checkpoint's read in place; a run's (its latest step, or the
-    STEP of .../checkpoints/STEP) read on one device, then placed."""
-    kind, where, step = locate(path)
-    if kind == "run":
-        params = restore_params_of_run(where, step)[1]
-        return jax.device_put(params, state_lib.param_shardings(config, mesh))
-    targets = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        model.abstract_params(config),
-        state_lib.param_shardings(config, mesh),
-    )
-    return restore_params(where, targets)
-
-
-def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """(config, params) of a params checkpoint, params as host numpy arrays."""
-    config = load_config(path)
-    return config, jax.tree.map(jax.device_get, restore_params(path))
-
+from phi3_jax.checkpoint.checksums import array_checksums, verify_checksums
 
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
 # holding the train state, the data iterator's state (grain) and the resolved config (JSON).
@@ -130,88 +56,12 @@ def brief(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-class DamagedError(RuntimeError):
-    """A checkpoint's bytes are not those that were saved; the message names the array."""
-
-
 class NonFiniteStateError(ValueError):
     """A state holding NaN or inf was given to save; the message names its arrays."""
 
 
 class NotRestorableHereError(config_lib.ConfigError):
     """A good checkpoint that this run cannot continue from (e.g. another process count)."""
-
-
-def _element_bits(x: jax.Array) -> jax.Array:
-    """Each element's bits as uint32 (keys as their key data, narrow dtypes zero-extended)."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-def _fmix32(h: jax.Array) -> jax.Array:
-    """murmur3's finalizer: a bijection of uint32 in which every input bit moves every output bit."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-    bits = _element_bits(x)
-    # Row-major position from per-dimension iotas (a reshape of a sharded array would move data).
-    position, stride = jnp.zeros(bits.shape, jnp.uint32), 1
-    for dim in reversed(range(bits.ndim)):
-        position = position + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, dim) * jnp.uint32(
-            stride % 2**32
-        )
-        stride *= bits.shape[dim]
-    # Two lanes with different seeds: a change goes unnoticed with probability about 2^-64.
-    lanes = [
-        jnp.sum(_fmix32(bits ^ _fmix32(position + jnp.uint32(seed))), dtype=jnp.uint32)
-        for seed in (0x9E3779B9, 0x7F4A7C15)
-    ]
-    return jnp.stack(lanes)
-
-
-def _leaf_finite(x: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
-
-
-_checksums = jax.jit(
-    lambda tree: (jax.tree.map(_leaf_checksum, tree), jax.tree.map(_leaf_finite, tree))
-)
-
-
-def array_checksums(tree) -> tuple[dict[str, list[int]], list[str]]:
-    """Per array of `tree` (by its key path), two 32-bit checksums of its values (the same for
-    equal values on any sharding, different but with probability ~2^-64 for any change), and the
-    paths of the arrays holding a NaN or inf; one pass over the arrays on their devices."""
-    sums, finite = jax.device_get(_checksums(tree))
-    checksums = {
-        jax.tree_util.keystr(path): [int(v) for v in np.asarray(leaf)]
-        for path, leaf in jax.tree_util.tree_leaves_with_path(sums)
-    }
-    non_finite = [
-        jax.tree_util.keystr(path)
-        for path, ok in jax.tree_util.tree_leaves_with_path(finite)
-        if not ok
-    ]
-    return checksums, non_finite
-
-
-def verify_checksums(tree, saved: dict[str, list[int]], where: str) -> None:
-    """Raise DamagedError naming the first array of `tree` whose checksum is not the saved one."""
-    for path, got in array_checksums(tree)[0].items():
-        if saved.get(path) != got:
-            raise DamagedError(
-                f"{where}: array {path} does not match its saved checksum "
-                f"({saved.get(path)} saved, {got} read)"
-            )
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -422,7 +272,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[
         manager.reload()
 
 
-def _open_run(workdir: str, step: int | None):
+def open_run(workdir: str, step: int | None):
     """(read-only manager, step, its saved config and checksums) of a run's checkpoint
     (default: the latest)."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
@@ -443,52 +293,3 @@ def _open_run(workdir: str, step: int | None):
         args=ocp.args.Composite(config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()),
     )
     return manager, step, saved
-
-
-def restore_params_of_run(workdir: str, step: int | None = None):
-    """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
-
-    The config is the one the run saved, with a one-device mesh (no data, fsdp, sequence or
-    tensor split); only the params are read. A missing run or step is a FileNotFoundError
-    naming it.
-    """
-    manager, step, saved = _open_run(workdir, step)
-    config = config_lib.from_json(json.dumps(saved["config"]))
-    config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
-    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    abstract = state_lib.abstract_state(config, mesh)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    manager.close()
-    verify_checksums(
-        restored["state"], saved["checksums"], os.path.join(manager.directory, str(step))
-    )
-    return config, restored["state"].params, step
-
-
-def locate(path: str, step: int | None = None) -> tuple[str, str, int | None]:
-    """What `path` names: ("params", path, None) for a params checkpoint, or ("run", WORKDIR,
-    step) for a training run given as WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP
-    (step None: the latest). Anything else is a FileNotFoundError naming the path."""
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
-        os.path.join(path, PARAMS_DIR)
-    ):
-        if step is not None:
-            raise ValueError(f"step {step}: {path} is a params checkpoint, which has no steps")
-        return "params", path, None
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
-        return "run", path, step
-    name, parent = os.path.basename(path), os.path.dirname(path)
-    if name == CHECKPOINTS_DIR and os.path.isdir(path):
-        return "run", parent, step
-    if name.isdigit() and os.path.basename(parent) == CHECKPOINTS_DIR and os.path.isdir(path):
-        if step is not None and step != int(name):
-            raise ValueError(f"step {step}: {path} is the checkpoint of step {name}")
-        return "run", os.path.dirname(parent), int(name)
-    raise FileNotFoundError(
-        f"{path}: not a phi3_jax checkpoint (a params checkpoint holds {CONFIG_FILE} and "
-        f"{PARAMS_DIR}/; a run is WORKDIR, WORKDIR/{CHECKPOINTS_DIR} or "
-        f"WORKDIR/{CHECKPOINTS_DIR}/STEP)"
-    )

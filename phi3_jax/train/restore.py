@@ -1,0 +1,56 @@
+"""The params of a run, or of what checkpoint.init_from names, restored for use: by generate,
+eval, convert, and a run starting from another's params."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from phi3_jax import config as config_lib
+from phi3_jax import model, sharding
+from phi3_jax.checkpoint import open_run
+from phi3_jax.checkpoint import params as params_checkpoint
+from phi3_jax.checkpoint.checksums import verify_checksums
+from phi3_jax.train import state as state_lib
+
+
+def restore_params_of_run(workdir: str, step: int | None = None):
+    """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
+
+    The config is the one the run saved, with a one-device mesh (no data, fsdp, sequence or
+    tensor split); only the params are read. A missing run or step is a FileNotFoundError
+    naming it.
+    """
+    manager, step, saved = open_run(workdir, step)
+    config = config_lib.from_json(json.dumps(saved["config"]))
+    config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    abstract = state_lib.abstract_state(config, mesh)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )
+    manager.close()
+    verify_checksums(
+        restored["state"], saved["checksums"], os.path.join(manager.directory, str(step))
+    )
+    return config, restored["state"].params, step
+
+
+def restore_sharded_params(path: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """The params of what checkpoint.init_from names, each in its shards of the config's param
+    sharding on `mesh`: a params checkpoint's read in place; a run's (its latest step, or the
+    STEP of .../checkpoints/STEP) read on one device, then placed."""
+    kind, where, step = params_checkpoint.locate(path)
+    if kind == "run":
+        params = restore_params_of_run(where, step)[1]
+        return jax.device_put(params, state_lib.param_shardings(config, mesh))
+    targets = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        model.abstract_params(config),
+        state_lib.param_shardings(config, mesh),
+    )
+    return params_checkpoint.restore_params(where, targets)
