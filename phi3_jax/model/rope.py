@@ -93,24 +93,33 @@ def longrope_cos_sin(
 
 
 def rotary_cos_sin(
-    model: ml_collections.ConfigDict, positions: Array, use_long: Array | None = None
+    model: ml_collections.ConfigDict,
+    positions: Array,
+    use_long: Array | None = None,
+    factors: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array]:
     """The model's cos and sin tables [batch, seq, head_dim] (float32) for `positions`.
 
     With LongRoPE, `use_long` (a bool, or one per row) picks the long factors; by default it is
     HF's rule for one forward call: the largest position + 1 exceeds
-    original_max_position_embeddings.
+    original_max_position_embeddings. `factors` (short, long), arrays that may be traced,
+    replace the config's (the factor search scores candidates through one compiled function).
     """
     head_dim = config_lib.head_dim(model)
     if model.rope_scaling != "longrope":
+        if factors is not None:
+            raise ValueError(
+                f"rope factors given to a model with rope_scaling={model.rope_scaling}"
+            )
         return cos_sin(positions, inverse_frequencies(head_dim, model.rope_theta))
     if use_long is None:
         use_long = uses_long_factors(jnp.max(positions) + 1, model.original_max_position_embeddings)
+    short_factor, long_factor = factors or (model.rope_short_factor, model.rope_long_factor)
     return longrope_cos_sin(
         positions,
         use_long,
-        model.rope_short_factor,
-        model.rope_long_factor,
+        short_factor,
+        long_factor,
         head_dim,
         model.rope_theta,
         model_attention_factor(model),

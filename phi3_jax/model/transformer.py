@@ -68,11 +68,13 @@ class Phi3(nn.Module):
         segment_ids: Array,
         cache: dict | None = None,
         lengths: Array | None = None,
+        rope_factors: tuple[Array, Array] | None = None,
     ) -> tuple[Array, dict | None]:
         """(float32 logits, or with hidden_only the final-norm hidden states; the key/value cache
         with this call's keys and values written). With a cache (decoding, see `decode`), row
         b's tokens are written from slot cache["index"][b] on, the first `lengths[b]` of them
-        real, and attend to the row's slots from cache["start"][b] on; segment_ids is unused."""
+        real, and attend to the row's slots from cache["start"][b] on; segment_ids is unused.
+        `rope_factors` (short, long) replace the config's LongRoPE factors (`rope.rotary_cos_sin`)."""
         m = self.model
         embed = nn.Embed(
             m.vocab_size,
@@ -85,7 +87,7 @@ class Phi3(nn.Module):
         x = embed(tokens)
         kv, index = None, None
         if cache is None:
-            cos, sin = rope.rotary_cos_sin(m, positions)
+            cos, sin = rope.rotary_cos_sin(m, positions, factors=rope_factors)
             # Fast kernels build their masks blockwise from the segment ids.
             if attention.uses_segment_ids(m):
                 mask = segment_ids
@@ -98,7 +100,7 @@ class Phi3(nn.Module):
             use_long = rope.uses_long_factors(
                 index + lengths - start, m.original_max_position_embeddings
             )
-            cos, sin = rope.rotary_cos_sin(m, positions, use_long)
+            cos, sin = rope.rotary_cos_sin(m, positions, use_long, rope_factors)
             mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, m.sliding_window)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
@@ -187,19 +189,23 @@ def logits(
     positions: Array | None = None,
     segment_ids: Array | None = None,
     dropout_rng: Array | None = None,
+    rope_factors: tuple[Array, Array] | None = None,
 ) -> Array:
     """float32 logits [batch, seq, vocab] for int tokens [batch, seq].
 
     positions default to 0..seq-1 and segment_ids to one document per row; packed rows pass both
     (positions restarting per document, segment 0 for padding). A `dropout_rng` turns dropout on
     (training); without one the model is deterministic. Phi-3 mini/medium have no dropout.
+    `rope_factors` (short, long), arrays that may be traced, replace a LongRoPE model's factors
+    (phi3 only).
     """
     tokens, positions, segment_ids = _default_inputs(tokens, positions, segment_ids)
     if config.model.architecture == "phi3small":
         model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)[0]
-    return Phi3(config.model).apply({"params": params}, tokens, positions, segment_ids)[0]
+    inputs = (tokens, positions, segment_ids)
+    return Phi3(config.model).apply({"params": params}, *inputs, rope_factors=rope_factors)[0]
 
 
 def hidden_states(
