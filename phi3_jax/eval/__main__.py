@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
 
 def evaluate() -> None:
     """Loads the model of the flags, scores their tasks, prints the table, writes --output."""
-    tasks.resolve([n for n in FLAGS.tasks if not n.startswith(runner.PPL_PREFIX)])
+    tasks.resolve(runner.benchmark_names(FLAGS.tasks))
     loaded = source.load(
         FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
     )

@@ -2,7 +2,8 @@
 
 `evaluate` is what the CLI (`python -m phi3_jax.eval`) and the training loop call. A task name
 is a benchmark of `tasks.TASKS` (or the group `mmlu`), or `ppl:PATH` for the rolling
-log-likelihood of a jsonl(.gz|.zst) or parquet text set (its `text` field).
+log-likelihood of a jsonl(.gz|.zst) or parquet text set (its `text` field), or a long-context
+task of `longctx` (passkey, ppl_positions:PATH).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
-from phi3_jax.eval import data, metrics, tasks
+from phi3_jax.eval import data, longctx, metrics, tasks
 from phi3_jax.eval.scorer import Scorer
 
 PPL_PREFIX = "ppl:"
@@ -122,6 +123,11 @@ def run_rolling(
     return TaskResult(name, metrics.rolling(lls, tokens, texts), settings, samples)
 
 
+def benchmark_names(names: Sequence[str]) -> list[str]:
+    """The names that are benchmarks of `tasks` (not ppl:PATH, not long-context tasks)."""
+    return [n for n in names if not n.startswith(PPL_PREFIX) and not longctx.is_task(n)]
+
+
 def evaluate(
     scorer: Scorer,
     names: Sequence[str],
@@ -133,7 +139,8 @@ def evaluate(
 ) -> list[TaskResult]:
     """Every named task in order (names checked before anything runs)."""
     rolling = [n for n in names if n.startswith(PPL_PREFIX)]
-    benchmarks = tasks.resolve([n for n in names if not n.startswith(PPL_PREFIX)])
+    long_context = [n for n in names if longctx.is_task(n)]
+    benchmarks = tasks.resolve(benchmark_names(names))
     if style not in tasks.STYLES:
         raise tasks.TaskError(f"unknown prompt style {style!r} (known: {', '.join(tasks.STYLES)})")
     results = [
@@ -143,6 +150,10 @@ def evaluate(
         for t in benchmarks
     ]
     results += [run_rolling(scorer, n, limit=limit, log_samples=log_samples) for n in rolling]
+    results += [
+        TaskResult(n, *longctx.run(scorer, n, limit=limit, log_samples=log_samples))
+        for n in long_context
+    ]
     return results
 
 
