@@ -18,6 +18,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
+from phi3_jax import paths
 from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
@@ -33,7 +34,8 @@ _OUT = flags.DEFINE_string("out", None, "Directory to write (must not exist).")
 
 
 def hf_to_orbax(hf_dir: str, out: str) -> None:
-    config, params = hf.load_hf(hf_dir)
+    with paths.local_directory(hf_dir) as local:
+        config, params = hf.load_hf(local)
     params_checkpoint.save_params(out, config, params)
 
 

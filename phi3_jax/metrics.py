@@ -16,7 +16,6 @@ WORKDIR/tb (tensorboardX), and one JSON object per line in WORKDIR/metrics.jsonl
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 import tensorboardX
 
-from phi3_jax import model
+from phi3_jax import model, paths
 from phi3_jax.model import blocksparse, small
 
 METRICS_FILE = "metrics.jsonl"
@@ -204,14 +203,14 @@ class Writer:
     """TensorBoard events and metrics.jsonl of a workdir (appending, so resumes continue them)."""
 
     def __init__(self, workdir: str):
-        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TB_DIR))
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # Closed in close().
+        # tensorboardX writes gs:// and s3:// event files itself (google-cloud-storage, boto3).
+        self._tb = tensorboardX.SummaryWriter(paths.join(workdir, TB_DIR))
+        self._jsonl = paths.Appender(paths.join(workdir, METRICS_FILE))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         for key, value in scalars.items():
             self._tb.add_scalar(key, value, step)
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
 
     def close(self) -> None:
         self._tb.close()
@@ -220,5 +219,5 @@ class Writer:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The JSON lines of a run's metrics.jsonl, in order."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = paths.path(paths.join(workdir, METRICS_FILE)).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

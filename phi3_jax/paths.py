@@ -33,6 +33,11 @@ for _protocol in ("gcs", "gs", "s3"):
     fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
+def _filesystem(url: str | os.PathLike) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem of a bucket URL (gcsfs, s3fs), as epath's backend uses it."""
+    return fsspec.filesystem(os.fspath(url).split("://", 1)[0])
+
+
 def is_remote(path: str | os.PathLike) -> bool:
     """Whether `path` is a bucket URL (gs://, s3://)."""
     return os.fspath(path).startswith(REMOTE_SCHEMES)
@@ -61,8 +66,7 @@ def glob(pattern: str) -> list[str]:
     if not is_remote(pattern):
         return sorted(glob_lib.glob(pattern, recursive=True))
     scheme = pattern[: pattern.index("://") + 3]
-    filesystem = fsspec.filesystem(scheme[:-3])
-    return sorted(scheme + match for match in filesystem.glob(pattern))
+    return sorted(scheme + match for match in _filesystem(pattern).glob(pattern))
 
 
 def has_magic(pattern: str) -> bool:
@@ -70,14 +74,19 @@ def has_magic(pattern: str) -> bool:
     return glob_lib.has_magic(pattern)
 
 
+def makedirs(directory: str | os.PathLike) -> None:
+    """Create a local directory and its parents; nothing for a bucket (it has no directories,
+    and making one could create a mistyped bucket)."""
+    if not is_remote(directory):
+        os.makedirs(directory, exist_ok=True)
+
+
 def check_writable(directory: str | os.PathLike) -> None:
     """Create `directory` and write and delete a probe file there: an OSError naming it on one
     line if that fails (a missing bucket, no permission, a read-only disk, no credentials)."""
     directory = path(directory)
     try:
-        # A bucket has no directories to make, and making one could create a mistyped bucket.
-        if not is_remote(directory):
-            directory.mkdir(parents=True, exist_ok=True)
+        makedirs(directory)
         probe = directory / f".write-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -87,6 +96,51 @@ def check_writable(directory: str | os.PathLike) -> None:
             f"{directory}: not a writable directory ({type(error).__name__}: "
             f"{getattr(error, 'strerror', None) or text})"
         ) from None
+
+
+class Appender:
+    """A text file appended to, each `write` durable once it returns: locally a file opened to
+    append and flushed; on a bucket, whose objects are only ever written whole, the object
+    rewritten with all of its text so far (what it held before included, so a resumed run
+    continues it). Meant for small logs such as metrics.jsonl."""
+
+    def __init__(self, file: str | os.PathLike):
+        self._path = path(file)
+        self._text: str | None = None
+        self._local = None
+        if is_remote(self._path):
+            self._text = self._path.read_text() if self._path.exists() else ""
+        else:
+            makedirs(self._path.parent)
+            self._local = open(self._path, "a")  # noqa: SIM115 - closed in close().
+
+    def write(self, text: str) -> None:
+        if self._local is None:
+            self._text += text
+            self._path.write_text(self._text)
+        else:
+            self._local.write(text)
+            self._local.flush()
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+
+
+@contextlib.contextmanager
+def local_directory(directory: str | os.PathLike) -> Iterator[str]:
+    """A local directory holding what `directory` holds, for readers of local files only
+    (safetensors, tokenizer libraries): a local `directory` itself; a bucket's, downloaded into
+    a temporary directory removed on exit."""
+    if not is_remote(directory):
+        yield os.fspath(directory)
+        return
+    source = path(directory)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such directory")
+    with tempfile.TemporaryDirectory(prefix=f".{source.name}.") as tmp:
+        _filesystem(source).get(os.fspath(source) + "/", tmp + "/", recursive=True)
+        yield tmp
 
 
 def _upload(local: str, target: epath.Path) -> None:

@@ -8,15 +8,13 @@ line wins.
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from phi3_jax import metrics  # noqa: E402
+from phi3_jax import metrics, paths  # noqa: E402
 
 PLOT_FILE = "loss.png"
 TASKS_FILE = "tasks.png"
@@ -51,6 +49,14 @@ def task_curves(lines: list[dict]) -> dict[str, dict[str, tuple[list[float], lis
     return out
 
 
+def _save(fig, path: str) -> str:
+    """Write the figure as PNG to `path` (local or a bucket) and close it."""
+    with paths.path(path).open("wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_tasks(workdir: str, lines: list[dict]) -> str | None:
     """Write WORKDIR/tasks.png (one panel per metric, one line per task); None without tasks."""
     data = task_curves(lines)
@@ -65,10 +71,7 @@ def plot_tasks(workdir: str, lines: list[dict]) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    path = os.path.join(workdir, TASKS_FILE)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, paths.join(workdir, TASKS_FILE))
 
 
 def plot(workdir: str) -> str:
@@ -82,14 +85,11 @@ def plot(workdir: str) -> str:
         ax.plot(*data["eval"], "o-", label="held-out loss", markersize=3)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(workdir)))
+    ax.set_title(paths.path(workdir).name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = os.path.join(workdir, PLOT_FILE)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, paths.join(workdir, PLOT_FILE))
 
 
 def main(argv: list[str]) -> None:

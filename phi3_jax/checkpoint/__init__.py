@@ -12,8 +12,8 @@ of a run read for use elsewhere are `phi3_jax.train.restore`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -24,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
+from phi3_jax import paths
 from phi3_jax.checkpoint.checksums import array_checksums, verify_checksums
 
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
@@ -64,6 +65,19 @@ class NotRestorableHereError(config_lib.ConfigError):
     """A good checkpoint that this run cannot continue from (e.g. another process count)."""
 
 
+def orbax_path(path: str) -> str:
+    """`path` (absolute, or a gs:// URL) for orbax, which reads and writes local and gs:// paths
+    only: an s3:// path is a ValueError naming it (orbax-checkpoint 0.12.8 builds tensorstore
+    specs with the gcs or the file driver, so it would take s3://B/P for a relative local path)."""
+    resolved = paths.resolve(path)
+    if resolved.startswith("s3://"):
+        raise ValueError(
+            f"{path}: orbax-checkpoint {ocp.__version__} reads and writes checkpoints on local "
+            "paths and gs:// only, not s3:// (use gs://, or a local or mounted directory)"
+        )
+    return resolved
+
+
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """The run's checkpoint manager: async saves (checkpoint.async_save), max_to_keep kept."""
     options = ocp.CheckpointManagerOptions(
@@ -72,7 +86,7 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
         create=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR), item_names=ITEMS, options=options
+        paths.join(orbax_path(workdir), CHECKPOINTS_DIR), item_names=ITEMS, options=options
     )
 
 
@@ -115,11 +129,16 @@ class SaveError(OSError):
 
 def save_error(manager: ocp.CheckpointManager, step: int, error: BaseException) -> SaveError:
     """The one-line SaveError of a failed save of `step`: what failed, where, the free space."""
-    free = shutil.disk_usage(manager.directory).free
+    # A bucket has no free space to report (and may be the thing that stopped answering).
+    free = (
+        ""
+        if paths.is_remote(manager.directory)
+        else f"{shutil.disk_usage(manager.directory).free / 2**20:.1f} MiB free there; "
+    )
     kept = manager.latest_step()
     return SaveError(
         f"checkpoint: saving step {step} in {manager.directory} failed ({brief(error)}); "
-        f"{free / 2**20:.1f} MiB free there; "
+        f"{free}"
         + (f"the last checkpoint, step {kept}, is kept" if kept is not None else "none saved yet")
     )
 
@@ -127,22 +146,32 @@ def save_error(manager: ocp.CheckpointManager, step: int, error: BaseException) 
 def finished_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> Exception | None:
     """The error of the last background save once it has ended in one (None while it runs, when
     it succeeded, or once reported); `wait` waits for it to end. The partial directory a failed
-    save left is removed to free the space."""
+    save left is removed to free the space, where the storage still answers (a bucket that
+    does not keeps it; orbax replaces an unfinished step directory when it saves that step)."""
     if not wait and manager.is_saving_in_progress():
         return None
     try:
         manager.wait_until_finished()
     except Exception as error:  # noqa: BLE001 - whatever it was, the save did not complete.
         if jax.process_index() == 0:
-            for name in incomplete_steps(manager):
-                shutil.rmtree(manager.directory / name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                for name in incomplete_steps(manager):
+                    (manager.directory / name).rmtree(missing_ok=True)
         return error
     return None
 
 
 def incomplete_steps(manager: ocp.CheckpointManager) -> list[str]:
-    """Directories of saves that never completed (the process died while writing them)."""
-    return sorted(p.name for p in manager.directory.iterdir() if _TMP_SUFFIX in p.name)
+    """Directories of saves that never completed (the process died while writing them): locally
+    orbax's temporary STEP<suffix> directories, on GCS (written in place) the STEP directories
+    without orbax's commit file."""
+    if not paths.is_remote(manager.directory):
+        return sorted(p.name for p in manager.directory.iterdir() if _TMP_SUFFIX in p.name)
+    return sorted(
+        p.name
+        for p in manager.directory.iterdir()
+        if p.name.isdigit() and not (p / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
+    )
 
 
 def check_model(saved: dict, config: ml_collections.ConfigDict, where: str) -> None:
@@ -193,7 +222,7 @@ def check_tokenizer(saved: dict, config: ml_collections.ConfigDict, fingerprint:
 def _restore_step(
     manager: ocp.CheckpointManager, step: int, abstract_state, iterator, config, fingerprint
 ):
-    where = os.path.join(str(manager.directory), str(step))
+    where = paths.join(manager.directory, str(step))
     saved = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -266,7 +295,7 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[
             n += 1
             target = manager.directory / f"corrupted-{step}.{n}"
         if jax.process_index() == 0:
-            os.rename(manager.directory / str(step), target)
+            (manager.directory / str(step)).rename(target)
         log(f"checkpoint: moved the corrupted step {step} to {target}")
     if steps:
         manager.reload()
@@ -275,8 +304,8 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int], log: Callable[[
 def open_run(workdir: str, step: int | None):
     """(read-only manager, step, its saved config and checksums) of a run's checkpoint
     (default: the latest)."""
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
-    if not os.path.isdir(directory):
+    directory = paths.join(orbax_path(workdir), CHECKPOINTS_DIR)
+    if not paths.path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: not found (not a training run's workdir?)")
     manager = ocp.CheckpointManager(
         directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)

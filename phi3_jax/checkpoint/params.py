@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
 from phi3_jax import paths
-from phi3_jax.checkpoint import CHECKPOINTS_DIR, open_run
+from phi3_jax.checkpoint import CHECKPOINTS_DIR, open_run, orbax_path
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
@@ -25,7 +25,7 @@ CONFIG_FILE = "config.json"
 
 def save_params(path: str, config: ml_collections.ConfigDict, params) -> None:
     """Write params and config; the directory appears only once complete."""
-    with paths.atomic_directory(path) as tmp:
+    with paths.atomic_directory(orbax_path(path)) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(config_lib.to_json(config))
         with ocp.StandardCheckpointer() as checkpointer:
@@ -35,19 +35,16 @@ def save_params(path: str, config: ml_collections.ConfigDict, params) -> None:
 
 def load_config(path: str) -> ml_collections.ConfigDict:
     """The configuration stored beside a params checkpoint."""
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
+    file = paths.path(paths.join(path, CONFIG_FILE))
+    if not file.is_file():
         raise FileNotFoundError(f"{file}: not found (not a phi3_jax params checkpoint?)")
-    with open(file) as f:
-        return config_lib.from_json(f.read())
+    return config_lib.from_json(file.read_text())
 
 
 def restore_params(path: str, abstract_params=None):
     """Params from a checkpoint; `abstract_params` (ShapeDtypeStructs, shardings) place them."""
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(
-            os.path.join(os.path.abspath(path), PARAMS_DIR), abstract_params
-        )
+        return checkpointer.restore(paths.join(orbax_path(path), PARAMS_DIR), abstract_params)
 
 
 def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
@@ -71,22 +68,20 @@ def locate(path: str, step: int | None = None) -> tuple[str, str, int | None]:
     """What `path` names: ("params", path, None) for a params checkpoint, or ("run", WORKDIR,
     step) for a training run given as WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/STEP
     (step None: the latest). Anything else is a FileNotFoundError naming the path."""
-    path = os.path.abspath(path)
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
-        os.path.join(path, PARAMS_DIR)
-    ):
+    here = paths.path(path)
+    path = os.fspath(here)
+    if (here / CONFIG_FILE).is_file() and (here / PARAMS_DIR).is_dir():
         if step is not None:
             raise ValueError(f"step {step}: {path} is a params checkpoint, which has no steps")
         return "params", path, None
-    if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+    if (here / CHECKPOINTS_DIR).is_dir():
         return "run", path, step
-    name, parent = os.path.basename(path), os.path.dirname(path)
-    if name == CHECKPOINTS_DIR and os.path.isdir(path):
-        return "run", parent, step
-    if name.isdigit() and os.path.basename(parent) == CHECKPOINTS_DIR and os.path.isdir(path):
-        if step is not None and step != int(name):
-            raise ValueError(f"step {step}: {path} is the checkpoint of step {name}")
-        return "run", os.path.dirname(parent), int(name)
+    if here.name == CHECKPOINTS_DIR and here.is_dir():
+        return "run", os.fspath(here.parent), step
+    if here.name.isdigit() and here.parent.name == CHECKPOINTS_DIR and here.is_dir():
+        if step is not None and step != int(here.name):
+            raise ValueError(f"step {step}: {path} is the checkpoint of step {here.name}")
+        return "run", os.fspath(here.parent.parent), int(here.name)
     raise FileNotFoundError(
         f"{path}: not a phi3_jax checkpoint (a params checkpoint holds {CONFIG_FILE} and "
         f"{PARAMS_DIR}/; a run is WORKDIR, WORKDIR/{CHECKPOINTS_DIR} or "

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import zstandard
 
+from phi3_jax import paths
+
 # Compressed bytes read at a time: bounds memory per open file, whatever the file's size.
 CHUNK_BYTES = 1 << 20
 # What reading a damaged or vanished file raises, in any of the formats.
@@ -94,7 +96,7 @@ def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _open_binary(path: str) -> BinaryIO:
-    return open(path, "rb")
+    return paths.path(path).open("rb")
 
 
 def jsonl_lines(

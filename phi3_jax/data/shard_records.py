@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordReader
 
+from phi3_jax import paths
 from phi3_jax.config import DATA_FORMATS
 from phi3_jax.data import formats
 from phi3_jax.data.formats import Bad
@@ -49,11 +50,26 @@ def _parquet_records(
     path: str, columns: tuple[str, ...], value: Callable[[dict], Any], start: int
 ) -> Iterator[tuple[int, Any]]:
     """`value` of each row's {column: value} dict."""
+    # Through the path layer (a bucket too); pyarrow reads the footer and row groups by seeks.
     try:
-        pf = pq.ParquetFile(path)
+        fh = paths.path(path).open("rb")
     except formats.READ_ERRORS as e:
         yield start, Bad(f"cannot open parquet: {e}", ends_shard=True)
         return
+    with fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except formats.READ_ERRORS as e:
+            pf = Bad(f"cannot open parquet: {e}", ends_shard=True)
+        if isinstance(pf, Bad):
+            yield start, pf
+            return
+        yield from _parquet_rows(pf, columns, value, start)
+
+
+def _parquet_rows(
+    pf: pq.ParquetFile, columns: tuple[str, ...], value: Callable[[dict], Any], start: int
+) -> Iterator[tuple[int, Any]]:
     for field in columns:
         if field not in pf.schema_arrow.names:
             yield start, formats.missing_column(field, pf.schema_arrow.names)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import pathlib
 from collections.abc import Iterable, Sequence
 
 import orjson
 import zstandard
+
+from phi3_jax import paths
 
 
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
@@ -18,10 +17,10 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
         patterns = [p for p in patterns.split(",") if p]
     files: list[str] = []
     for pattern in patterns:
-        matched = sorted(glob.glob(pattern, recursive=True))
+        matched = paths.glob(pattern)
         if not matched:
             raise FileNotFoundError(f"glob {pattern!r} matches no file")
-        folders = [path for path in matched if os.path.isdir(path)]
+        folders = [path for path in matched if paths.path(path).is_dir()]
         if folders:
             raise IsADirectoryError(
                 f"{folders[0]}: a directory, not a shard file (matched by glob {pattern!r})"
@@ -33,6 +32,6 @@ def expand_globs(patterns: str | Sequence[str]) -> list[str]:
 def write_jsonl_zst(records: Iterable[dict], path: str) -> int:
     """Write records as one JSON object a line, zstd-compressed (same input, same bytes)."""
     lines = [orjson.dumps(record) + b"\n" for record in records]
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(path).write_bytes(zstandard.ZstdCompressor(level=19).compress(b"".join(lines)))
+    paths.makedirs(paths.path(path).parent)
+    paths.path(path).write_bytes(zstandard.ZstdCompressor(level=19).compress(b"".join(lines)))
     return len(lines)

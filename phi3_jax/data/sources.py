@@ -13,17 +13,16 @@ to the record. Bad input raises `errors.BadInputError` naming file and record, o
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
+from phi3_jax import paths
 from phi3_jax.config import ON_BAD_RECORD
 from phi3_jax.data.formats import Bad
 from phi3_jax.data.shard_records import SourceSpec, read_records
@@ -56,11 +55,11 @@ def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
     files: list[str] = []
     problems: list[str] = []
     for pattern in spec.globs:
-        if glob.has_magic(pattern):
-            matched = sorted(glob.glob(pattern, recursive=True))
+        if paths.has_magic(pattern):
+            matched = paths.glob(pattern)
             if not matched:
                 problems.append(f"glob {pattern!r} matches no file")
-        elif os.path.isfile(pattern):
+        elif paths.path(pattern).is_file():
             matched = [pattern]
         else:
             matched = []
@@ -137,6 +136,12 @@ class ShardSource(grain.IterDataset):
             logging.warning("source %s: skipping %s", spec.name, problem)
         if not files:
             raise BadInputError(f"source {spec.name}: no shard in {list(spec.globs)}")
+        remote = [f for f in files if paths.is_remote(f)]
+        if remote and spec.format.startswith("arrayrecord"):
+            raise BadInputError(
+                f"source {spec.name}: {remote[0]}: ArrayRecord shards are read from local disk "
+                "only (array_record's reader opens local files); copy them there first"
+            )
         self._spec = spec
         self._to_ids = to_ids
         self._options = options

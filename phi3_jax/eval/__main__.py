@@ -15,6 +15,7 @@ import json
 
 from absl import app, flags, logging
 
+from phi3_jax import paths
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.errors import BadInputError
 from phi3_jax.eval import runner, source, tasks
@@ -106,8 +107,7 @@ def evaluate() -> None:
                 for r in results
             },
         }
-        with open(FLAGS.output, "w") as f:
-            json.dump(out, f, indent=1)
+        paths.path(FLAGS.output).write_text(json.dumps(out, indent=1))
         print(f"wrote {FLAGS.output}")
 
 

@@ -15,10 +15,13 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
+from phi3_jax import paths
 
 
 class DataError(FileNotFoundError):
@@ -58,16 +61,10 @@ def read_arrow_dir(path: str) -> list[dict]:
 
 
 def read_jsonl(path: str) -> Iterator[dict]:
-    """Records of a jsonl file, plain, .gz or .zst."""
-    if not os.path.isfile(path):
+    """Records of a jsonl file, plain, .gz or .zst (local or on a bucket)."""
+    if not paths.path(path).is_file():
         raise DataError(f"{path}: not found")
-    if path.endswith(".gz"):
-        f = gzip.open(path, "rt", encoding="utf-8")
-    elif path.endswith(".zst"):
-        f = _zstd_text(path)
-    else:
-        f = open(path, encoding="utf-8")
-    with f:
+    with paths.path(path).open("rb") as raw, _text(raw, path) as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -76,17 +73,23 @@ def read_jsonl(path: str) -> Iterator[dict]:
                     raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
 
 
-def _zstd_text(path: str):
-    raw = open(path, "rb")
-    return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+def _text(raw: BinaryIO, path: str) -> io.TextIOWrapper:
+    """The UTF-8 text of a binary file, decompressed by its suffix (.gz, .zst)."""
+    if path.endswith(".gz"):
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8")
+    if path.endswith(".zst"):
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
+        return io.TextIOWrapper(stream, encoding="utf-8")
+    return io.TextIOWrapper(raw, encoding="utf-8")
 
 
 def read_texts(path: str, field: str = "text") -> list[str]:
     """The `field` of every record of a jsonl(.gz|.zst) or parquet file, in order."""
     if path.endswith(".parquet"):
-        if not os.path.isfile(path):
+        if not paths.path(path).is_file():
             raise DataError(f"{path}: not found")
-        table = pq.read_table(path)
+        with paths.path(path).open("rb") as f:
+            table = pq.read_table(f)
         if field not in table.column_names:
             raise DataError(f"{path}: no column {field!r} (columns: {table.column_names})")
         texts = table.column(field).to_pylist()

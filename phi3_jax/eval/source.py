@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import ml_collections
 
+from phi3_jax import paths
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
 from phi3_jax.train import restore as restore_lib
@@ -40,8 +40,12 @@ def load(
         raise SourceError("give exactly one of workdir and hf_dir")
     if workdir:
         config, params, step = restore_lib.restore_params_of_run(workdir, step)
-        source = {"workdir": os.path.abspath(workdir), "step": int(step)}
+        source = {"workdir": paths.resolve(workdir), "step": int(step)}
         return Loaded(config, params, load_tokenizer(config), bool(config.data.add_bos), source)
-    config, params = hf.load_hf(hf_dir)
-    config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer or hf_dir)
-    return Loaded(config, params, load_tokenizer(config), False, {"hf_dir": hf_dir})
+    # The model's files (and its own tokenizer's) are read from local disk: a bucket's copied.
+    with paths.local_directory(hf_dir) as local:
+        config, params = hf.load_hf(local)
+        config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer or local)
+        loaded_tokenizer = load_tokenizer(config)
+    config.data.tokenizer.path = tokenizer or hf_dir
+    return Loaded(config, params, loaded_tokenizer, False, {"hf_dir": hf_dir})

@@ -3,11 +3,10 @@ serve a run's latest checkpoint (or an HF directory) with an OpenAI-compatible A
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags, logging
 from aiohttp import web
 
+from phi3_jax import paths
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.eval import source
 from phi3_jax.serve.api import make_app
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> None:
         )
     except (source.SourceError, FileNotFoundError) as error:
         raise app.UsageError(str(error)) from None
-    name = FLAGS.model_name or os.path.basename(os.path.abspath(FLAGS.workdir or FLAGS.hf_dir))
+    name = FLAGS.model_name or paths.path(FLAGS.workdir or FLAGS.hf_dir).name
     try:
         mesh = serving_mesh(loaded.config, FLAGS.mesh_data, FLAGS.mesh_tensor)
     except ValueError as error:

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
 
-from phi3_jax import checkpoint, metrics, model, sharding
+from phi3_jax import checkpoint, metrics, model, paths, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.data import pipeline
@@ -50,18 +48,14 @@ class NonFiniteError(RuntimeError):
 
 
 def prepare_workdir(workdir: str) -> str:
-    """The workdir as an absolute path, created and checked writable (one clear error if not)."""
-    path = os.path.abspath(workdir)
+    """The workdir as an absolute path or a bucket URL, created and checked writable (one clear
+    error naming it if not)."""
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise WorkdirError(
-            f"--workdir={workdir}: not a writable directory ({type(error).__name__}: "
-            f"{error.strerror or error})"
-        ) from None
-    return path
+        checkpoint.orbax_path(workdir)
+        paths.check_writable(workdir)
+    except (OSError, ValueError) as error:
+        raise WorkdirError(f"--workdir={error}") from None
+    return paths.resolve(workdir)
 
 
 def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -4,14 +4,13 @@ eval, convert, and a run starting from another's params."""
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
-from phi3_jax import model, sharding
+from phi3_jax import model, paths, sharding
 from phi3_jax.checkpoint import open_run
 from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.checkpoint.checksums import verify_checksums
@@ -35,7 +34,7 @@ def restore_params_of_run(workdir: str, step: int | None = None):
     )
     manager.close()
     verify_checksums(
-        restored["state"], saved["checksums"], os.path.join(manager.directory, str(step))
+        restored["state"], saved["checksums"], paths.join(manager.directory, str(step))
     )
     return config, restored["state"].params, step
 

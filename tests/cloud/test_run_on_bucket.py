@@ -1,0 +1,124 @@
+"""A training run whose --workdir is an emulated gs:// bucket, through the CLI: SIGKILLed after a
+checkpoint, resumed, it ends bitwise equal to the same run made straight on local disk; then
+`plot`, `generate`, `eval` and `convert` read it from the bucket.
+
+The runs are tests/train/test_loop.py's (its model, overrides and helpers); the local straight
+run is shared with that module's tests (same name, same lock).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from phi3_jax import checkpoint, paths, plot
+from tests.train import test_loop as cli
+
+pytestmark = (
+    pytest.mark.slow
+)  # three training runs and four CLI calls (see README: Runs on buckets)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, worker_id):
+    return cli.straight_run(tmp_path_factory, worker_id, "straight")
+
+
+@pytest.fixture(scope="module")
+def bucket_run(gcs, straight):
+    """The run on the bucket, SIGKILLed once its middle checkpoint is committed, then resumed."""
+    workdir = paths.join(gcs.create_bucket(), "run")
+    middle = cli.STEPS // 2
+    committed = paths.path(
+        paths.join(workdir, checkpoint.CHECKPOINTS_DIR, str(middle), "commit_success.txt")
+    )
+    process = cli.start(workdir)
+    for line in process.stdout:
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) > middle:
+            process.send_signal(signal.SIGSTOP)
+            if committed.exists():
+                break
+            process.send_signal(signal.SIGCONT)
+    process.kill()
+    process.wait()
+    manager = ocp.CheckpointManager(
+        paths.join(workdir, checkpoint.CHECKPOINTS_DIR),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    )
+    assert manager.all_steps() == [middle]
+    resumed = cli.run(workdir)
+    assert f"resuming from step {middle}" in resumed.stdout
+    return workdir
+
+
+def test_killed_and_resumed_on_the_bucket_equals_the_local_straight_run(bucket_run, straight):
+    expected, got = cli.losses(straight), cli.losses(bucket_run)
+    for step in range(cli.STEPS // 2 + 1, cli.STEPS + 1):
+        assert got[step] == expected[step], step  # bitwise: exact float equality
+    for a, b in zip(
+        cli.saved_params(straight, cli.STEPS),
+        cli.saved_params(bucket_run, cli.STEPS),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    # TensorBoard's event files went to the bucket too.
+    assert paths.glob(paths.join(bucket_run, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_plot_writes_into_the_bucket(bucket_run):
+    written = plot.plot(bucket_run)
+    assert written == paths.join(bucket_run, plot.PLOT_FILE)
+    assert paths.path(written).read_bytes().startswith(b"\x89PNG")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cli.REPO,
+        env=cli.environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_generate_reads_the_run_from_the_bucket(bucket_run):
+    result = _cli(
+        "phi3_jax.generate", f"--workdir={bucket_run}", "--prompt=The", "--max_new_tokens=4"
+    )
+    assert result.stdout.strip()
+
+
+def test_eval_reads_the_run_from_the_bucket_and_writes_there(bucket_run, tmp_path):
+    corpus = tmp_path / "held_out.jsonl"
+    corpus.write_text(json.dumps({"text": "The list type supports indexing."}) + "\n")
+    output = paths.join(bucket_run, "eval.json")
+    _cli(
+        "phi3_jax.eval",
+        f"--workdir={bucket_run}",
+        f"--tasks=ppl:{corpus}",
+        f"--output={output}",
+    )
+    report = json.loads(paths.path(output).read_text())
+    assert report["source"]["workdir"] == bucket_run
+
+
+def test_convert_exports_the_bucket_run_to_the_bucket_and_back(bucket_run, straight):
+    hf_dir = paths.join(bucket_run, "hf")
+    _cli("phi3_jax.convert", "orbax-to-hf", f"--ckpt={bucket_run}", f"--out={hf_dir}")
+    assert paths.path(paths.join(hf_dir, "config.json")).is_file()
+    params_dir = paths.join(bucket_run, "params")
+    _cli("phi3_jax.convert", "hf-to-orbax", f"--hf_dir={hf_dir}", f"--out={params_dir}")
+    _, params = checkpoint.load_params_checkpoint(params_dir)
+    expected = cli.saved_params(straight, cli.STEPS)
+    for a, b in zip(expected, jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, np.asarray(b))
