@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from phi3_jax import sharding
+from phi3_jax import paths, sharding
 from phi3_jax.eval import data, tasks
 from phi3_jax.eval.scorer import Scorer
 from phi3_jax.longrope import fitness
@@ -213,7 +213,7 @@ def main(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    results = json.loads(open(flags.FLAGS.results).read())["results"]
+    results = json.loads(paths.path(flags.FLAGS.results).read_text())["results"]
     names = [n for n in results if n.split(":")[0] == PASSKEY]
     if not names:
         raise SystemExit(f"{flags.FLAGS.results}: no passkey task in its results")

