@@ -143,6 +143,29 @@ def local_directory(directory: str | os.PathLike) -> Iterator[str]:
         yield tmp
 
 
+def local_mirror(file_or_directory: str | os.PathLike) -> str:
+    """A local path holding what `file_or_directory` holds, for readers that open local files
+    and keep their paths (tokenizers): a local path itself; a bucket's, downloaded (afresh) into
+    ~/.cache/phi3_jax/buckets/SCHEME/BUCKET/KEY, a file with the files beside it, which readers
+    look for (a sentencepiece model's PREFIX.json, a tokenizer.json's tokenizer_config.json)."""
+    if not is_remote(file_or_directory):
+        return os.fspath(file_or_directory)
+    source = path(file_or_directory)
+    scheme, key = os.fspath(source).split("://", 1)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    local = os.path.join(cache, "phi3_jax", "buckets", scheme, key)
+    filesystem = _filesystem(source)
+    if source.is_dir():
+        filesystem.get(os.fspath(source) + "/", local + "/", recursive=True)
+    elif source.is_file():
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        beside = [p for p in source.parent.iterdir() if p.is_file()]
+        filesystem.get([os.fspath(p) for p in beside], os.path.dirname(local) + "/")
+    else:
+        raise FileNotFoundError(f"{source}: no such file or directory")
+    return local
+
+
 def _upload(local: str, target: epath.Path) -> None:
     """Copy the local directory `local` to `target`, the files at its top last: a reader that
     waits for a top-level file (a params checkpoint's config.json, a Hugging Face config.json)

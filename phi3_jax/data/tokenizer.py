@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 import ml_collections
 
 from phi3_jax import config as config_lib
+from phi3_jax import paths
 from phi3_jax.data.hf_tokenizer import Tokenizer, load_hf
 from phi3_jax.data.sentencepiece_tokenizer import (
     load_sentencepiece,
@@ -58,7 +59,8 @@ LOADERS = {
 
 def load(kind: str, path: str) -> Tokenizer | TiktokenTokenizer:
     """The tokenizer of `kind` (one of config.TOKENIZER_KINDS) at `path`."""
-    return LOADERS[kind](os.path.expanduser(path))
+    # The tokenizer libraries open local files (and keep their paths): a bucket's are mirrored.
+    return LOADERS[kind](paths.local_mirror(os.path.expanduser(path)))
 
 
 def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer | TiktokenTokenizer:

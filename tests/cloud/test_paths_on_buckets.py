@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from phi3_jax import paths
+from phi3_jax.data import tokenizer
+
+# The repository's bundled tokenizers.
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data")
 
 
 def test_read_write_list_glob(bucket):
@@ -66,3 +70,26 @@ def test_orbax_arrays_reach_gcs_through_tensorstore(gcs):
     assert paths.glob(paths.join(where, "**", "manifest.ocdbt"))
     for key in tree:
         np.testing.assert_array_equal(restored[key], tree[key])
+
+
+@pytest.mark.parametrize(
+    "kind,files",
+    [
+        pytest.param(  # ~20 s: the 32k-piece tokenizer and its tokenizer.json, twice
+            "sentencepiece", ("tokenizer.model", "tokenizer.json"), marks=pytest.mark.slow
+        ),
+        ("tiktoken", ("tokenizer_small.tiktoken",)),
+    ],
+)
+def test_tokenizer_on_a_bucket_is_the_local_one(gcs, kind, files):
+    """The tokenizer libraries read local files: a bucket's are mirrored, the same bytes, so the
+    same fingerprint (what a resume checks)."""
+    remote = paths.join(gcs.create_bucket(), "tok")
+    for name in files:
+        with open(os.path.join(DATA_DIR, name), "rb") as f:
+            paths.path(paths.join(remote, name)).write_bytes(f.read())
+    local = tokenizer.load(kind, os.path.join(DATA_DIR, files[0]))
+    mirrored = tokenizer.load(kind, paths.join(remote, files[0]))
+    assert mirrored.fingerprint == local.fingerprint
+    text = "The list type supports indexing."
+    assert mirrored.encode(text) == local.encode(text)
