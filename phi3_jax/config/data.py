@@ -65,6 +65,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     d.seed = 0
     # Start each document with BOS (it always ends with EOS).
     d.add_bos = True
+    # The long-document bucket (phi3_jax.data.long_context, the "mixed context window"; needs
+    # first_fit packing).
+    d.long_context = ml_collections.ConfigDict()
+    # Documents of at least this many ids are kept whole up to the row, the others cut at the
+    # model's original_max_position_embeddings (which this must exceed); 0: off.
+    d.long_context.min_tokens = 0
+    # The fraction of rows packed from the long documents.
+    d.long_context.long_fraction = 0.5
     return d
 
 

@@ -25,6 +25,10 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     # What a fresh run starts from: a params checkpoint (`convert hf-to-orbax`) or a run's
     # checkpoint (WORKDIR: its latest step; WORKDIR/checkpoints/STEP); "" = random init.
     c.init_from = ""
+    # Extension training: init_from's params under this run's context and rotary keys
+    # (max_position_embeddings, original_max_position_embeddings, rope_*, attention kernel;
+    # phi3_jax.train.loop.CONTEXT_KEYS) instead of those saved with them.
+    c.extend_context = False
     return c
 
 
@@ -70,5 +74,7 @@ def validate_loop(config: ml_collections.ConfigDict) -> None:
     require_positive_int("eval.task_limit", config.eval.task_limit)
     if config.eval.task_style not in ("lm_eval", "report"):
         fail("eval.task_style", config.eval.task_style, "must be lm_eval or report")
+    if config.checkpoint.extend_context and not config.checkpoint.init_from:
+        fail("checkpoint.extend_context", True, "extends a parent: set checkpoint.init_from")
     if config.eval.every_steps and not config.data.eval_fraction:
         fail("eval.every_steps", config.eval.every_steps, "needs data.eval_fraction > 0")

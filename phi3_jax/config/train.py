@@ -37,6 +37,10 @@ def default_train_config() -> ml_collections.ConfigDict:
     t.on_nan = "stop"
     # One of OBJECTIVES: lm (pretraining), sft or dpo (configs/phi3_sft.py, configs/phi3_dpo.py).
     t.objective = "lm"
+    # Progressive context (phi3_jax.data.long_context): (first step, row length) pairs, the first
+    # at step 0, the last at train.seq_len, e.g. ((0, 4096), (1000, 32768), (2000, 131072));
+    # empty: train.seq_len throughout. Each length compiles the step once.
+    t.context_schedule = ()
     return t
 
 
@@ -93,19 +97,62 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
         fail("train.on_nan", train.on_nan, f"must be one of {', '.join(ON_NAN)}")
     if train.objective not in OBJECTIVES:
         fail("train.objective", train.objective, f"must be one of {', '.join(OBJECTIVES)}")
+    _validate_context(config)
 
 
-def _validate_chunks(config: ml_collections.ConfigDict) -> None:
+def _validate_context(config: ml_collections.ConfigDict) -> None:
+    """train.context_schedule and data.long_context (they read the model and train keys too)."""
+    train, long = config.train, config.data.long_context
+    schedule = [tuple(entry) for entry in train.context_schedule]
+    key = "train.context_schedule"
+    if schedule:
+        if not all(len(e) == 2 and is_int(e[0]) and is_int(e[1]) for e in schedule):
+            fail(key, schedule, "each entry must be a (first step, row length) pair of integers")
+        starts, lengths = [e[0] for e in schedule], [e[1] for e in schedule]
+        if starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:], strict=False)):
+            fail(key, schedule, "first steps must start at 0 and rise")
+        if lengths[-1] != train.seq_len or any(not 0 < n <= train.seq_len for n in lengths):
+            fail(key, schedule, f"lengths must be positive, the last train.seq_len={train.seq_len}")
+        if train.objective == "dpo":
+            fail(key, schedule, "is for train.objective lm or sft (a DPO run has one row length)")
+        for length in lengths[:-1]:
+            _validate_chunks(config, length, f"{key} length {length}")
+    if not is_int(long.min_tokens) or long.min_tokens < 0:
+        fail("data.long_context.min_tokens", long.min_tokens, "must be an integer >= 0 (0: off)")
+    if long.min_tokens:
+        original = config.model.original_max_position_embeddings
+        if long.min_tokens <= original:
+            fail(
+                "data.long_context.min_tokens",
+                long.min_tokens,
+                f"must exceed model.original_max_position_embeddings={original} (the short context)",
+            )
+        if not 0 < long.long_fraction < 1:
+            fail("data.long_context.long_fraction", long.long_fraction, "must lie in (0, 1)")
+        if config.data.packing != "first_fit":
+            fail("data.packing", config.data.packing, "must be first_fit with data.long_context")
+        if train.objective == "dpo":
+            fail(
+                "data.long_context.min_tokens", long.min_tokens, "is for train.objective lm or sft"
+            )
+
+
+def _validate_chunks(
+    config: ml_collections.ConfigDict, seq_len: int | None = None, what: str = ""
+) -> None:
+    """The chunk keys against a row length: train.seq_len, or a schedule's `seq_len` (`what`)."""
     train, model = config.train, config.model
+    seq_len = seq_len or train.seq_len
+    what = what or f"train.seq_len={seq_len}"
     if not is_int(train.loss_chunk) or train.loss_chunk < 0:
         fail("train.loss_chunk", train.loss_chunk, "must be an integer >= 0 (0: off)")
-    if train.loss_chunk and train.seq_len % train.loss_chunk:
-        fail("train.loss_chunk", train.loss_chunk, f"must divide train.seq_len={train.seq_len}")
+    if train.loss_chunk and seq_len % train.loss_chunk:
+        fail("train.loss_chunk", train.loss_chunk, f"must divide {what}")
     if train.loss_chunk and model.architecture != "phi3":
         fail("train.loss_chunk", train.loss_chunk, "is implemented for architecture phi3 only")
     chunk = model.attention_chunk
-    if model.attention == "chunked" and train.seq_len > chunk and train.seq_len % chunk:
-        fail("model.attention_chunk", chunk, f"must divide train.seq_len={train.seq_len}")
+    if model.attention == "chunked" and seq_len > chunk and seq_len % chunk:
+        fail("model.attention_chunk", chunk, f"must divide {what}")
 
 
 def validate_optim(config: ml_collections.ConfigDict) -> None:

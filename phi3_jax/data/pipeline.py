@@ -4,9 +4,11 @@ Per phase, each named source (`sources.ShardSource`, tokenizing as it reads) is 
 mixing by the phase's weights; documents become next-token pairs (`tokens` = ids[:-1], `targets` =
 ids[1:], BOS/EOS framed) and are packed with grain's first-fit or concat-then-split packing into
 rows of `seq_len`, then batched per process. The two Phi-3 phases are two such pipelines, each
-prefetched by its own grain worker processes; `phases.PhasedIterDataset` takes batches 0..start-1 from
-phase 1 and the rest from phase 2, so the switch happens at the same batch whatever the number of
-workers. The iterator's state (grain's, JSON) saves and restores through orbax with
+prefetched by its own grain worker processes; `phases.PhasedIterDataset` takes batches
+0..start-1 from phase 1 and the rest from phase 2, so the switch happens at the same batch whatever
+the number of workers (a schedule of context lengths, `train.context_schedule`, cuts the run into
+more such segments; `data.long_context` mixes whole long documents into rows of their own,
+`long_context`). The iterator's state (grain's, JSON) saves and restores through orbax with
 `grain.checkpoint.CheckpointSave/CheckpointRestore`, and carries the per-source counters
 (`source_counters`). The train loop turns each per-process batch into global arrays with
 `phi3_jax.sharding.global_batch`; nothing here uses JAX but the default process index and count.
@@ -33,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from phi3_jax.config import PACKINGS
-from phi3_jax.data import batch
+from phi3_jax.data import batch, long_context
 from phi3_jax.data.phases import PhasedIterDataset
 from phi3_jax.data.shard_records import SourceSpec
 from phi3_jax.data.sources import ReadOptions, ShardSource, counters
@@ -96,6 +98,13 @@ class PipelineOptions:
     # This process among those sharing the shards.
     process_index: int = 0
     process_count: int = 1
+    # Progressive context: (first step, row length) pairs; empty: seq_len throughout.
+    context_schedule: tuple[tuple[int, int], ...] = ()
+    # Long-document bucket (`long_context`): documents of at least this many ids kept whole
+    # (0: off), the fraction of rows they fill, and the length short documents are cut at.
+    long_min_tokens: int = 0
+    long_fraction: float = 0.5
+    short_len: int = 0
 
 
 def _process_index_and_count() -> tuple[int, int]:
@@ -151,6 +160,10 @@ def options_from_config(
         add_bos=data.add_bos,
         process_index=process_index,
         process_count=process_count,
+        context_schedule=tuple(tuple(entry) for entry in config.train.context_schedule),
+        long_min_tokens=data.long_context.min_tokens,
+        long_fraction=data.long_context.long_fraction,
+        short_len=config.model.original_max_position_embeddings,
     )
 
 
@@ -201,15 +214,50 @@ def _pack(examples: grain.IterDataset, opts: PipelineOptions, trained: bool) -> 
     raise ValueError(f"packing {opts.packing!r} is not one of {PACKINGS}")
 
 
+def pack_rows(
+    documents: grain.IterDataset,
+    opts: PipelineOptions,
+    pad_id: int,
+    trained: bool = False,
+    piece_len: int | None = None,
+) -> grain.IterDataset:
+    """Documents (`{"ids"}`, with `trained`: also `{"trained"}`) → next-token pairs (cut into
+    pieces of at most `piece_len`, default a row) → packed rows in the train step's format."""
+    # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
+    row_len = opts.seq_len if opts.packing == "first_fit" else None
+    max_len = min(piece_len, opts.seq_len) if piece_len else row_len
+    examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
+    return _pack(examples, opts, trained).map(functools.partial(batch.train_row, pad_id=pad_id))
+
+
 def pack_and_batch(
     documents: grain.IterDataset, opts: PipelineOptions, pad_id: int, trained: bool = False
 ) -> grain.IterDataset:
-    """Documents (`{"ids"}`, with `trained`: also `{"trained"}`) → next-token pairs → packed rows
-    → batches of `opts.batch_size`."""
-    # First-fit needs every piece to fit a row; concat-then-split splits long documents itself.
-    max_len = opts.seq_len if opts.packing == "first_fit" else None
-    examples = grain.experimental.FlatMapIterDataset(documents, NextTokenPieces(max_len))
-    rows = _pack(examples, opts, trained).map(functools.partial(batch.train_row, pad_id=pad_id))
+    """Documents → packed rows (`pack_rows`) → batches of `opts.batch_size`."""
+    rows = pack_rows(documents, opts, pad_id, trained)
+    return rows.batch(opts.batch_size, drop_remainder=True)
+
+
+def bucketed_batches(
+    documents: Callable[[], grain.IterDataset],
+    opts: PipelineOptions,
+    pad_id: int,
+    trained: bool = False,
+) -> grain.IterDataset:
+    """Batches of long rows (documents of at least `opts.long_min_tokens` ids, whole up to a row)
+    and short rows (the others, cut at `opts.short_len`), mixed by `opts.long_fraction`
+    (`long_context`). `documents()` builds one reading of the documents per bucket."""
+    buckets = [
+        pack_rows(
+            documents().filter(long_context.InBucket(opts.long_min_tokens, long)),
+            opts,
+            pad_id,
+            trained,
+            piece_len=None if long else opts.short_len,
+        )
+        for long in (True, False)
+    ]
+    rows = long_context.mix_buckets(*buckets, opts.long_fraction)
     return rows.batch(opts.batch_size, drop_remainder=True)
 
 
@@ -274,9 +322,13 @@ def _phase_batches(
     tokenizer: Tokenizer,
     records: Records | None,
 ) -> grain.IterDataset:
-    documents = mixed_documents(opts, weights, tokenizer, records)
     trained = records is not None and records.trained
-    batches = pack_and_batch(documents, opts, tokenizer.pad_id, trained)
+    if opts.long_min_tokens:
+        documents = functools.partial(mixed_documents, opts, weights, tokenizer, records)
+        batches = bucketed_batches(documents, opts, tokenizer.pad_id, trained)
+    else:
+        documents = mixed_documents(opts, weights, tokenizer, records)
+        batches = pack_and_batch(documents, opts, tokenizer.pad_id, trained)
     return batches.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
@@ -288,12 +340,28 @@ def _phase_batches(
 def train_dataset(
     opts: PipelineOptions, tokenizer: Tokenizer, records: Records | None = None
 ) -> grain.IterDataset:
-    """The endless training batches of this process: phase 1, then phase 2 from its start step."""
-    phase1 = _phase_batches(opts, opts.phase1, tokenizer, records)
-    if not opts.phase2:
-        return phase1
-    phase2 = _phase_batches(opts, opts.phase2, tokenizer, records)
-    return PhasedIterDataset(phase1, phase2, opts.phase2_start_step)
+    """The endless training batches of this process: phase 1, then phase 2 from its start step,
+    each cut where `opts.context_schedule` changes the row length (`long_context.segments`)."""
+    segments = long_context.segments(
+        opts.phase1,
+        opts.phase2,
+        opts.phase2_start_step,
+        opts.context_schedule,
+        opts.seq_len,
+        opts.seed,
+    )
+    parents = [
+        _phase_batches(
+            dataclasses.replace(opts, seq_len=segment.seq_len, seed=segment.seed),
+            segment.weights,
+            tokenizer,
+            records,
+        )
+        for segment in segments
+    ]
+    if len(parents) == 1:
+        return parents[0]
+    return PhasedIterDataset(parents, [segment.start for segment in segments])
 
 
 def eval_datasets(

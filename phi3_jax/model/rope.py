@@ -59,7 +59,8 @@ def cos_sin(
     positions: Array, inv_freq: Array, magnitude: float | Array = 1.0
 ) -> tuple[Array, Array]:
     """cos and sin tables [batch, seq, head_dim] (float32) for int `positions` [batch, seq] and
-    `inv_freq` [head_dim / 2] or one per row [batch, 1, head_dim / 2]; each pair's angle fills
+    `inv_freq` [head_dim / 2], one per row [batch, 1, head_dim / 2] or one per token
+    [batch, seq, head_dim / 2]; each pair's angle fills
     both halves (rotate-half layout)."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([freqs, freqs], axis=-1)
@@ -72,6 +73,18 @@ def uses_long_factors(lengths: Array, original_length: int) -> Array:
     return lengths > original_length
 
 
+def document_lengths(positions: Array, segment_ids: Array) -> Array:
+    """Per token [batch, seq], the length of its document in a packed row: its segment's largest
+    position + 1 (positions restart at 0 per document; segment 0, the padding, is one too)."""
+
+    def row(p: Array, s: Array) -> Array:
+        # Segment ids are 0..seq: at most one document per token.
+        longest = jax.ops.segment_max(p, s, num_segments=p.shape[0] + 1)
+        return longest[s] + 1
+
+    return jax.vmap(row)(positions, segment_ids)
+
+
 def longrope_cos_sin(
     positions: Array,
     use_long: Array,
@@ -81,9 +94,13 @@ def longrope_cos_sin(
     theta: float,
     magnitude: float | Array,
 ) -> tuple[Array, Array]:
-    """LongRoPE's tables: row b rescaled by `long_factor` where `use_long` (a bool, or one per
-    row) is true and by `short_factor` elsewhere (each [head_dim / 2], possibly traced)."""
-    use_long = jnp.broadcast_to(use_long, positions.shape[:1])[:, None, None]
+    """LongRoPE's tables: rescaled by `long_factor` where `use_long` (a bool, one per row, or one
+    per token [batch, seq]) is true and by `short_factor` elsewhere (each [head_dim / 2],
+    possibly traced)."""
+    use_long = jnp.asarray(use_long)
+    if use_long.ndim < 2:
+        use_long = jnp.broadcast_to(use_long, positions.shape[:1])[:, None]
+    use_long = jnp.broadcast_to(use_long, positions.shape)[..., None]
     inv_freq = jnp.where(
         use_long,
         inverse_frequencies(head_dim, theta, long_factor),
@@ -97,13 +114,17 @@ def rotary_cos_sin(
     positions: Array,
     use_long: Array | None = None,
     factors: tuple[Array, Array] | None = None,
+    segment_ids: Array | None = None,
 ) -> tuple[Array, Array]:
     """The model's cos and sin tables [batch, seq, head_dim] (float32) for `positions`.
 
-    With LongRoPE, `use_long` (a bool, or one per row) picks the long factors; by default it is
-    HF's rule for one forward call: the largest position + 1 exceeds
-    original_max_position_embeddings. `factors` (short, long), arrays that may be traced,
-    replace the config's (the factor search scores candidates through one compiled function).
+    With LongRoPE, `use_long` (a bool, one per row or one per token) picks the long factors. By
+    default it is HF's rule for one forward call, the largest position + 1 exceeds
+    original_max_position_embeddings; given the `segment_ids` of packed rows, HF's rule applied
+    to each document as if it were its own call (`document_lengths`): a short document keeps the
+    short factors in a row that also holds a long one (the "mixed context window" of training).
+    `factors` (short, long), arrays that may be traced, replace the config's (the factor search
+    scores candidates through one compiled function).
     """
     head_dim = config_lib.head_dim(model)
     if model.rope_scaling != "longrope":
@@ -112,8 +133,11 @@ def rotary_cos_sin(
                 f"rope factors given to a model with rope_scaling={model.rope_scaling}"
             )
         return cos_sin(positions, inverse_frequencies(head_dim, model.rope_theta))
-    if use_long is None:
-        use_long = uses_long_factors(jnp.max(positions) + 1, model.original_max_position_embeddings)
+    original = model.original_max_position_embeddings
+    if use_long is None and segment_ids is not None:
+        use_long = uses_long_factors(document_lengths(positions, segment_ids), original)
+    elif use_long is None:
+        use_long = uses_long_factors(jnp.max(positions) + 1, original)
     short_factor, long_factor = factors or (model.rope_short_factor, model.rope_long_factor)
     return longrope_cos_sin(
         positions,

@@ -87,7 +87,10 @@ class Phi3(nn.Module):
         x = embed(tokens)
         kv, index = None, None
         if cache is None:
-            cos, sin = rope.rotary_cos_sin(m, positions, factors=rope_factors)
+            # LongRoPE's factors per document of the packed rows (`rope.rotary_cos_sin`).
+            cos, sin = rope.rotary_cos_sin(
+                m, positions, factors=rope_factors, segment_ids=segment_ids
+            )
             # Fast kernels build their masks blockwise from the segment ids.
             if attention.uses_segment_ids(m):
                 mask = segment_ids

@@ -26,7 +26,7 @@ import ml_collections
 from phi3_jax import checkpoint, metrics, model, paths, sharding
 from phi3_jax import config as config_lib
 from phi3_jax.checkpoint import params as params_checkpoint
-from phi3_jax.data import pipeline
+from phi3_jax.data import long_context, pipeline
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.eval import in_loop
 from phi3_jax.posttrain import objective
@@ -37,6 +37,19 @@ Log = Callable[[str], None]
 
 # Model keys a run keeps when it starts from a params checkpoint (how to compute, not what).
 COMPUTE_KEYS = ("name", "dtype", "remat", "scan_layers")
+# Model keys of the context a run keeps too with checkpoint.extend_context (extension training:
+# the parent's params under the long rotary factors and the new context; no parameter shape
+# depends on them).
+CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "original_max_position_embeddings",
+    "rope_scaling",
+    "rope_short_factor",
+    "rope_long_factor",
+    "rope_attention_factor",
+    "attention",
+    "attention_chunk",
+)
 
 
 class WorkdirError(OSError):
@@ -60,12 +73,14 @@ def prepare_workdir(workdir: str) -> str:
 
 def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """With checkpoint.init_from: the config whose model is the params checkpoint's (the run's
-    compute settings kept), so a converted Hugging Face model trains as it was saved."""
+    compute settings kept), so a converted Hugging Face model trains as it was saved; with
+    checkpoint.extend_context the run's context and rotary keys are kept too (CONTEXT_KEYS)."""
     if not config.checkpoint.init_from:
         return config
     saved = params_checkpoint.init_config(config.checkpoint.init_from).model
     config = config.copy_and_resolve_references()
-    for key in COMPUTE_KEYS:
+    kept = COMPUTE_KEYS + (CONTEXT_KEYS if config.checkpoint.extend_context else ())
+    for key in kept:
         saved[key] = config.model[key]
     config.model = saved
     return config_lib.validate(config)
@@ -151,6 +166,26 @@ def _stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
+def _at_length(config: ml_collections.ConfigDict, step: int) -> ml_collections.ConfigDict:
+    """The config as train step `step` (from 0) runs it: train.seq_len is its scheduled length."""
+    schedule, seq_len = config.train.context_schedule, config.train.seq_len
+    length = long_context.context_length_at(schedule, seq_len, step)
+    if length == seq_len:
+        return config
+    config = config.copy_and_resolve_references()
+    config.train.seq_len = length
+    return config
+
+
+def _tokens_seen(config: ml_collections.ConfigDict, steps: int) -> float:
+    rows = objective.tokens_per_step(config) // config.train.seq_len
+    return float(
+        long_context.tokens_through(
+            config.train.context_schedule, config.train.seq_len, rows, steps
+        )
+    )
+
+
 def _check_finite(config, step: int, scalars: dict[str, float], log: Log) -> None:
     loss, grad_norm = scalars["loss"], scalars["grad_norm"]
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -228,7 +263,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
 
         def run_eval() -> None:
             scalars = evaluate(eval_step, state.params, evals)
-            scalars["tokens_seen"] = float(step * tokens_per_step)
+            scalars["tokens_seen"] = _tokens_seen(config, step)
             last.update(scalars)
             log(metrics.eval_line(step, scalars))
             if score_tasks:
@@ -243,9 +278,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
         # Throughput is timed from the end of the first step (compilation excluded) and restarted
         # after each log line and evaluation.
         timer, timed = None, 0
+        seq_len = config.train.seq_len
         saving = None  # the step of the last save started
         with _stop_signals() as stop:
             while step < config.train.steps and not stop:
+                step_config = _at_length(config, step)
+                if step_config.train.seq_len != seq_len:
+                    # A new row length (train.context_schedule): its first step compiles.
+                    seq_len = step_config.train.seq_len
+                    flops = metrics.flops_per_token(step_config)
+                    tokens_per_step = objective.tokens_per_step(step_config)
+                    timer, timed = None, 0
                 batch = sharding.global_batch(next(iterator), batch_sharding, batch_size)
                 state, step_metrics = train_step(state, batch)
                 step += 1
@@ -257,7 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
                 done = step == config.train.steps
                 restart = timer is None
                 if step % config.log.every_steps == 0 or done:
-                    scalars["tokens_seen"] = float(step * tokens_per_step)
+                    scalars["tokens_seen"] = _tokens_seen(config, step)
                     if timed:
                         step_time = (time.perf_counter() - timer) / timed
                         scalars |= metrics.throughput(step_time, tokens_per_step, flops, peak)
