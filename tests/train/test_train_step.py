@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
-from train_fixtures import packed_batch, run_steps, small_config
+from train_fixtures import packed_batch, run_steps, sequence_config, small_config
 
 from phi3_jax import sharding, train
 
@@ -176,13 +176,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def two_processes(tmp_path, *mode: str):
+    """The results multiprocess_worker.py saves, run as two processes of 4 CPU devices."""
     out = tmp_path / "results.npz"
     coordinator = f"localhost:{_free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     workers = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), coordinator, str(pid), str(out)],
+            [sys.executable, str(WORKER), coordinator, str(pid), str(out), *mode],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -193,12 +194,33 @@ def test_two_processes_match_one(tmp_path):
     logs = [w.communicate(timeout=600)[0] for w in workers]
     for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log[-3000:]
-    results = np.load(out)
+    return np.load(out)
+
+
+def test_two_processes_match_one(tmp_path):
+    results = two_processes(tmp_path)
     # Process p owns every device at data index p, and the DCN-built mesh is that arrangement.
     process = results["mesh/process"].reshape(2, -1)
     np.testing.assert_array_equal(process, [[0] * 4, [1] * 4])
     np.testing.assert_array_equal(results["mesh/dcn"], results["mesh/plain"])
     history, params, _ = run_on((1, 1, 1))
+    np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
+    np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
+    for path, want in _by_path(params).items():
+        got = results[f"params/{path}"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert relative_norm_error(got, want) <= 1e-5
+
+
+@pytest.mark.slow  # two processes compiling the chunked step (17 min at load 26 on 2 cores)
+def test_rows_split_over_two_processes_match_one_device(tmp_path):
+    """Sequence parallelism across processes: every row's 64 tokens over the 8 devices of the
+    sequence axis, 4 in each process (each process feeds whole rows, its devices take their
+    parts); losses, grad norms and params equal one device's."""
+    results = two_processes(tmp_path, "sequence")
+    np.testing.assert_array_equal(results["mesh/process"].reshape(-1), [0] * 4 + [1] * 4)
+    assert results["mesh/process"].shape == (1, 1, 8, 1)
+    history, params, _ = run_steps(sequence_config(1), jax.devices()[:1], initial_state())
     np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
     np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
     for path, want in _by_path(params).items():

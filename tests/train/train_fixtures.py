@@ -38,6 +38,15 @@ def small_config(mesh=(1, 1, 1), **train_overrides):
     return config_lib.validate(config)
 
 
+def sequence_config(sequence: int):
+    """small_config's model on 8 rows of 64 tokens, each row split over `sequence` devices of the
+    sequence axis (chunked attention, 16-key chunks: each chunk is gathered over the axis)."""
+    config = small_config((1, 1, 1), seq_len=64)
+    config.mesh.sequence = sequence
+    config.model.update(attention="chunked", attention_chunk=16)
+    return config_lib.validate(config)
+
+
 def packed_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
     """Rows packed with two documents and trailing padding (segment 0, loss mask 0)."""
     rng = np.random.default_rng(seed)
