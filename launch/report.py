@@ -16,7 +16,6 @@ final held-out losses, its predictions for configs/sweeps/scale.py's sizes and t
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import sys
 import numpy as np
 
 from launch import scaling, sweep
-from phi3_jax import metrics, plot
+from phi3_jax import metrics, paths, plot
 
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 # The task metrics in the table: the continuous ones that rank small models, and accuracy.
@@ -51,12 +50,11 @@ def _last(lines: list[dict], key: str) -> dict | None:
 
 def read_run(workdir: str) -> dict:
     """A run's record, status and final scalars (`metrics`) and curves, from its files."""
-    record_path = os.path.join(workdir, sweep.RUN_FILE)
-    record = {"name": os.path.basename(workdir)}
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            record |= json.load(f)
-    has_metrics = os.path.isfile(os.path.join(workdir, metrics.METRICS_FILE))
+    record_path = paths.path(paths.join(workdir, sweep.RUN_FILE))
+    record = {"name": paths.path(workdir).name}
+    if record_path.is_file():
+        record |= json.loads(record_path.read_text())
+    has_metrics = paths.path(paths.join(workdir, metrics.METRICS_FILE)).is_file()
     lines = metrics.read_metrics(workdir) if has_metrics else []
     values: dict[str, float] = {}
     for key, name in (("loss", "train_loss"), ("eval_loss", "eval_loss")):
@@ -64,14 +62,13 @@ def read_run(workdir: str) -> dict:
         if line:
             values[name] = line[key]
     evaluations = record.get("evaluations")
-    files = [os.path.join(workdir, e) for e in evaluations] if evaluations else sorted(
-        glob.glob(os.path.join(workdir, "eval_*.json"))
+    files = [paths.join(workdir, e) for e in evaluations] if evaluations else (
+        paths.glob(paths.join(workdir, "eval_*.json"))
     )  # fmt: skip
-    missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    missing = [paths.path(f).name for f in files if not paths.path(f).is_file()]
     for path in files:
-        if os.path.isfile(path):
-            with open(path) as f:
-                results = json.load(f)["results"]
+        if paths.path(path).is_file():
+            results = json.loads(paths.path(path).read_text())["results"]
             for task, result in results.items():
                 for metric, value in result["metrics"].items():
                     values[f"{task_key(task)}/{metric}"] = value
@@ -99,9 +96,9 @@ def find_runs(root: str) -> list[str]:
     """The run workdirs directly under ROOT (those with a run.json or a metrics.jsonl)."""
     return [
         path
-        for path in sorted(glob.glob(os.path.join(root, "*")))
-        if os.path.isfile(os.path.join(path, sweep.RUN_FILE))
-        or os.path.isfile(os.path.join(path, metrics.METRICS_FILE))
+        for path in paths.glob(paths.join(root, "*"))
+        if paths.path(paths.join(path, sweep.RUN_FILE)).is_file()
+        or paths.path(paths.join(path, metrics.METRICS_FILE)).is_file()
     ]
 
 
@@ -212,7 +209,7 @@ def _cell(s: dict) -> str:
 
 def markdown(root: str, runs: list[dict], by_arm: dict, scale: dict | None) -> str:
     """report.md: the arm x metric table, the runs and their status, the scaling law."""
-    lines = [f"# Report: {os.path.basename(os.path.abspath(root))}", ""]
+    lines = [f"# Report: {paths.path(root).name}", ""]
     if by_arm:
         names = list(by_arm)
         seeds = ", ".join(f"{a}: {next(iter(by_arm[a].values()))['n']}" for a in names)
@@ -342,8 +339,7 @@ def figure(path: str, runs: list[dict], by_arm: dict, scale: dict | None) -> Non
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot.save_png(fig, path)
 
 
 def build(root: str, flops: list[float] | None = None, bootstrap: int = 200) -> dict:
@@ -354,16 +350,14 @@ def build(root: str, flops: list[float] | None = None, bootstrap: int = 200) -> 
     by_arm = arms(runs)
     scale = scaling_report(runs, flops or [], bootstrap)
     report = {
-        "root": os.path.abspath(root),
+        "root": paths.resolve(root),
         "arms": by_arm,
         "runs": [{k: r[k] for k in ("name", "arm", "status", "record", "metrics")} for r in runs],
         "scaling": scale,
     }
-    with open(os.path.join(root, REPORT_JSON), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(root, REPORT_MD), "w") as f:
-        f.write(markdown(root, runs, by_arm, scale))
-    figure(os.path.join(root, REPORT_PNG), runs, by_arm, scale)
+    paths.path(paths.join(root, REPORT_JSON)).write_text(json.dumps(report, indent=1))
+    paths.path(paths.join(root, REPORT_MD)).write_text(markdown(root, runs, by_arm, scale))
+    figure(paths.join(root, REPORT_PNG), runs, by_arm, scale)
     return report
 
 

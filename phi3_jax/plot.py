@@ -49,7 +49,7 @@ def task_curves(lines: list[dict]) -> dict[str, dict[str, tuple[list[float], lis
     return out
 
 
-def _save(fig, path: str) -> str:
+def save_png(fig, path: str) -> str:
     """Write the figure as PNG to `path` (local or a bucket) and close it."""
     with paths.path(path).open("wb") as f:
         fig.savefig(f, format="png")
@@ -71,7 +71,7 @@ def plot_tasks(workdir: str, lines: list[dict]) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    return _save(fig, paths.join(workdir, TASKS_FILE))
+    return save_png(fig, paths.join(workdir, TASKS_FILE))
 
 
 def plot(workdir: str) -> str:
@@ -89,7 +89,7 @@ def plot(workdir: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, paths.join(workdir, PLOT_FILE))
+    return save_png(fig, paths.join(workdir, PLOT_FILE))
 
 
 def main(argv: list[str]) -> None:

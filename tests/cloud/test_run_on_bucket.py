@@ -2,8 +2,7 @@
 checkpoint, resumed, it ends bitwise equal to the same run made straight on local disk; then
 `plot`, `generate`, `eval` and `convert` read it from the bucket.
 
-The runs are tests/train/test_loop.py's (its model, overrides and helpers); the local straight
-run is shared with that module's tests (same name, same lock).
+The runs are tests/train/test_loop.py's (its model, overrides and helpers).
 """
 
 from __future__ import annotations
@@ -26,9 +25,29 @@ pytestmark = (
 )  # three training runs and four CLI calls (see README: Runs on buckets)
 
 
+# Minutes per run on a loaded 2-core machine (test_loop.run allows 5).
+TIMEOUT_S = 1200
+
+
+def _run(workdir: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cli.command(workdir),
+        cwd=cli.REPO,
+        env=cli.environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, worker_id):
-    return cli.straight_run(tmp_path_factory, worker_id, "straight")
+def straight(tmp_path_factory):
+    """The run made straight on local disk."""
+    workdir = str(tmp_path_factory.mktemp("local") / "straight")
+    assert "starting from a random init" in _run(workdir).stdout
+    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +72,7 @@ def bucket_run(gcs, straight):
         options=ocp.CheckpointManagerOptions(read_only=True),
     )
     assert manager.all_steps() == [middle]
-    resumed = cli.run(workdir)
+    resumed = _run(workdir)
     assert f"resuming from step {middle}" in resumed.stdout
     return workdir
 
@@ -85,7 +104,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         env=cli.environment(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
