@@ -176,3 +176,14 @@ def test_sweep_runs_launch_locally_one_after_another(tmp_path):
     assert [name.split("-")[2] for name in runs] == ["lr=0.001", "lr=0.003"]
     for name in runs:
         assert (root / "two" / name / "checkpoints" / "2").is_dir()
+
+
+def test_the_128k_extension_preset_splits_each_row_over_the_sequence_axis():
+    config = phi3_mini_128k.get_config("extend,tpu=v5p-128")
+    mesh = {axis: config.mesh[axis] for axis in MESH_AXES}
+    assert math.prod(mesh.values()) == aot.parse_topology("v5p-128").chips
+    assert config.train.seq_len == config.model.max_position_embeddings == 131072
+    assert config.train.global_batch_size * config.train.seq_len == 4 * 1024 * 1024
+    rows = config.train.global_batch_size // config.train.microbatches
+    assert rows % (mesh["data"] * mesh["fsdp"]) == 0 and mesh["sequence"] > 1
+    assert config.model.attention == "chunked" and config.train.loss_chunk

@@ -197,6 +197,16 @@ def two_processes(tmp_path, *mode: str):
     return np.load(out)
 
 
+def assert_worker_results(results, history, params) -> None:
+    """The workers' losses, grad norms and final params equal a reference run's (1e-5)."""
+    np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
+    np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
+    for path, want in _by_path(params).items():
+        got = results[f"params/{path}"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        assert relative_norm_error(got, want) <= 1e-5
+
+
 def test_two_processes_match_one(tmp_path):
     results = two_processes(tmp_path)
     # Process p owns every device at data index p, and the DCN-built mesh is that arrangement.
@@ -204,12 +214,7 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_array_equal(process, [[0] * 4, [1] * 4])
     np.testing.assert_array_equal(results["mesh/dcn"], results["mesh/plain"])
     history, params, _ = run_on((1, 1, 1))
-    np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
-    np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
-    for path, want in _by_path(params).items():
-        got = results[f"params/{path}"]
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-        assert relative_norm_error(got, want) <= 1e-5
+    assert_worker_results(results, history, params)
 
 
 @pytest.mark.slow  # two processes compiling the chunked step (17 min at load 26 on 2 cores)
@@ -221,9 +226,4 @@ def test_rows_split_over_two_processes_match_one_device(tmp_path):
     np.testing.assert_array_equal(results["mesh/process"].reshape(-1), [0] * 4 + [1] * 4)
     assert results["mesh/process"].shape == (1, 1, 8, 1)
     history, params, _ = run_steps(sequence_config(1), jax.devices()[:1], initial_state())
-    np.testing.assert_allclose(results["loss"], [h["loss"] for h in history], rtol=1e-5)
-    np.testing.assert_allclose(results["grad_norm"], [h["grad_norm"] for h in history], rtol=1e-5)
-    for path, want in _by_path(params).items():
-        got = results[f"params/{path}"]
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-        assert relative_norm_error(got, want) <= 1e-5
+    assert_worker_results(results, history, params)
