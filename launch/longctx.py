@@ -9,8 +9,8 @@
    held-out rows (disjoint from the search's) with plain RoPE, PI, NTK-aware, YaRN and the
    searched factors, and by position bucket at 8x.
 4. `extend`: configs/phi3_tiny_longctx.py:extend from the short run's params
-   (checkpoint.init_from) with the searched factors (the search's override.flags) on rows of
-   1024 tokens, then the same table for it.
+   (checkpoint.init_from, checkpoint.extend_context) with the searched factors (the search's
+   override.flags) on rows of 1024 tokens, then the same table for it.
 5. Passkey retrieval of both models at 256, 512 and 1024 tokens (eval.longctx) as grids.
 
 The corpus's documents are short (few exceed 1024 tokens), so the long rows are documents joined
@@ -254,6 +254,8 @@ def main(argv: list[str]) -> None:
         [
             f"--flagfile={paths.join(search_dir, cli.OVERRIDE_FLAGS)}",
             f"--config.checkpoint.init_from={short_dir}",
+            # The searched factors and the 8x context replace those saved with the params.
+            "--config.checkpoint.extend_context=True",
             f"--config.data.sources.web.globs={shard}",
             "--config.data.sources.web.format=jsonl",
         ]
