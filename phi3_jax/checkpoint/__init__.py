@@ -165,6 +165,8 @@ def incomplete_steps(manager: ocp.CheckpointManager) -> list[str]:
     """Directories of saves that never completed (the process died while writing them): locally
     orbax's temporary STEP<suffix> directories, on GCS (written in place) the STEP directories
     without orbax's commit file."""
+    if not manager.directory.is_dir():  # a bucket has no empty directories: none saved yet
+        return []
     if not paths.is_remote(manager.directory):
         return sorted(p.name for p in manager.directory.iterdir() if _TMP_SUFFIX in p.name)
     return sorted(
