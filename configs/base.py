@@ -273,7 +273,7 @@ def pretraining(
     config.train.steps = -(-int(tokens) // BATCH_TOKENS)
     config.optim.update(LLAMA2_OPTIM, lr=lr)
     config.data.phase2_start_step = config.train.steps * 9 // 10
-    return config_lib.validate(config)
+    return config
 
 
 def with_preset(
@@ -290,7 +290,7 @@ def with_preset(
         )
     for section, values in presets[arg].items():
         config[section].update(values)
-    return config_lib.validate(config)
+    return config
 
 
 def posttraining(
@@ -310,4 +310,4 @@ def posttraining(
     config.data.update(phase2_start_step=0, eval_fraction=0.02)
     for section, values in (tiny if variant == "tiny" else full_size).items():
         config[section].update(values)
-    return config_lib.validate(config)
+    return config

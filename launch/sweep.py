@@ -45,8 +45,9 @@ def load_runs(sweep_path: str) -> list[dict]:
     return load_module(sweep_path).runs()
 
 
-def load_config(spec: str, overrides: dict) -> ml_collections.ConfigDict:
-    """The run's config as training will see it: `path[:arg]`, the overrides applied, validated.
+def load_config(spec: str, overrides: dict) -> ml_collections.FrozenConfigDict:
+    """The run's config as training will see it: `path[:arg]`, the overrides applied, validated
+    and frozen.
 
     An override of a key the schema does not have is a ConfigError naming it.
     """
@@ -62,7 +63,7 @@ def load_config(spec: str, overrides: dict) -> ml_collections.ConfigDict:
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
             raise config_lib.ConfigError(f"{key}={value!r}: unknown key (in {spec})")
         node[leaf] = value
-    return config_lib.validate(config)
+    return config_lib.freeze(config)
 
 
 def run_name(run: dict) -> str:

@@ -256,7 +256,7 @@ def _peak_flops(device: jax.Device) -> float:
 
 def plan(config: ml_collections.ConfigDict, topology: Topology) -> Report:
     """Compile config's train step for the topology and measure it."""
-    config_lib.validate(config)
+    config = config_lib.freeze(config)
     mesh = topology_mesh(config, topology)
     state = train.abstract_state(config, mesh)
     batch = abstract_batch(config, mesh)
@@ -364,14 +364,15 @@ class Candidate:
 
 def candidate_config(
     config: ml_collections.ConfigDict, candidate: Candidate
-) -> ml_collections.ConfigDict:
+) -> ml_collections.FrozenConfigDict:
     """The config with the candidate's mesh (fsdp takes the devices tensor does not), remat and
-    microbatching."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.mesh.update(data=1, fsdp=-1, tensor=candidate.tensor)
-    config.model.remat = candidate.remat
-    config.train.microbatches = candidate.microbatches
-    return config
+    microbatching, validated and frozen."""
+    return config_lib.replace(
+        config,
+        mesh=dict(data=1, fsdp=-1, tensor=candidate.tensor),
+        model=dict(remat=candidate.remat),
+        train=dict(microbatches=candidate.microbatches),
+    )
 
 
 def search(
@@ -390,8 +391,8 @@ def search(
     """
     found = []
     for tensor in tensors:
-        first = candidate_config(config, Candidate(tensor, remats[0], microbatches[0]))
         try:
+            first = candidate_config(config, Candidate(tensor, remats[0], microbatches[0]))
             mesh = topology_mesh(first, topology)
             state_bytes = per_chip_bytes(train.abstract_state(first, mesh))
         except ConfigError as e:
@@ -451,8 +452,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # libtpu is only the compiler here: the host's own devices are CPUs.
     jax.config.update("jax_platforms", "cpu")
-    config = _CONFIG.value
     try:
+        # Validated once, the command line's overrides in; frozen from here on.
+        config = config_lib.freeze(_CONFIG.value)
         topology = parse_topology(_TOPOLOGY.value)
         if _SEARCH.value:
             found = search(

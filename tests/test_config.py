@@ -3,6 +3,7 @@ leaves their shards to the run, which refuses to start without them in one line 
 
 from __future__ import annotations
 
+import ml_collections
 import pytest
 
 from configs import (
@@ -36,7 +37,11 @@ def test_the_schema_has_no_data_sources():
         (phi3_sft.get_config, "mini"),
         (phi3_dpo.get_config, "tiny"),
         (phi3_dpo.get_config, "small"),
-        *[(module.get_config, None) for module in FULL_SIZE.values()],
+        *[
+            (module.get_config, preset)
+            for module in FULL_SIZE.values()
+            for preset in (None, *sorted(getattr(module, "PRESETS", phi3_mini.PRESETS)))
+        ],
     ],
     ids=lambda x: getattr(x, "__module__", x),
 )
@@ -82,3 +87,29 @@ def test_a_full_size_posttraining_recipe_names_its_one_source(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"^data\.sources\.chat\.globs='': not set"):
         loop.train(phi3_sft.get_config("mini"), str(tmp_path / "run"))
     assert phi3_sft.get_config("tiny").data.sources.chat.globs == "data/chat/sft.jsonl.zst"
+
+
+def test_freeze_validates_once_and_hands_out_a_frozen_config():
+    config = phi3_tiny.get_config()
+    frozen = config_lib.freeze(config)
+    assert isinstance(frozen, ml_collections.FrozenConfigDict)
+    assert config_lib.freeze(frozen) is frozen
+    assert config_lib.to_json(frozen) == config_lib.to_json(config)
+    with pytest.raises(AttributeError, match="immutable"):
+        frozen.train.steps = 1
+    config.optim.b2 = 1.0
+    with pytest.raises(config_lib.ConfigError, match=r"^optim\.b2=1\.0: must lie in \[0, 1\)$"):
+        config_lib.freeze(config)
+
+
+def test_replace_is_a_new_validated_frozen_config():
+    frozen = config_lib.freeze(phi3_tiny.get_config())
+    changed = config_lib.replace(frozen, mesh=dict(data=2, fsdp=4), model=dict(dtype="bfloat16"))
+    assert isinstance(changed, ml_collections.FrozenConfigDict)
+    assert (changed.mesh.data, changed.mesh.fsdp, changed.model.dtype) == (2, 4, "bfloat16")
+    assert (frozen.mesh.data, frozen.mesh.fsdp, frozen.model.dtype) == (1, -1, "float32")
+    assert changed.model.hidden_size == frozen.model.hidden_size
+    with pytest.raises(config_lib.ConfigError, match=r"^mesh\.data=0: must be a positive"):
+        config_lib.replace(frozen, mesh=dict(data=0))
+    with pytest.raises(config_lib.ConfigError, match=r"^mesh\.model=2: unknown key$"):
+        config_lib.replace(frozen, mesh=dict(model=2))

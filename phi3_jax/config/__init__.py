@@ -2,8 +2,9 @@
 
 A run's configuration is one `ml_collections.ConfigDict`. `default_config()` defines every key (the
 schema: overriding a key that is not here is an error); `configs/*.py` fill in a model variant and
-its recipe; `validate()` checks the values once, before anything is built, and names the key at
-fault. One module per section, its defaults beside its validation: `model`, `data`, `parallel`
+its recipe; each entry point, once the command line's overrides are in, calls `freeze()`, which
+validates the values (naming the key at fault) and hands on a `FrozenConfigDict`; a changed config
+is a new one (`replace()`), validated and frozen again. One module per section, its defaults beside its validation: `model`, `data`, `parallel`
 (mesh, sharding), `train` (train, optim), `posttrain` (sft, dpo), `loop` (checkpoint, log, eval);
 `schema` puts them together and reads and writes the JSON saved beside checkpoints.
 """
@@ -56,7 +57,9 @@ from phi3_jax.config.schema import (
     REMOVED_KEYS,
     VARIANTS,
     default_config,
+    freeze,
     from_json,
+    replace,
     to_json,
     validate,
 )
@@ -106,7 +109,9 @@ __all__ = [
     "default_sft_config",
     "default_sharding_config",
     "default_train_config",
+    "freeze",
     "from_json",
+    "replace",
     "require_training_data",
     "head_dim",
     "rule_mesh_axes",

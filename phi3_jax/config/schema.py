@@ -52,6 +52,23 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def freeze(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """`config` validated and frozen: what an entry point hands on, once the command line's
+    overrides are in. A frozen config was validated when it was frozen: it is returned as is."""
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        return config
+    return ml_collections.FrozenConfigDict(validate(config))
+
+
+def replace(config: ml_collections.ConfigDict, **sections: dict) -> ml_collections.FrozenConfigDict:
+    """A copy of `config` with some keys of its sections changed (`replace(config,
+    mesh=dict(data=1))`; a named map such as data.sources is replaced whole), validated and
+    frozen. `config` itself is left as it is."""
+    changed = ml_collections.ConfigDict(config.to_dict())
+    _merge(changed, sections, "")
+    return freeze(changed)
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The resolved configuration as JSON (saved beside checkpoints)."""
     return config.to_json(indent=2, sort_keys=True)

@@ -11,10 +11,12 @@ with --log_samples every request with its scores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from absl import app, flags, logging
 
+from phi3_jax import config as config_lib
 from phi3_jax import paths
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.errors import BadInputError
@@ -67,7 +69,9 @@ def evaluate() -> None:
     loaded = source.load(
         FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
     )
-    loaded.config.model.dtype = FLAGS.dtype
+    loaded = dataclasses.replace(
+        loaded, config=config_lib.replace(loaded.config, model=dict(dtype=FLAGS.dtype))
+    )
     add_bos = loaded.add_bos if FLAGS.add_bos is None else FLAGS.add_bos
     scorer = Scorer(
         loaded.config,

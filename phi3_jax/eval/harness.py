@@ -13,6 +13,7 @@ requests that `phi3_jax.eval` builds, and its own metrics (acc, acc_norm) score 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from phi3_jax import config as config_lib
 from phi3_jax.eval import metrics, source, tasks
 from phi3_jax.eval.scorer import Scorer
 
@@ -48,7 +50,9 @@ class Phi3JaxLM(LM):
         super().__init__()
         if scorer is None:
             loaded = source.load(workdir, hf_dir, tokenizer, step)
-            loaded.config.model.dtype = dtype
+            loaded = dataclasses.replace(
+                loaded, config=config_lib.replace(loaded.config, model=dict(dtype=dtype))
+            )
             scorer = Scorer(
                 loaded.config,
                 loaded.params,

@@ -6,6 +6,7 @@ import dataclasses
 
 import ml_collections
 
+from phi3_jax import config as config_lib
 from phi3_jax import paths
 from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.model import hf
@@ -45,7 +46,8 @@ def load(
     # The model's files (and its own tokenizer's) are read from local disk: a bucket's copied.
     with paths.local_directory(hf_dir) as local:
         config, params = hf.load_hf(local)
-        config.data.tokenizer.update(kind=tokenizer_kind, path=tokenizer or local)
-        loaded_tokenizer = load_tokenizer(config)
-    config.data.tokenizer.path = tokenizer or hf_dir
+        reading = dict(kind=tokenizer_kind, path=tokenizer or local)
+        loaded_tokenizer = load_tokenizer(config_lib.replace(config, data=dict(tokenizer=reading)))
+    named = dict(kind=tokenizer_kind, path=tokenizer or hf_dir)
+    config = config_lib.replace(config, data=dict(tokenizer=named))
     return Loaded(config, params, loaded_tokenizer, False, {"hf_dir": hf_dir})

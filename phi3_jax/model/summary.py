@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        config = config_lib.validate(_CONFIG.value)
+        config = config_lib.freeze(_CONFIG.value)
     except config_lib.ConfigError as e:
         sys.exit(f"error: {e}")
     print("\n".join(summary_lines(config)))

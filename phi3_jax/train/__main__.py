@@ -99,7 +99,8 @@ def main(argv: list[str]) -> None:
         logging.get_absl_handler().addFilter(_not_orbax_error)
     distributed.initialize()
     try:
-        loop.train(_CONFIG.value, _WORKDIR.value)
+        # Validated once, the command line's overrides in; frozen from here on.
+        loop.train(config_lib.freeze(_CONFIG.value), _WORKDIR.value)
     except (
         config_lib.ConfigError,
         loop.WorkdirError,

@@ -71,19 +71,15 @@ def prepare_workdir(workdir: str) -> str:
     return paths.resolve(workdir)
 
 
-def with_init_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def with_init_model(config: ml_collections.FrozenConfigDict) -> ml_collections.FrozenConfigDict:
     """With checkpoint.init_from: the config whose model is the params checkpoint's (the run's
     compute settings kept), so a converted Hugging Face model trains as it was saved; with
     checkpoint.extend_context the run's context and rotary keys are kept too (CONTEXT_KEYS)."""
     if not config.checkpoint.init_from:
         return config
-    saved = params_checkpoint.init_config(config.checkpoint.init_from).model
-    config = config.copy_and_resolve_references()
+    saved = params_checkpoint.init_config(config.checkpoint.init_from).model.to_dict()
     kept = COMPUTE_KEYS + (CONTEXT_KEYS if config.checkpoint.extend_context else ())
-    for key in kept:
-        saved[key] = config.model[key]
-    config.model = saved
-    return config_lib.validate(config)
+    return config_lib.replace(config, model=saved | {key: config.model[key] for key in kept})
 
 
 def _check_vocab(config: ml_collections.ConfigDict, tokenizer) -> None:
@@ -172,9 +168,11 @@ def _at_length(config: ml_collections.ConfigDict, step: int) -> ml_collections.C
     length = long_context.context_length_at(schedule, seq_len, step)
     if length == seq_len:
         return config
-    config = config.copy_and_resolve_references()
-    config.train.seq_len = length
-    return config
+    # A view for this step's FLOPs and tokens, not a run's config: the schedule's last length is
+    # train.seq_len by validation, so it is frozen without being validated again.
+    scheduled = ml_collections.ConfigDict(config.to_dict())
+    scheduled.train.seq_len = length
+    return ml_collections.FrozenConfigDict(scheduled)
 
 
 def _tokens_seen(config: ml_collections.ConfigDict, steps: int) -> float:
@@ -231,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> 
 
     Returns the last logged train scalars merged with the last evaluation's.
     """
-    config = with_init_model(config_lib.validate(config))
+    config = with_init_model(config_lib.freeze(config))
     config_lib.require_training_data(config.data)
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
