@@ -16,6 +16,9 @@ from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.checkpoint.checksums import verify_checksums
 from phi3_jax.train import state as state_lib
 
+# What a run's params are restored onto: one device, no axis split.
+ONE_DEVICE_MESH = dict(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+
 
 def restore_params_of_run(workdir: str, step: int | None = None):
     """(config, params, step) of a run's checkpoint (default: the latest), params on one device.
@@ -25,8 +28,9 @@ def restore_params_of_run(workdir: str, step: int | None = None):
     naming it.
     """
     manager, step, saved = open_run(workdir, step)
-    config = config_lib.from_json(json.dumps(saved["config"]))
-    config.mesh.update(data=1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    # The one-device mesh goes in before the config is validated, not into a validated one.
+    one_device = saved["config"].get("mesh", {}) | ONE_DEVICE_MESH
+    config = config_lib.from_json(json.dumps(saved["config"] | {"mesh": one_device}))
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     abstract = state_lib.abstract_state(config, mesh)
     restored = manager.restore(
