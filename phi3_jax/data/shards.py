@@ -35,3 +35,13 @@ def write_jsonl_zst(records: Iterable[dict], path: str) -> int:
     paths.makedirs(paths.path(path).parent)
     paths.path(path).write_bytes(zstandard.ZstdCompressor(level=19).compress(b"".join(lines)))
     return len(lines)
+
+
+def write_shards(records: Sequence[dict], out: str, docs_per_shard: int) -> list[str]:
+    """Write `out/NNNNN.jsonl.zst` shards of at most `docs_per_shard` records; return paths."""
+    written = []
+    for start in range(0, len(records), docs_per_shard):
+        path = paths.join(out, f"{start // docs_per_shard:05d}.jsonl.zst")
+        write_jsonl_zst(records[start : start + docs_per_shard], path)
+        written.append(path)
+    return written

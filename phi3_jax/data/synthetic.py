@@ -21,12 +21,11 @@ import contextlib
 import importlib
 import io
 import math
-import os
 import random
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from phi3_jax.data.shards import write_jsonl_zst
+from phi3_jax.data.shards import write_shards
 
 Generator = Callable[[random.Random, int], dict]
 
@@ -213,16 +212,6 @@ def documents(n: int, seed: int, generator: Generator = template_document) -> li
     return records
 
 
-def write_shards(records: Sequence[dict], out: str, docs_per_shard: int) -> list[str]:
-    """Write `out/NNNNN.jsonl.zst` shards of at most `docs_per_shard` records; return paths."""
-    paths = []
-    for start in range(0, len(records), docs_per_shard):
-        path = os.path.join(out, f"{start // docs_per_shard:05d}.jsonl.zst")
-        write_jsonl_zst(records[start : start + docs_per_shard], path)
-        paths.append(path)
-    return paths
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3_jax.data.synthetic")
     parser.add_argument("--out", required=True, help="output folder")
@@ -242,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     llm.add_argument("--top_p", type=float, default=0.95)
     args = parser.parse_args(argv)
     if args.generator == "llm":
-        from phi3_jax.data import synthetic_llm  # it builds on this module
+        from phi3_jax.data import synthetic_llm  # only the llm generator needs it
 
         if not args.topics:
             raise SystemExit("error: --generator=llm needs --topics=FILE")

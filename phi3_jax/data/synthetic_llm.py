@@ -44,7 +44,7 @@ from datatrove.pipeline.writers import JsonlWriter
 
 from phi3_jax.data.annotate import endpoint_config, endpoint_of, read_results, served_model
 from phi3_jax.data.prepare.pipeline import MINHASH
-from phi3_jax.data.synthetic import write_shards
+from phi3_jax.data.shards import write_shards
 
 AUDIENCES = ("a curious ten-year-old", "a high-school student", "a first-year undergraduate",
              "a professional changing careers")  # fmt: skip
