@@ -74,3 +74,13 @@ def test_s3_workdir_is_refused_in_one_line(s3):
         loop.WorkdirError, match=r"^--workdir=s3://.*: orbax-checkpoint .* not s3://"
     ):
         loop.prepare_workdir(workdir)
+
+
+def test_a_new_bucket_workdir_has_nothing_to_restore(gcs):
+    """A bucket has no empty directories: a new run's checkpoints/ does not exist yet."""
+    config = small_config()
+    manager = checkpoint.make_manager(paths.join(gcs.create_bucket(), "run"), config)
+    lines = []
+    assert checkpoint.restore_latest(manager, None, None, config, "tok", lines.append) is None
+    assert lines == []
+    manager.close()
