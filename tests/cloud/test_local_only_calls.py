@@ -51,7 +51,6 @@ LOCAL_ONLY = {
     "phi3_jax/data/annotate.py": (4, f"make data-llm: {_NOT_CONVERTED}"),
     "phi3_jax/data/corpus.py": (1, f"make data: {_NOT_CONVERTED}"),
     "phi3_jax/data/quality.py": (4, f"make data: {_NOT_CONVERTED}"),
-    "phi3_jax/data/synthetic.py": (1, f"make data: {_NOT_CONVERTED}"),
     "phi3_jax/data/synthetic_llm.py": (2, f"make data-llm: {_NOT_CONVERTED}"),
 }
 
