@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
 from phi3_jax import paths
+from phi3_jax.checkpoint import quiet
 from phi3_jax.checkpoint.checksums import array_checksums, verify_checksums
 
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
@@ -79,7 +80,11 @@ def orbax_path(path: str) -> str:
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    """The run's checkpoint manager: async saves (checkpoint.async_save), max_to_keep kept."""
+    """The run's checkpoint manager: async saves (checkpoint.async_save), max_to_keep kept.
+
+    From here on, what a failed save's aborted writes print is silenced (`quiet`), so the
+    failure's one line (`save_error`) is all a full disk shows."""
+    quiet.quiet_aborted_writes()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.checkpoint.max_to_keep,
         enable_async_checkpointing=config.checkpoint.async_save,

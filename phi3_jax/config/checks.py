@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from phi3_jax.errors import BadInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInputError):
     """A configuration value is invalid; the message names the key."""
 
 

@@ -47,9 +47,9 @@ def _define_flags() -> None:
     )
 
 
-# Bad input: one line on stderr and exit status 1, no traceback.
-# (FileNotFoundError: a missing task file, run or checkpoint step.)
-INPUT_ERRORS = (tasks.TaskError, FileNotFoundError, source.SourceError, BadInputError)
+# Bad input (a task, the model source, a tokenizer: errors.BadInputError): one line on stderr and
+# exit status 1, no traceback. (FileNotFoundError: a missing task file, run or checkpoint step.)
+INPUT_ERRORS = (BadInputError, FileNotFoundError)
 
 
 def main(argv: list[str]) -> None:

@@ -9,11 +9,12 @@ import ml_collections
 from phi3_jax import config as config_lib
 from phi3_jax import paths
 from phi3_jax.data.tokenizer import load_tokenizer
+from phi3_jax.errors import BadInputError
 from phi3_jax.model import hf
 from phi3_jax.train import restore as restore_lib
 
 
-class SourceError(ValueError):
+class SourceError(BadInputError):
     """The model source is missing or incomplete; the message names the path or flag."""
 
 

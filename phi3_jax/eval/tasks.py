@@ -25,13 +25,14 @@ import re
 import string
 from collections.abc import Callable, Sequence
 
+from phi3_jax.errors import BadInputError
 from phi3_jax.eval import data
 
 STYLES = ("lm_eval", "report")
 LETTERS = string.ascii_uppercase
 
 
-class TaskError(ValueError):
+class TaskError(BadInputError):
     """An unknown task or prompt style; the message lists the known ones."""
 
 

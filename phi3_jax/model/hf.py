@@ -22,6 +22,7 @@ from safetensors.flax import save_file
 
 from phi3_jax import config as config_lib
 from phi3_jax import paths
+from phi3_jax.errors import BadInputError
 from phi3_jax.model import rope as rope_lib
 
 CONFIG_FILE = "config.json"
@@ -31,7 +32,7 @@ INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 
-class HFFormatError(ValueError):
+class HFFormatError(BadInputError):
     """A Hugging Face directory is not a loadable Phi-3; the message names the file and tensor."""
 
 

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from phi3_jax.errors import BadInputError
+
 ROLES = ("system", "user", "assistant")
 END = "<|end|>"
 EOS = "<|endoftext|>"
@@ -35,7 +37,7 @@ STOP_TOKENS = (END, EOS, "<|assistant|>")
 Message = dict[str, str]
 
 
-class ConversationError(ValueError):
+class ConversationError(BadInputError):
     """A conversation that cannot be rendered or trained on; the message says why."""
 
 

@@ -13,6 +13,8 @@ from test_loop import REPO, environment
 TINY = "--config=configs/phi3_tiny.py"
 
 
+# One case per code path in the default suite; the others are slow (make test-all): a key typo is
+# reported like a section typo, a recipe's unknown argument like an unknown preset.
 @pytest.mark.parametrize(
     ("args", "line"),
     [
@@ -20,9 +22,10 @@ TINY = "--config=configs/phi3_tiny.py"
             [TINY, "--config.optimm.lr=1"],
             "error: --config.optimm.lr: unknown config section (did you mean optim?)",
         ),
-        (
+        pytest.param(
             [TINY, "--config.optim.lrr=1"],
             "error: --config.optim.lrr: unknown config key (did you mean lr?)",
+            marks=pytest.mark.slow,
         ),
         (
             ["--config=configs/phi3_mini.py:tpu=v9"],
@@ -33,10 +36,11 @@ TINY = "--config=configs/phi3_tiny.py"
             ["--config=configs/nope.py"],
             f"error: --config=configs/nope.py: no such config file {REPO}/configs/nope.py",
         ),
-        (
+        pytest.param(
             ["--config=configs/phi3_tiny.py:huge"],
             "error: --config=configs/phi3_tiny.py:huge: unknown argument 'huge'; the tiny config "
             "takes none",
+            marks=pytest.mark.slow,
         ),
         (
             [TINY, "--config.variant=huge"],

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             [t for t in args.decontaminate.split(",") if t],
             args.max_document_bytes,
         )
-    except (BadInputError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # BadInputError is a ValueError
         raise SystemExit(f"error: {e}") from e
     if result is None:
         print(
