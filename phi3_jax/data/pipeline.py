@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -35,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from phi3_jax.config import PACKINGS
-from phi3_jax.data import batch, long_context
+from phi3_jax.data import batch, long_context, workers
 from phi3_jax.data.phases import PhasedIterDataset
 from phi3_jax.data.shard_records import SourceSpec
 from phi3_jax.data.sources import ReadOptions, ShardSource, counters
@@ -296,36 +293,6 @@ def mixed_documents(
     )
 
 
-# How often a grain worker checks that the training process still lives.
-PARENT_POLL_S = 0.5
-
-
-def exit_with_parent(worker_index: int, num_workers: int) -> None:
-    """grain's worker init: the worker exits once the process that started it is gone (even
-    SIGKILLed, when no cleanup of the parent's runs). With it the multiprocessing resource
-    tracker, whose pipe the workers hold too, sees its end and releases the shared memory and
-    semaphores left registered."""
-    del worker_index, num_workers
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
-
-
-def own_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A batch from grain's workers copied out of the shared memory they hand it over in.
-
-    A segment is unlinked only once no view of it is left, and a view can outlive the run: a
-    JAX array on CPU may alias the numpy array it was made from, and the last batch's are still
-    alive at exit, when the resource tracker then reports the segments as leaked. A copy frees
-    each segment as soon as its batch is taken (a few hundred KB per step)."""
-    return {key: np.array(value) for key, value in batch.items()}
-
-
 def _phase_batches(
     opts: PipelineOptions,
     weights: Mapping[str, float],
@@ -345,9 +312,9 @@ def _phase_batches(
         grain.MultiprocessingOptions(
             num_workers=opts.num_workers, per_worker_buffer_size=opts.prefetch
         ),
-        worker_init_fn=exit_with_parent,
+        worker_init_fn=workers.exit_with_parent,
     )
-    return prefetched.map(own_memory)
+    return prefetched.map(workers.own_memory)
 
 
 def train_dataset(
