@@ -33,7 +33,7 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from configs import phi3_tiny_longctx as recipe
 from phi3_jax import paths, sharding
@@ -215,6 +215,8 @@ def markdown(before: dict, after: dict, search: dict, facts: dict) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     start = time.perf_counter()
     work, report = flags.FLAGS.workdir, flags.FLAGS.report
     short_dir, search_dir = paths.join(work, "short"), paths.join(work, "search")
