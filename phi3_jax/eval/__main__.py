@@ -7,6 +7,13 @@
 
 Prints a table and writes JSON: per-task metrics and settings, the checkpoint and its step, and
 with --log_samples every request with its scores.
+
+With more than one device the model is scored on a data-parallel mesh over all of them (each
+batch's rows split over the devices, the params replicated). Several processes
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or a detected cluster; see
+phi3_jax.distributed) make one mesh of all their devices: process 0 reads the tasks, prints and
+writes the results, and every process computes; the scores equal those of one process with as
+many devices.
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 from absl import app, flags, logging
 
 from phi3_jax import config as config_lib
-from phi3_jax import paths
+from phi3_jax import distributed, paths, sharding
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.errors import BadInputError
-from phi3_jax.eval import runner, source, tasks
+from phi3_jax.eval import multihost, runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
+from phi3_jax.train import state
 
 FLAGS = flags.FLAGS
 
@@ -57,6 +66,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
+    distributed.initialize()
     try:
         evaluate()
     except INPUT_ERRORS as e:
@@ -73,12 +83,17 @@ def evaluate() -> None:
         loaded, config=config_lib.replace(loaded.config, model=dict(dtype=FLAGS.dtype))
     )
     add_bos = loaded.add_bos if FLAGS.add_bos is None else FLAGS.add_bos
+    config, params, mesh = loaded.config, loaded.params, None
+    if jax.device_count() > 1:
+        config, mesh, params = all_devices(config, params)
     scorer = Scorer(
-        loaded.config,
-        loaded.params,
+        config,
+        params,
         loaded.tokenizer,
         add_bos=add_bos,
         batch_tokens=FLAGS.batch_tokens,
+        mesh=mesh,
+        log=print if multihost.is_driver() else None,
     )
     results = runner.evaluate(
         scorer,
@@ -88,6 +103,8 @@ def evaluate() -> None:
         limit=FLAGS.limit,
         log_samples=FLAGS.log_samples,
     )
+    if not multihost.is_driver():
+        return
     print(runner.table(results))
     truncated = scorer.counters.truncated
     if truncated:
@@ -113,6 +130,15 @@ def evaluate() -> None:
         }
         paths.path(FLAGS.output).write_text(json.dumps(out, indent=1))
         print(f"wrote {FLAGS.output}")
+
+
+def all_devices(config, params):
+    """(config, mesh, params): a data-parallel mesh over every process's devices, the config
+    with that mesh, and the params replicated on it."""
+    mesh_axes = dict(data=-1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    config = config_lib.replace(config, mesh=mesh_axes)
+    mesh = sharding.make_mesh(config.mesh)
+    return config, mesh, jax.device_put(params, state.param_shardings(config, mesh))
 
 
 if __name__ == "__main__":

@@ -3,17 +3,16 @@
 The requests are built once when the run starts (the first `eval.task_limit` documents of each
 task, in `eval.task_style`); each evaluation scores them with the current params, wherever they
 live on the run's mesh, and returns `eval_tasks/<task>/<metric>` scalars, which the loop writes
-beside the held-out loss (stdout, TensorBoard, metrics.jsonl). Single-process runs only (a
-multi-process run with eval.tasks is a config error).
+beside the held-out loss (stdout, TensorBoard, metrics.jsonl). In a multi-process run, process
+0 reads the tasks and sends the requests to the others; every process scores them on the mesh
+(`multihost`).
 """
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 
-from phi3_jax import config as config_lib
-from phi3_jax.eval import runner, tasks
+from phi3_jax.eval import multihost, runner, tasks
 from phi3_jax.eval.scorer import Scorer
 
 PREFIX = "eval_tasks"
@@ -30,15 +29,11 @@ def make(config: ml_collections.ConfigDict, tokenizer, mesh=None, log=print):
     names = task_names(config)
     if not names:
         return None
-    if jax.process_count() > 1:
-        # The scorer feeds host batches to one jit; multi-process needs global arrays.
-        raise config_lib.ConfigError(
-            f"eval.tasks={config.eval.tasks!r}: benchmark scoring in the loop runs in one process "
-            f"only (this run has {jax.process_count()}); score checkpoints with phi3_jax.eval"
-        )
     benchmarks = tasks.resolve(names)
     limit, style = config.eval.task_limit, config.eval.task_style
-    built = {t.name: tasks.build(t, style, None, limit) for t in benchmarks}
+    built = multihost.shared(
+        lambda: {t.name: tasks.build(t, style, None, limit) for t in benchmarks}
+    )
     scorer = Scorer(config, None, tokenizer, add_bos=config.data.add_bos, mesh=mesh, log=log)
 
     def score(params) -> dict[str, float]:

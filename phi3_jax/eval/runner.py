@@ -9,10 +9,11 @@ task of `longctx` (passkey, ppl_positions:PATH).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 
-from phi3_jax.eval import data, longctx, metrics, tasks
+from phi3_jax.eval import data, longctx, metrics, multihost, tasks
 from phi3_jax.eval.scorer import Scorer
 
 PPL_PREFIX = "ppl:"
@@ -84,11 +85,14 @@ def run_task(
     log_samples: bool = False,
     instances: list[tasks.Instance] | None = None,
 ) -> TaskResult:
-    """Builds (unless `instances` are given, built before), scores and aggregates one task."""
+    """Builds (unless `instances` are given, built before), scores and aggregates one task.
+    Several processes: the driver reads the task, and every process scores it."""
     start = time.perf_counter()
     truncated = scorer.counters.truncated
     if instances is None:
-        instances = tasks.build(task, style, num_fewshot, limit)
+        instances = multihost.shared(
+            functools.partial(tasks.build, task, style, num_fewshot, limit)
+        )
     if task.kind == "generation":
         per_doc, samples = _score_generation(scorer, task, instances, log_samples)
     else:
@@ -108,9 +112,9 @@ def run_task(
 def run_rolling(
     scorer: Scorer, name: str, *, limit: int | None = None, log_samples: bool = False
 ) -> TaskResult:
-    """Rolling log-likelihood of the texts of `ppl:PATH`."""
+    """Rolling log-likelihood of the texts of `ppl:PATH` (read by the driver process)."""
     start = time.perf_counter()
-    texts = data.read_texts(name[len(PPL_PREFIX) :])[:limit]
+    texts = multihost.shared(functools.partial(data.read_texts, name[len(PPL_PREFIX) :]))[:limit]
     scores = scorer.loglikelihood_rolling(texts)
     lls, tokens = [s[0] for s in scores], [s[1] for s in scores]
     settings = {

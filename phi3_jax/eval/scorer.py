@@ -8,7 +8,9 @@ keeps its last `max_length + 1` ids (left truncation, as lm-eval does) and is co
 
 Requests are tokenized once, sorted by length and cut into batches of a few padded shapes
 (lengths rounded up to powers of two, rows filling a token budget), so a task compiles a handful
-of times. The params stay where they are (a run's mesh or one device); batches follow them.
+of times. The params stay where they are (a run's mesh or one device). Given the mesh, each
+batch is a global array split by rows over its batch axes and the scores come back replicated,
+so several processes that build the same batches (`multihost`) score them together.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from phi3_jax import generate as generate_lib
-from phi3_jax import model
+from phi3_jax import model, sharding
 
 Log = Callable[[str], None]
 MIN_LENGTH = 32
@@ -86,7 +89,19 @@ class Scorer:
         bos = getattr(tokenizer, "bos_id", None)
         self.prefix_id = bos if bos is not None and bos >= 0 else tokenizer.eos_id
         self.counters = Counters()
-        self._score = jax.jit(functools.partial(_token_logprobs, config))
+        if mesh is None:
+            self._rows, self._split = None, 1
+            self._score = jax.jit(functools.partial(_token_logprobs, config))
+        else:
+            rules = generate_lib.decoding_rules(config)
+            self._rows = sharding.batch_sharding(mesh, rules)
+            self._split = sharding.data_parallel_size(mesh, rules)
+
+            def score(*args):
+                with sharding.activate(mesh, rules):
+                    return _token_logprobs(config, *args)
+
+            self._score = jax.jit(score, out_shardings=NamedSharding(mesh, PartitionSpec()))
         tok = tokenizer
         self._specials = set(tok.special_ids.values()) | {tok.bos_id, tok.eos_id, tok.pad_id}
         # Generation never picks an id the tokenizer cannot decode (padding rows, dummy ids).
@@ -150,7 +165,7 @@ class Scorer:
         start = 0
         while start < len(order):
             length = padded_length(len(rows[order[start]][0]), self.max_length)
-            batch = max(1, self.batch_tokens // length)
+            batch = -(-max(1, self.batch_tokens // length) // self._split) * self._split
             chunk = order[start : start + batch]
             tokens = np.zeros((batch, length), np.int32)
             targets = np.zeros((batch, length), np.int32)
@@ -161,6 +176,8 @@ class Scorer:
                 targets[r, : len(outs)] = outs
                 mask[r, len(outs) - n : len(outs)] = 1.0
             self.counters.shapes.add((batch, length))
+            if self._rows is not None:
+                tokens, targets, mask = jax.device_put((tokens, targets, mask), self._rows)
             ll, greedy = jax.device_get(self._score(self.params, tokens, targets, mask))
             for r, i in enumerate(chunk):
                 results[i] = (float(ll[r]), bool(greedy[r]))
