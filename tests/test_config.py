@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ml_collections
 import pytest
+from test_sharding import raises_one_line  # it puts tests/train on the path, for:
+from train_fixtures import small_config
 
 from configs import (
     base,
@@ -113,3 +115,36 @@ def test_replace_is_a_new_validated_frozen_config():
         config_lib.replace(frozen, mesh=dict(data=0))
     with pytest.raises(config_lib.ConfigError, match=r"^mesh\.model=2: unknown key$"):
         config_lib.replace(frozen, mesh=dict(model=2))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        ({"mesh.data": 0}, r"^mesh\.data=0: must be a positive integer or -1"),
+        ({"mesh.data": -1, "mesh.fsdp": -1}, r"^mesh=.*: at most one axis may be -1"),
+        (
+            {"train.microbatches": 3},
+            r"^train\.microbatches=3: must divide train\.global_batch_size=8",
+        ),
+        ({"train.seq_len": 4096}, r"^train\.seq_len=4096: exceeds model\.max_position_embeddings"),
+        ({"train.z_loss": -1.0}, r"^train\.z_loss=-1\.0: must be >= 0"),
+        ({"optim.b2": 1.0}, r"^optim\.b2=1\.0: must lie in \[0, 1\)"),
+        ({"optim.schedule": "linear"}, r"^optim\.schedule='linear': must be one of cosine, wsd"),
+        ({"optim.weight_decay_mask": "some"}, r"^optim\.weight_decay_mask='some': must be one of"),
+        (
+            {"optim.schedule": "wsd", "optim.warmup_steps": 6, "optim.decay_steps": 5},
+            r"^optim\.warmup_steps=6: warmup \+ decay_steps = 11 exceeds train\.steps=10",
+        ),
+        (
+            {"sharding.logical_axis_rules": (("embed", "model"),)},
+            r"^sharding\.logical_axis_rules=\('embed', 'model'\): unknown mesh axis 'model'",
+        ),
+    ],
+)
+def test_config_validation(overrides, pattern):
+    config = small_config()
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    with raises_one_line(pattern):
+        config_lib.validate(config)

@@ -21,7 +21,7 @@ from phi3_jax.data.tokenizer import load_tokenizer
 from phi3_jax.train import loop
 from phi3_jax.train import restore as restore_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT = "Hello world!  Two  spaces\n\tand a tab <|user|>\nfine<|end|>"
 
 

@@ -19,7 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_loop import (
+
+from phi3_jax import checkpoint, sharding
+from phi3_jax.checkpoint import checksums
+from phi3_jax.train import loop
+from phi3_jax.train import state as state_lib
+from phi3_jax.train import step as step_lib
+
+# The training runs and fixtures these share live beside the loop's tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train"))
+from test_loop import (  # noqa: E402
     REPO,
     STEPS,
     command,
@@ -30,13 +39,7 @@ from test_loop import (
     steps_on_disk,
     straight,  # noqa: F401 - the shared straight run (a fixture)
 )
-from train_fixtures import packed_batch, small_config
-
-from phi3_jax import checkpoint, sharding
-from phi3_jax.checkpoint import checksums
-from phi3_jax.train import loop
-from phi3_jax.train import state as state_lib
-from phi3_jax.train import step as step_lib
+from train_fixtures import packed_batch, small_config  # noqa: E402
 
 
 def array_files(step_dir) -> list[str]:
