@@ -14,7 +14,7 @@ import numpy as np
 from absl import app, flags
 
 from bench.blocksparse_attention import median_seconds
-from phi3_jax.model import attention, layers
+from phi3_jax.model import attention
 
 _HEADS = flags.DEFINE_integer("attention_bench_heads", 2, "query (= kv) heads")
 _CHUNK = flags.DEFINE_integer("attention_bench_chunk", 512, "keys per chunk")
@@ -31,7 +31,9 @@ def forward_backward(impl: str, chunk: int):
 
     def fn(q, k, v, segment_ids, w):
         if impl == "einsum":
-            out = attention.einsum_attention(q, k, v, layers.attention_mask(segment_ids, 0), scale)
+            out = attention.einsum_attention(
+                q, k, v, attention.attention_mask(segment_ids, 0), scale
+            )
         else:
             out = attention.chunked_attention(q, k, v, segment_ids, scale, 0, chunk)
         return jnp.sum(out * w)

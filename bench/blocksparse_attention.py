@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import phi3_small
-from phi3_jax.model import blocksparse, layers, small
+from phi3_jax.model import attention, blocksparse, small
 
 _SEQ_LEN = flags.DEFINE_integer("attention_seq_len", 8192, "tokens per row")
 _HEADS = flags.DEFINE_integer("attention_heads", 8, "query heads of the timed runs")
@@ -38,8 +38,8 @@ def attention_functions(spec: blocksparse.BlocksparseSpec, scale: float) -> dict
         return blocksparse.blocksparse_attention(q, k, v, segment_ids, spec, scale)
 
     def dense(q, k, v, segment_ids):
-        mask = layers.attention_mask(segment_ids, 0)[:, None]
-        return blocksparse.dense_attention(q, k, v, mask, scale)
+        mask = attention.attention_mask(segment_ids, 0)
+        return attention.einsum_attention(q, k, v, mask, scale)
 
     return {"blocksparse": jax.jit(fast), "dense": jax.jit(dense)}
 

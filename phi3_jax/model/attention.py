@@ -1,11 +1,15 @@
-"""Attention kernels behind `model.attention`, all with one contract and the same numbers.
+"""Attention: its masks, the choice of kernel behind `model.attention`, and the kernels.
 
-Every kernel takes q [batch, length, heads, head_dim] and k, v [batch, length, kv_heads, head_dim]
+A block asks this module for its mask input (`training_mask`, `decoding_mask`) and, with that,
+for its output (`attend`); which kernel runs, and so which form the mask takes, is decided here
+only. Every kernel takes q [batch, length, heads, head_dim] and k, v [batch, length, kv_heads, head_dim]
 (query head h reads kv head h // (heads // kv_heads), HF's repeat_kv) and returns
 [batch, length, heads, head_dim]. Keys are visible causally, inside the sliding window if any, and
 within the query's segment (0 = padding):
 
-  einsum   the plain path: grouped einsums over the full [q, k] score matrix and a precomputed mask
+  einsum   the plain path: grouped einsums over the full [q, k] score matrix and a precomputed
+           mask, one for all heads or one per head (Phi-3-small's blocksparse layers decode
+           with it; see `blocksparse` for their training kernel)
   xla      `jax.nn.dot_product_attention`, XLA implementation
   cudnn    `jax.nn.dot_product_attention`, cuDNN's fused kernel (GPU, bf16/fp16)
   splash   the Pallas splash attention kernel with segment ids (TPU)
@@ -13,6 +17,7 @@ within the query's segment (0 = padding):
            score matrix, only [q, chunk] blocks, on any backend
 
 A kernel the backend cannot run is replaced by the best one it can (`select`), with a log line.
+Decoding always runs einsum over the cache under `decoding_mask`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,37 @@ _MASKED = jnp.finfo(jnp.float32).min
 # Logical names of k/v gathered whole along the sequence (sequence parallelism keeps q sharded).
 _GATHERED_KV = ("batch", None, "kv_heads", None)
 _SHARDED_KV = ("batch", "length", "kv_heads", None)
+
+
+def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
+    """Boolean [q, k]: key j is visible to query i iff i - window < j <= i (HF's semantics)."""
+    query, key = query_index[:, None], key_index[None, :]
+    visible = key <= query
+    if sliding_window:
+        visible &= query - key < sliding_window
+    return visible
+
+
+def attention_mask(segment_ids: Array, sliding_window: int) -> Array:
+    """Boolean [batch, q, k]: causal, within one segment, and inside the sliding window if any.
+
+    Segment 0 marks padding; padded positions only see other padding, so no real token attends to
+    them.
+    """
+    index = jnp.arange(segment_ids.shape[-1])
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return causal_mask(index, index, sliding_window)[None] & same_segment
+
+
+def decode_mask(
+    index: Array, start: Array, length: int, cache_length: int, sliding_window: int
+) -> Array:
+    """Boolean [batch, length, cache_length] for `length` new tokens written at cache slot
+    `index` [batch] of rows whose sequences begin at slot `start` [batch] (left padding before)."""
+    query = index[:, None] + jnp.arange(length)
+    key = jnp.arange(cache_length)
+    visible = jax.vmap(causal_mask, in_axes=(0, None, None))(query, key, sliding_window)
+    return visible & (key >= start[:, None, None])
 
 
 def select(requested: str, platform: str, dtype: str, splash_available: bool) -> tuple[str, str]:
@@ -76,6 +112,22 @@ def uses_segment_ids(model: ml_collections.ConfigDict) -> bool:
     return model.attention != "einsum"
 
 
+def training_mask(model: ml_collections.ConfigDict, segment_ids: Array) -> Array:
+    """The mask input of a training (or scoring) call for `attend`: the segment ids [batch,
+    length] for the fast kernels, which build their masks blockwise, else the boolean
+    [batch, q, k] mask."""
+    if uses_segment_ids(model):
+        return segment_ids
+    return attention_mask(segment_ids, model.sliding_window)
+
+
+def decoding_mask(
+    model: ml_collections.ConfigDict, index: Array, start: Array, length: int, cache_length: int
+) -> Array:
+    """The mask input of a decoding call (`decode_mask` under the model's sliding window)."""
+    return decode_mask(index, start, length, cache_length, model.sliding_window)
+
+
 def _group(q: Array, kv_heads: int) -> Array:
     """[b, l, heads, d] -> [b, l, kv_heads, group, d]."""
     b, length, heads, d = q.shape
@@ -83,12 +135,20 @@ def _group(q: Array, kv_heads: int) -> Array:
 
 
 def einsum_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """The plain path; `mask` is boolean [batch, q, k]."""
+    """The plain path over all keys: k, v [b, t, kv_heads, d] (t = the length, or a decoding
+    cache's); `mask` boolean [b, q, t] for every head, or per head broadcastable to
+    [b, heads, q, t]."""
     b, length, heads, d = q.shape
+    kv_heads = k.shape[2]
+    if mask.ndim == 3:
+        mask = mask[:, None, None]
+    else:
+        mask = jnp.broadcast_to(mask, (b, heads, length, k.shape[1]))
+        mask = mask.reshape(b, kv_heads, heads // kv_heads, length, k.shape[1])
     scores = jnp.einsum(
-        "bqkgd,bskd->bkgqs", _group(q, k.shape[2]), k, preferred_element_type=jnp.float32
+        "bqkgd,bskd->bkgqs", _group(q, kv_heads), k, preferred_element_type=jnp.float32
     )
-    scores = jnp.where(mask[:, None, None], scores * scale, _MASKED)
+    scores = jnp.where(mask, scores * scale, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, heads, d)
 
@@ -163,9 +223,6 @@ def _unchunk(x: Array) -> Array:
 
 def _block_mask(segment_ids: Array, kv_segments: Array, kv_index: Array, window: int) -> Array:
     """Boolean [b, 1, 1, q, chunk]: which keys of one chunk each query sees."""
-    # Deferred import: layers imports this module for its kernels.
-    from phi3_jax.model.layers import causal_mask
-
     q_index = jnp.arange(segment_ids.shape[1])
     visible = causal_mask(q_index, kv_index, window)[None]
     visible &= segment_ids[:, :, None] == kv_segments[:, None, :]
@@ -269,9 +326,12 @@ def chunked_attention(
 
 
 def attend(
-    model: ml_collections.ConfigDict, q: Array, k: Array, v: Array, mask: Array, impl: str
+    model: ml_collections.ConfigDict, q: Array, k: Array, v: Array, mask: Array, decoding: bool
 ) -> Array:
-    """Run kernel `impl`; `mask` is the boolean [b, q, k] mask for einsum, else segment ids."""
+    """The attention output [b, q, heads, d] under `mask`, the input `training_mask` or (when
+    `decoding`, k and v then the cache) `decoding_mask` built: decoding runs einsum, training
+    the configured kernel as the backend allows (`resolve`)."""
+    impl = "einsum" if decoding else resolve(model.attention, model.dtype)
     scale = config_lib.head_dim(model) ** -0.5
     window = model.sliding_window
     if impl == "einsum":

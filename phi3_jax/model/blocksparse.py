@@ -9,8 +9,9 @@ with step = max(1, vert_stride // num_heads) (h * step replaced by 0 with a homo
 and inside the kept blocks attention is causal per token. Segment ids are ANDed in as in the dense
 layers (segment 0 is padding and only sees padding).
 
-`reference_mask` expands the rule to a [batch, heads, seq, seq] mask for `dense_attention`, and
-`decode_mask` to the new tokens of a decoding step over the key/value cache.
+`reference_mask` expands the rule to a [batch, heads, seq, seq] mask for the dense grouped kernel
+(`attention.einsum_attention`, with a per-head mask), and `decode_mask` to the new tokens of a
+decoding step over the key/value cache.
 `blocksparse_attention` never builds anything seq x seq: each query block gathers its local
 window of key blocks (per kv head) and each head its vertical stripes (static tables), so FLOPs and
 memory grow with the kept blocks, not with seq^2. Packed rows keep the row's block grid: blocks
@@ -90,23 +91,6 @@ def reference_mask(spec: BlocksparseSpec, num_heads: int, segment_ids: Array) ->
     return jnp.asarray(kept & causal)[None] & same_segment[:, None]
 
 
-def dense_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Softmax attention over all keys: q [b, s, heads, d], k/v [b, t, kv_heads, d] (t = s, or a
-    decoding cache's length), mask boolean broadcastable to [b, heads, s, t]. Query head h uses kv
-    head h // (heads // kv_heads)."""
-    batch, length, num_heads, head_dim = q.shape
-    num_kv_heads, keys = k.shape[2], k.shape[1]
-    group = num_heads // num_kv_heads
-    mask = jnp.broadcast_to(mask, (batch, num_heads, length, keys))
-    mask = mask.reshape(batch, num_kv_heads, group, length, keys)
-    q = q.reshape(batch, length, num_kv_heads, group, head_dim)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(batch, length, num_heads, head_dim)
-
-
 def stripe_table(
     spec: BlocksparseSpec, num_heads: int, num_blocks: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +118,10 @@ def _pad_length(x: Array, length: int, value=0) -> Array:
 def blocksparse_attention(
     q: Array, k: Array, v: Array, segment_ids: Array, spec: BlocksparseSpec, scale: float
 ) -> Array:
-    """`dense_attention` under `reference_mask`, computing only blocks the rule can keep.
+    """`attention.einsum_attention` under `reference_mask`, computing only blocks the rule can
+    keep.
 
-    Shapes as in `dense_attention`, segment_ids [b, s]. Each query block scores
+    q [b, s, heads, d], k/v [b, s, kv_heads, d], segment_ids [b, s]. Each query block scores
       * its local window, the num_local_blocks key blocks ending at its own (gathered once per kv
         head, shared by the heads of its group), causal inside its own block, and
       * its head's vertical stripes (gathered once per head, shared by all query blocks), of which

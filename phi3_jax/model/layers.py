@@ -28,6 +28,34 @@ def normal_init(model: ml_collections.ConfigDict, axes: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(model.initializer_range), axes)
 
 
+# Rematerialisation policies of `model.remat` ("none": no remat; "full": save nothing).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat(block_class: type[nn.Module], policy: str) -> type[nn.Module]:
+    """`block_class` rematerialised per `policy` (a `model.remat` value)."""
+    if policy == "none":
+        return block_class
+    # prevent_cse is unnecessary under scan and only slows the unrolled loop's compile otherwise.
+    return nn.remat(block_class, policy=REMAT_POLICIES[policy], prevent_cse=False)
+
+
+def embedding(model: ml_collections.ConfigDict) -> nn.Embed:
+    """The token embedding `embed_tokens` [vocab, hidden], initialised as HF does."""
+    return nn.Embed(
+        model.vocab_size,
+        model.hidden_size,
+        dtype=dtype_of(model.dtype),
+        param_dtype=dtype_of(model.param_dtype),
+        embedding_init=normal_init(model, ("vocab", "embed")),
+        name="embed_tokens",
+    )
+
+
 class RMSNorm(nn.Module):
     """RMSNorm as in HF Phi-3: normalise in float32, cast back, then scale."""
 
@@ -46,37 +74,6 @@ class RMSNorm(nn.Module):
             jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.model.rms_norm_eps
         )
         return scale.astype(x.dtype) * normed.astype(x.dtype)
-
-
-def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
-    """Boolean [q, k]: key j is visible to query i iff i - window < j <= i (HF's semantics)."""
-    query, key = query_index[:, None], key_index[None, :]
-    visible = key <= query
-    if sliding_window:
-        visible &= query - key < sliding_window
-    return visible
-
-
-def attention_mask(segment_ids: Array, sliding_window: int) -> Array:
-    """Boolean [batch, q, k]: causal, within one segment, and inside the sliding window if any.
-
-    Segment 0 marks padding; padded positions only see other padding, so no real token attends to
-    them.
-    """
-    index = jnp.arange(segment_ids.shape[-1])
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return causal_mask(index, index, sliding_window)[None] & same_segment
-
-
-def decode_mask(
-    index: Array, start: Array, length: int, cache_length: int, sliding_window: int
-) -> Array:
-    """Boolean [batch, length, cache_length] for `length` new tokens written at cache slot
-    `index` [batch] of rows whose sequences begin at slot `start` [batch] (left padding before)."""
-    query = index[:, None] + jnp.arange(length)
-    key = jnp.arange(cache_length)
-    visible = jax.vmap(causal_mask, in_axes=(0, None, None))(query, key, sliding_window)
-    return visible & (key >= start[:, None, None])
 
 
 def write_cache(cache: Array, new: Array, index: Array) -> Array:
@@ -122,9 +119,8 @@ class Attention(nn.Module):
         self, x: Array, cos: Array, sin: Array, mask: Array, kv: dict | None, index: Array | None
     ) -> tuple[Array, dict | None]:
         """Attention output, and the key/value cache `kv` with this call's keys written at slot
-        `index` [batch] (kv is None when not decoding). `mask` is boolean [batch, q, k], or in
-        training with a fast kernel the segment ids [batch, length] (see
-        attention.uses_segment_ids)."""
+        `index` [batch] (kv is None when not decoding). `mask` is what `attention` built for this
+        call (`attention.training_mask` or `attention.decoding_mask`)."""
         m = self.model
         head_dim = config_lib.head_dim(m)
         q_shape = (m.hidden_size, m.num_heads, head_dim)
@@ -144,10 +140,9 @@ class Attention(nn.Module):
             kv = update_cache(kv, k, v, index)
             k, v = kv["k"], kv["v"]
 
-        # Decoding attends over the cache with its mask; training runs the configured kernel.
-        impl = "einsum" if kv is not None else attention.resolve(m.attention, m.dtype)
         out = nn.with_logical_constraint(
-            attention.attend(m, q, k, v, mask, impl), ("batch", "length", "heads", None)
+            attention.attend(m, q, k, v, mask, decoding=kv is not None),
+            ("batch", "length", "heads", None),
         )
         out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),

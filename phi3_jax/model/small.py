@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from phi3_jax import config as config_lib
-from phi3_jax.model import blocksparse, layers, rope
+from phi3_jax.model import attention, blocksparse, layers, rope
 
 Array = jax.Array
 
@@ -129,9 +129,9 @@ class Attention(nn.Module):
             k, v = kv["k"], kv["v"]
         scale = softmax_scale(m)
         if self.dense:
-            out = blocksparse.dense_attention(q, k, v, mask[:, None], scale)
+            out = attention.einsum_attention(q, k, v, mask, scale)
         elif kv is not None:
-            out = blocksparse.dense_attention(q, k, v, sparse, scale)
+            out = attention.einsum_attention(q, k, v, sparse, scale)
         else:
             spec = blocksparse.BlocksparseSpec.from_model(m)
             out = blocksparse.blocksparse_attention(q, k, v, sparse, spec, scale)
@@ -209,7 +209,7 @@ class BlockGroup(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, mask, sparse, kv=None, index=None):
         """(carry, per-group output) for nn.scan: the residual stream, the group's cache."""
-        block_class = _remat(Block, self.model.remat)
+        block_class = layers.remat(Block, self.model.remat)
         new_kv = []
         for j in range(self.model.dense_attention_every_n_layers):
             block = block_class(
@@ -221,15 +221,6 @@ class BlockGroup(nn.Module):
         if kv is None:
             return x, None
         return x, jax.tree.map(lambda *layer: jnp.stack(layer), *new_kv)
-
-
-def _remat(block_class, policy: str):
-    if policy == "none":
-        return block_class
-    # Imported here: transformer dispatches to this module, and owns the remat policies.
-    from phi3_jax.model.transformer import REMAT_POLICIES
-
-    return nn.remat(block_class, policy=REMAT_POLICIES[policy], prevent_cse=False)
 
 
 class Phi3Small(nn.Module):
@@ -253,14 +244,7 @@ class Phi3Small(nn.Module):
         the index), and attend to the row's slots from cache["start"][b] on; segment_ids is then
         unused, and so is `lengths` (Phi3's LongRoPE reads it; small has plain RoPE)."""
         m = self.model
-        embed = nn.Embed(
-            m.vocab_size,
-            m.hidden_size,
-            dtype=layers.dtype_of(m.dtype),
-            param_dtype=layers.dtype_of(m.param_dtype),
-            embedding_init=layers.normal_init(m, ("vocab", "embed")),
-            name="embed_tokens",
-        )
+        embed = layers.embedding(m)
         x = nn.Dropout(m.embedding_dropout)(embed(tokens), deterministic=self.deterministic)
         if m.mup_embedding_multiplier > 0:
             x = x * m.mup_embedding_multiplier
@@ -268,11 +252,16 @@ class Phi3Small(nn.Module):
         group_size = m.dense_attention_every_n_layers
         num_groups = m.num_layers // group_size
         if cache is None:
-            mask, sparse, kv, index = layers.attention_mask(segment_ids, 0), segment_ids, None, None
+            mask, sparse, kv, index = (
+                attention.attention_mask(segment_ids, 0),
+                segment_ids,
+                None,
+                None,
+            )
         else:
             index, start = cache["index"], cache["start"]
             cache_length = cache["kv"]["k"].shape[2]
-            mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, 0)
+            mask = attention.decode_mask(index, start, tokens.shape[1], cache_length, 0)
             slot_positions = jnp.arange(cache_length)[None] - start[:, None]
             sparse = mask[:, None] & blocksparse.decode_mask(
                 blocksparse.BlocksparseSpec.from_model(m), m.num_heads, positions, slot_positions

@@ -18,12 +18,6 @@ from phi3_jax.model import attention, layers, rope, small
 
 Array = jax.Array
 
-REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 class DecoderBlock(nn.Module):
     """Pre-norm block: h = x + attn(norm(x)); y = h + mlp(norm(h))."""
@@ -42,14 +36,6 @@ class DecoderBlock(nn.Module):
         mlp_in = layers.RMSNorm(self.model, name="post_attention_layernorm")(h)
         y = h + layers.MLP(self.model, name="mlp")(mlp_in)
         return y, kv
-
-
-def _block_class(model: ml_collections.ConfigDict):
-    """The block, rematerialised per the config's policy."""
-    if model.remat == "none":
-        return DecoderBlock
-    # prevent_cse is unnecessary under scan and only slows the unrolled loop's compile otherwise.
-    return nn.remat(DecoderBlock, policy=REMAT_POLICIES[model.remat], prevent_cse=False)
 
 
 class Phi3(nn.Module):
@@ -76,26 +62,14 @@ class Phi3(nn.Module):
         real, and attend to the row's slots from cache["start"][b] on; segment_ids is unused.
         `rope_factors` (short, long) replace the config's LongRoPE factors (`rope.rotary_cos_sin`)."""
         m = self.model
-        embed = nn.Embed(
-            m.vocab_size,
-            m.hidden_size,
-            dtype=layers.dtype_of(m.dtype),
-            param_dtype=layers.dtype_of(m.param_dtype),
-            embedding_init=layers.normal_init(m, ("vocab", "embed")),
-            name="embed_tokens",
-        )
-        x = embed(tokens)
+        x = layers.embedding(m)(tokens)
         kv, index = None, None
         if cache is None:
             # LongRoPE's factors per document of the packed rows (`rope.rotary_cos_sin`).
             cos, sin = rope.rotary_cos_sin(
                 m, positions, factors=rope_factors, segment_ids=segment_ids
             )
-            # Fast kernels build their masks blockwise from the segment ids.
-            if attention.uses_segment_ids(m):
-                mask = segment_ids
-            else:
-                mask = layers.attention_mask(segment_ids, m.sliding_window)
+            mask = attention.training_mask(m, segment_ids)
         else:
             kv, index, start = cache["kv"], cache["index"], cache["start"]
             cache_length = kv["k"].shape[2]
@@ -104,11 +78,11 @@ class Phi3(nn.Module):
                 index + lengths - start, m.original_max_position_embeddings
             )
             cos, sin = rope.rotary_cos_sin(m, positions, use_long, rope_factors)
-            mask = layers.decode_mask(index, start, tokens.shape[1], cache_length, m.sliding_window)
+            mask = attention.decoding_mask(m, index, start, tokens.shape[1], cache_length)
         # One block definition scanned over a stacked 'layers' axis; scan_layers=False unrolls
         # the same loop fully, so both modes share one parameter layout.
         blocks = nn.scan(
-            _block_class(m),
+            layers.remat(DecoderBlock, m.remat),
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast),

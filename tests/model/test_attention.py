@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phi3_jax.model import attention, layers
+from phi3_jax.model import attention
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 128, 4, 2, 16
 SCALE = HEAD_DIM**-0.5
@@ -34,7 +34,7 @@ def kernel(impl: str, window: int):
     """The kernel as a function of (q, k, v, segment_ids)."""
     if impl == "einsum":
         return lambda q, k, v, s: attention.einsum_attention(
-            q, k, v, layers.attention_mask(s, window), SCALE
+            q, k, v, attention.attention_mask(s, window), SCALE
         )
     if impl == "xla":
         return lambda q, k, v, s: attention.dot_product_attention(q, k, v, s, SCALE, window, "xla")
