@@ -8,7 +8,7 @@ from __future__ import annotations
 import ml_collections
 
 from phi3_jax import config as config_lib
-from phi3_jax.data.tiktoken_tokenizer import PHI3_SMALL_DUMMY_TOKEN_IDS, phi3_small_dummy_ids
+from phi3_jax.vocab import PHI3_SMALL_DUMMY_TOKEN_IDS, phi3_small_dummy_ids
 
 # Phi-3-mini-128k (April 2024 release, rope_scaling type "su"): LongRoPE factors, 48 = head_dim / 2.
 LONGROPE_SHORT_FACTOR = (

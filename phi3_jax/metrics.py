@@ -22,11 +22,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tensorboardX
 
 from phi3_jax import model, paths
-from phi3_jax.model import blocksparse, small
+from phi3_jax.model import architectures
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -44,38 +43,12 @@ PEAK_FLOPS = (
 )
 
 
-def _attention_context(config: ml_collections.ConfigDict) -> int:
-    window = config.model.sliding_window
-    return min(config.train.seq_len, window) if window else config.train.seq_len
-
-
-def _blocksparse_keys(config: ml_collections.ConfigDict) -> float:
-    """Keys per query of a blocksparse layer: the tokens of the key blocks each query's block
-    keeps (whole blocks, as a blocksparse kernel computes them), averaged over heads and queries
-    of a train.seq_len row (its last block may be partial)."""
-    m, length = config.model, config.train.seq_len
-    size = m.blocksparse_block_size
-    num_blocks = -(-length // size)
-    kept = blocksparse.block_mask(
-        blocksparse.BlocksparseSpec.from_model(m), m.num_heads, num_blocks
-    )
-    tokens = np.minimum(size, length - size * np.arange(num_blocks))  # per block
-    pairs = np.einsum("hqk,q,k->", kept.astype(np.int64), tokens, tokens)
-    return float(pairs) / (m.num_heads * length)
-
-
 def attention_keys(config: ml_collections.ConfigDict) -> list[float]:
     """Per layer, the keys a query attends to in the model-FLOPs count: the context (PaLM's
     convention: the whole sequence or sliding window, causality not subtracted) for dense
-    layers, the kept blocks' keys for Phi-3-small's blocksparse layers."""
-    m = config.model
-    if m.architecture == "phi3":
-        return [float(_attention_context(config))] * m.num_layers
-    sparse = _blocksparse_keys(config)
-    return [
-        float(config.train.seq_len) if small.is_dense_layer(m, i) else sparse
-        for i in range(m.num_layers)
-    ]
+    layers, the kept blocks' keys for Phi-3-small's blocksparse layers (the architecture
+    table's count)."""
+    return architectures.of(config).attention_keys(config)
 
 
 def attention_forward_flops(config: ml_collections.ConfigDict) -> float:
@@ -89,7 +62,7 @@ def matmul_params(config: ml_collections.ConfigDict) -> int:
     phi3small ties it to the embedding, which then multiplies)."""
     total = model.param_count(config)
     embedding = config.model.vocab_size * config.model.hidden_size
-    return total - embedding if config.model.architecture == "phi3" else total
+    return total if architectures.of(config).tied_embeddings else total - embedding
 
 
 def block_params(config: ml_collections.ConfigDict) -> int:

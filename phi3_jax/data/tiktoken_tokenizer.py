@@ -4,9 +4,10 @@ The ranks file (one `base64(token) rank` per line, ranks 0..N-1) is read from a 
 is downloaded. Phi-3-small's 96 special and dummy ids follow the ranks in its layout (PHI3.md
 §3.8): on cl100k_base's 100256 ranks they are Phi-3-small's own ids (`<|endoftext|>` 100257,
 `<|user|>` 100262, ..., `<|dummy_id_86|>` 100351; 100352 rows), on a smaller ranks file (the tiny
-model's, `train_ranks`) the same layout sits right after its ranks. The dummy ids, the FIM tokens
-and `<|endofprompt|>` are masked in the model (their logits are -inf): this tokenizer neither
-encodes them (their strings are plain text) nor decodes them.
+model's, `train_ranks`) the same layout sits right after its ranks; the layout is
+`phi3_jax.vocab`'s. The dummy ids, the FIM tokens and `<|endofprompt|>` are masked in the model
+(their logits are -inf): this tokenizer neither encodes them (their strings are plain text) nor
+decodes them.
 """
 
 from __future__ import annotations
@@ -24,58 +25,13 @@ import tiktoken
 
 from phi3_jax.data import tokenizer_files
 from phi3_jax.errors import BadInputError
+from phi3_jax.vocab import NUM_SPECIAL_IDS, phi3_small_dummy_ids, phi3_small_special_tokens
 
 # cl100k_base's pre-tokenisation regex (tiktoken_ext.openai_public.cl100k_base).
 CL100K_PAT_STR = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
-# cl100k_base's ranks are 0..100255; Phi-3-small's specials take the 96 ids after them.
-CL100K_NUM_RANKS = 100256
-NUM_SPECIAL_IDS = 96
-# Embedding rows of Phi-3-small.
-PHI3_SMALL_VOCAB_SIZE = CL100K_NUM_RANKS + NUM_SPECIAL_IDS
-
-
-def phi3_small_special_tokens(first_id: int) -> dict[str, int]:
-    """Phi-3-small's special tokens placed from `first_id` (cl100k: 100256) on, in its layout."""
-    layout = [
-        # cl100k's id 100256 maps to no bytes: a dummy.
-        "<|dummy_id_2|>",
-        "<|endoftext|>",
-        "<|fim_prefix|>",
-        "<|fim_middle|>",
-        "<|fim_suffix|>",
-        "<|system|>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|dummy_id_0|>",
-        "<|dummy_id_1|>",
-        "<|end|>",
-        *(f"<|dummy_id_{n}|>" for n in range(3, 12)),
-        "<|endofprompt|>",
-        *(f"<|dummy_id_{n}|>" for n in range(12, 87)),
-    ]
-    return {token: first_id + k for k, token in enumerate(layout)}
-
-
-# Specials the model masks besides the dummies, as Phi-3-small's `dummy_token_indices`.
-_UNUSED_SPECIALS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|endofprompt|>")
-
-
-def phi3_small_dummy_ids(first_id: int) -> tuple[int, ...]:
-    """The masked ids of the layout at `first_id`: every dummy, the FIM tokens, <|endofprompt|>."""
-    return tuple(
-        sorted(
-            i
-            for token, i in phi3_small_special_tokens(first_id).items()
-            if "dummy_id" in token or token in _UNUSED_SPECIALS
-        )
-    )
-
-
-PHI3_SMALL_SPECIAL_TOKENS = phi3_small_special_tokens(CL100K_NUM_RANKS)
-PHI3_SMALL_DUMMY_TOKEN_IDS = phi3_small_dummy_ids(CL100K_NUM_RANKS)
 
 
 def load_ranks(path: str) -> dict[bytes, int]:

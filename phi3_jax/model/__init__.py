@@ -1,7 +1,7 @@
-"""The Phi-3 model: a Flax linen decoder used as a pure function of a plain parameter pytree."""
+"""The Phi-3 models: Flax linen decoders used as pure functions of a plain parameter pytree
+(`functional`), the architecture chosen in one table (`architectures`)."""
 
-from phi3_jax.model.transformer import (
-    Phi3,
+from phi3_jax.model.functional import (
     abstract_params,
     decode,
     hidden_states,
@@ -12,6 +12,7 @@ from phi3_jax.model.transformer import (
     logits,
     param_count,
 )
+from phi3_jax.model.transformer import Phi3
 
 __all__ = [
     "Phi3",

@@ -9,7 +9,7 @@ transformers has no built-in Phi-3-small; the layout is that of its remote code
   * every linear has a bias, the LayerNorms a weight and a bias; `lm_head` is tied to
     `model.embed_tokens` (written without it; read with it only if equal to the embedding).
   * HF layer N is block_{N % n} of scanned group N // n (n = dense_attention_every_n_layers).
-Directory reading and atomic writing are `phi3_jax.model.hf`'s.
+Directory reading and atomic writing are `hf_io`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import ml_collections
 import numpy as np
 
 from phi3_jax import config as config_lib
-from phi3_jax.data.tiktoken_tokenizer import PHI3_SMALL_DUMMY_TOKEN_IDS
-from phi3_jax.model import hf
-from phi3_jax.model.hf import HFFormatError
+from phi3_jax.model import hf_io
+from phi3_jax.model.hf_io import HFFormatError
+from phi3_jax.vocab import PHI3_SMALL_DUMMY_TOKEN_IDS
 
 FAMILY = "Phi-3-small"
 LM_HEAD = "lm_head.weight"
@@ -109,7 +109,7 @@ def model_config_from_hf(hf_config: Mapping, where: str) -> ml_collections.Confi
         )
     except KeyError as e:
         raise HFFormatError(f"{where}: missing key {e.args[0]!r}") from None
-    return hf.validated_model(model, where)
+    return hf_io.validated_model(model, where)
 
 
 def model_config_to_hf(model: ml_collections.ConfigDict) -> dict:
@@ -312,8 +312,8 @@ def params_to_hf(params: Mapping, model: ml_collections.ConfigDict) -> dict[str,
 
 def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
     """Read a Phi-3-small HF directory: (a validated run config, numpy params)."""
-    model = model_config_from_hf(hf.read_json(os.path.join(path, hf.CONFIG_FILE)), path)
-    reader = hf.checkpoint_reader(path, hf_tensor_shapes(model), FAMILY)
+    model = model_config_from_hf(hf_io.read_json(os.path.join(path, hf_io.CONFIG_FILE)), path)
+    reader = hf_io.checkpoint_reader(path, hf_tensor_shapes(model), FAMILY)
     params = params_from_hf(reader, model)
     if LM_HEAD in reader.files:
         embedding = reader("model.embed_tokens.weight")
@@ -322,23 +322,4 @@ def load_hf(path: str) -> tuple[ml_collections.ConfigDict, dict]:
                 f"{reader.files[LM_HEAD]}: {LM_HEAD} differs from model.embed_tokens.weight, "
                 f"but {FAMILY} ties them"
             )
-    return hf.run_config(model), params
-
-
-def save_hf(
-    config: ml_collections.ConfigDict,
-    params: Mapping,
-    path: str,
-    *,
-    max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES,
-    write_also: Callable[[str], None] | None = None,
-) -> None:
-    """Write a Phi-3-small HF directory (tensors keep the params' dtype; lm_head is tied);
-    `write_also(directory)` adds files before it appears."""
-    hf.write_checkpoint(
-        path,
-        model_config_to_hf(config.model),
-        params_to_hf(params, config.model),
-        max_shard_bytes,
-        write_also,
-    )
+    return hf_io.run_config(model), params

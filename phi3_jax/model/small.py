@@ -237,18 +237,20 @@ class Phi3Small(nn.Module):
         segment_ids: Array,
         cache: dict | None = None,
         lengths: Array | None = None,
+        rope_factors: tuple[Array, Array] | None = None,
     ) -> tuple[Array, dict | None]:
         """(float32 logits, the key/value cache with this call's keys and values written), with
         the cache contract of `transformer.Phi3`: row b's new tokens are written from slot
-        cache["index"][b] on, the first `lengths[b]` of them real (`transformer.decode` advances
+        cache["index"][b] on, the first `lengths[b]` of them real (`functional.decode` advances
         the index), and attend to the row's slots from cache["start"][b] on; segment_ids is then
-        unused, and so is `lengths` (Phi3's LongRoPE reads it; small has plain RoPE)."""
+        unused, and so is `lengths` (Phi3's LongRoPE reads it; small has plain RoPE, so
+        `rope_factors`, Phi3's LongRoPE override, are refused by `rope.rotary_cos_sin`)."""
         m = self.model
         embed = layers.embedding(m)
         x = nn.Dropout(m.embedding_dropout)(embed(tokens), deterministic=self.deterministic)
         if m.mup_embedding_multiplier > 0:
             x = x * m.mup_embedding_multiplier
-        cos, sin = rope.rotary_cos_sin(m, positions)
+        cos, sin = rope.rotary_cos_sin(m, positions, factors=rope_factors)
         group_size = m.dense_attention_every_n_layers
         num_groups = m.num_layers // group_size
         if cache is None:

@@ -11,16 +11,16 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from phi3_jax import config as config_lib
-from phi3_jax.model import transformer
+from phi3_jax.model import functional
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 
 
 def summary_lines(config: ml_collections.ConfigDict) -> list[str]:
     """One line per parameter, then the total."""
-    shapes = transformer.abstract_params(config)
+    shapes = functional.abstract_params(config)
     axes = jax.tree.leaves(
-        transformer.logical_axes(config),
+        functional.logical_axes(config),
         is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
     )
     lines = []

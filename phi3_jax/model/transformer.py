@@ -1,20 +1,17 @@
-"""The Phi-3 decoder (embed -> scan(blocks) -> norm -> lm_head), used as a pure function of params.
+"""The Phi-3 decoder (embed -> scan(blocks) -> norm -> lm_head) of mini, mini-128K and medium.
 
-`init_params` and `logits` are the stable entry points; parameters are a plain pytree (no Flax
-boxes). Their logical axis names come from `logical_axes`, computed with `jax.eval_shape`, so
-nothing is allocated to learn the layout.
+A Flax linen module; `functional` runs it (and Phi-3-small's) as pure functions of a plain
+parameter pytree.
 """
 
 from __future__ import annotations
-
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from phi3_jax.model import attention, layers, rope, small
+from phi3_jax.model import attention, layers, rope
 
 Array = jax.Array
 
@@ -110,190 +107,3 @@ def lm_head(model: ml_collections.ConfigDict, name: str | None = None) -> nn.Den
         kernel_init=layers.normal_init(model, ("embed", "vocab")),
         name=name,
     )
-
-
-def _dummy_inputs() -> tuple[Array, Array, Array]:
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return tokens, tokens, jnp.ones((1, 1), jnp.int32)
-
-
-def boxed_init(config: ml_collections.ConfigDict, rng: Array):
-    """Initial parameters still wrapped in nn.LogicallyPartitioned (for eval_shape and specs)."""
-    if config.model.architecture == "phi3small":
-        return small.Phi3Small(config.model).init(rng, *_dummy_inputs())["params"]
-    return Phi3(config.model).init(rng, *_dummy_inputs())["params"]
-
-
-def init_params(config: ml_collections.ConfigDict, rng: Array):
-    """Initial parameters as a plain pytree of arrays."""
-    return nn.meta.unbox(boxed_init(config, rng))
-
-
-def _abstract_boxed(config: ml_collections.ConfigDict):
-    return jax.eval_shape(lambda rng: boxed_init(config, rng), jax.random.key(0))
-
-
-def abstract_params(config: ml_collections.ConfigDict):
-    """Shapes and dtypes of the parameters (jax.ShapeDtypeStruct), allocating nothing."""
-    return nn.meta.unbox(_abstract_boxed(config))
-
-
-def logical_axes(config: ml_collections.ConfigDict):
-    """Each parameter's logical axis names, as a pytree of PartitionSpec."""
-    return nn.get_partition_spec(_abstract_boxed(config))
-
-
-def param_count(config: ml_collections.ConfigDict) -> int:
-    """Total number of parameters, from shapes alone."""
-    return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
-
-
-def _default_inputs(tokens, positions, segment_ids) -> tuple[Array, Array, Array]:
-    """int32 tokens; positions 0..seq-1 and one segment per row unless given."""
-    tokens = jnp.asarray(tokens, jnp.int32)
-    if positions is None:
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    if segment_ids is None:
-        segment_ids = jnp.ones_like(tokens)
-    return tokens, positions, segment_ids
-
-
-def logits(
-    config: ml_collections.ConfigDict,
-    params,
-    tokens: Array,
-    *,
-    positions: Array | None = None,
-    segment_ids: Array | None = None,
-    dropout_rng: Array | None = None,
-    rope_factors: tuple[Array, Array] | None = None,
-) -> Array:
-    """float32 logits [batch, seq, vocab] for int tokens [batch, seq].
-
-    positions default to 0..seq-1 and segment_ids to one document per row; packed rows pass both
-    (positions restarting per document, segment 0 for padding). A `dropout_rng` turns dropout on
-    (training); without one the model is deterministic. Phi-3 mini/medium have no dropout.
-    `rope_factors` (short, long), arrays that may be traced, replace a LongRoPE model's factors
-    (phi3 only).
-    """
-    tokens, positions, segment_ids = _default_inputs(tokens, positions, segment_ids)
-    if config.model.architecture == "phi3small":
-        model = small.Phi3Small(config.model, deterministic=dropout_rng is None)
-        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        return model.apply({"params": params}, tokens, positions, segment_ids, rngs=rngs)[0]
-    inputs = (tokens, positions, segment_ids)
-    return Phi3(config.model).apply({"params": params}, *inputs, rope_factors=rope_factors)[0]
-
-
-def hidden_states(
-    config: ml_collections.ConfigDict,
-    params,
-    tokens: Array,
-    *,
-    positions: Array | None = None,
-    segment_ids: Array | None = None,
-) -> Array:
-    """The final-norm hidden states [batch, seq, hidden] that `logits` projects (phi3 only);
-    `lm_head_logits` of them equals `logits`."""
-    tokens, positions, segment_ids = _default_inputs(tokens, positions, segment_ids)
-    model = Phi3(config.model, hidden_only=True)
-    return model.apply({"params": params}, tokens, positions, segment_ids)[0]
-
-
-def lm_head_logits(config: ml_collections.ConfigDict, params, hidden: Array) -> Array:
-    """float32 logits of (a slice of) `hidden_states` (phi3 only)."""
-    head = lm_head(config.model)
-    return head.apply({"params": params["lm_head"]}, hidden).astype(jnp.float32)
-
-
-def init_cache(
-    config: ml_collections.ConfigDict, batch: int, length: int, start: Array | None = None
-) -> dict:
-    """An empty key/value cache for decoding up to `length` tokens per row: per layer k and v
-    [layers, batch, length, kv_heads, head_dim] in the compute dtype, each row's write slot
-    `index` [batch] (0) and the slot where its sequence begins, `start` [batch] (default 0; a
-    left-padded row begins after its padding). LongRoPE models also keep the token ids
-    [batch, length], to recompute the cache when a row first grows past the original length."""
-    m = config.model
-    shape = (m.num_layers, batch, length, m.num_kv_heads, m.hidden_size // m.num_heads)
-    zeros = jnp.zeros(shape, layers.dtype_of(m.dtype))
-    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
-    cache = {"kv": {"k": zeros, "v": zeros}, "index": jnp.zeros((batch,), jnp.int32)}
-    cache["start"] = start
-    if m.rope_scaling == "longrope":
-        cache["tokens"] = jnp.zeros((batch, length), jnp.int32)
-    return cache
-
-
-def _decode_step(config, params, tokens: Array, cache: dict, lengths: Array, picks=None):
-    """The decoder over `tokens` written into the cache from each row's index on: the logits
-    of every token, or with `picks` [batch, k] only of those positions of the call."""
-    positions = (cache["index"] - cache["start"])[:, None] + jnp.arange(tokens.shape[1])
-    inputs = (tokens, positions, jnp.ones_like(tokens), cache, lengths)
-    if config.model.architecture == "phi3small":
-        out, kv = small.Phi3Small(config.model).apply({"params": params}, *inputs)
-        if picks is not None:
-            out = jnp.take_along_axis(out, picks[..., None], axis=1)
-    elif picks is None:
-        out, kv = Phi3(config.model).apply({"params": params}, *inputs)
-    else:
-        # Only the picked positions go through lm_head (a long prompt's [n, vocab] logits are
-        # the largest array of a prefill).
-        hidden, kv = Phi3(config.model, hidden_only=True).apply({"params": params}, *inputs)
-        out = lm_head_logits(config, params, jnp.take_along_axis(hidden, picks[..., None], 1))
-    return out, {**cache, "kv": kv, "index": cache["index"] + lengths}
-
-
-def _recompute(config, params, tokens: Array, cache: dict, lengths: Array, picks=None):
-    """`_decode_step`'s result by running each row's whole sequence (the cached token ids and
-    these) through the model again, every key and value recomputed (phi3 only)."""
-    index = cache["index"]
-    picks = jnp.arange(tokens.shape[1])[None] if picks is None else picks
-    fresh = {**cache, "index": jnp.zeros_like(index)}
-    return _decode_step(
-        config, params, cache["tokens"], fresh, index + lengths, index[:, None] + picks
-    )
-
-
-def decode(
-    config: ml_collections.ConfigDict,
-    params,
-    tokens: Array,
-    cache: dict,
-    lengths: Array | None = None,
-    *,
-    last_only: bool = False,
-):
-    """Logits of `tokens` [batch, n] that continue the cached rows, and the updated cache; with
-    `last_only`, only each row's last real token's logits [batch, vocab].
-
-    The prompts go through once, then one token per call. Row b's tokens are written from its
-    slot cache["index"][b] on and sit at positions index - start; only its first `lengths[b]`
-    (default n) count: the index advances by that many, so a right-padded prompt's padding is
-    overwritten by the tokens that follow it before anything attends to it. Left padding is the
-    slots before cache["start"], which nothing attends to.
-
-    Every call gives each row the logits of a full forward pass over its sequence so far. For
-    LongRoPE that means the long factors at every position once the sequence is longer than
-    original_max_position_embeddings: the call in which a row with cached tokens first grows
-    past it recomputes the whole cache from the token ids (as HF regenerates its cache then).
-    Phi-3-small (`small.Phi3Small`) decodes through the same cache and contract.
-    """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    n = tokens.shape[1]
-    lengths = jnp.full(tokens.shape[:1], n, jnp.int32) if lengths is None else lengths
-    picks = (lengths - 1)[:, None] if last_only else None
-    step = functools.partial(_decode_step, config, picks=picks)
-    if "tokens" in cache:
-        cache = {**cache, "tokens": layers.write_cache(cache["tokens"], tokens, cache["index"])}
-        before = cache["index"] - cache["start"]
-        original = config.model.original_max_position_embeddings
-        longer = rope.uses_long_factors(before + lengths, original)
-        crosses = (before > 0) & ~rope.uses_long_factors(before, original) & longer
-        recompute = functools.partial(_recompute, config, picks=picks)
-        logits, cache = jax.lax.cond(
-            jnp.any(crosses), recompute, step, params, tokens, cache, lengths
-        )
-    else:
-        logits, cache = step(params, tokens, cache, lengths)
-    return (logits[:, 0] if last_only else logits), cache

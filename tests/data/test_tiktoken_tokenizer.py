@@ -12,6 +12,7 @@ import pytest
 from shard_fixtures import bundled_texts, tokenizer_config
 
 from configs import phi3_small
+from phi3_jax import vocab
 from phi3_jax.data import tiktoken_tokenizer as tt
 from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.data.shards import write_jsonl_zst
@@ -63,7 +64,7 @@ def test_decodable_mask_is_false_exactly_where_decode_fails(tokenizer):
             with pytest.raises(ValueError, match=f"id {i} is neither"):
                 tokenizer.decode([i])
     masked = np.flatnonzero(~mask[: tokenizer.vocab_size])
-    assert masked.tolist() == list(tt.phi3_small_dummy_ids(NUM_RANKS))
+    assert masked.tolist() == list(vocab.phi3_small_dummy_ids(NUM_RANKS))
 
 
 def test_masked_specials_are_encoded_as_text(tokenizer):
@@ -78,12 +79,12 @@ def test_masked_specials_are_encoded_as_text(tokenizer):
 
 def test_dummy_ids_are_those_the_model_masks():
     """HF's dummy_token_indices: every <|dummy_id_N|>, the FIM tokens and <|endofprompt|>."""
-    ids = tt.PHI3_SMALL_DUMMY_TOKEN_IDS
+    ids = vocab.PHI3_SMALL_DUMMY_TOKEN_IDS
     want = [100256, 100258, 100259, 100260, 100264, 100265, *range(100267, 100352)]
     assert list(ids) == want
     assert phi3_small.get_config().model.dummy_token_ids == ids
-    assert len(tt.PHI3_SMALL_SPECIAL_TOKENS) == 100352 - 100256
-    assert sorted(tt.PHI3_SMALL_SPECIAL_TOKENS.values()) == list(range(100256, 100352))
+    assert len(vocab.PHI3_SMALL_SPECIAL_TOKENS) == 100352 - 100256
+    assert sorted(vocab.PHI3_SMALL_SPECIAL_TOKENS.values()) == list(range(100256, 100352))
 
 
 def test_unknown_id_is_an_error(tokenizer):
@@ -123,7 +124,7 @@ def test_shipped_ranks_file_is_in_tiktokens_format():
     tiny = phi3_small.get_config("tiny")
     assert (tiny.data.tokenizer.kind, tiny.data.tokenizer.path) == ("tiktoken", SHIPPED)
     assert tiny.model.vocab_size == tokenizer.vocab_size
-    assert tiny.model.dummy_token_ids == tt.phi3_small_dummy_ids(416)
+    assert tiny.model.dummy_token_ids == vocab.phi3_small_dummy_ids(416)
     assert tiny.model.eos_token_id == tokenizer.eos_id
 
 

@@ -204,7 +204,7 @@ def exported(tmp_path_factory):
     config = tiny_config()
     params = random_params(config, seed=2)
     directory = tmp_path_factory.mktemp("small") / "hf"
-    hf_small.save_hf(config, params, directory, max_shard_bytes=200_000)
+    hf.save_hf(config, params, directory, max_shard_bytes=200_000)
     return config, params, directory
 
 
@@ -230,7 +230,7 @@ def test_round_trip_bit_identical(exported, tmp_path):
     for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(got, np.asarray(want))
     again = tmp_path / "again"
-    hf_small.save_hf(loaded_config, loaded, again)
+    hf.save_hf(loaded_config, loaded, again)
     first, second = tensors_of(directory), tensors_of(again)
     assert sorted(first) == sorted(second)
     for name in first:
