@@ -159,7 +159,6 @@ def model_config_to_hf(model: ml_collections.ConfigDict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Tensor layout
 
-_LINEARS = ("self_attn.query_key_value", "self_attn.dense", "mlp.up_proj", "mlp.down_proj")
 _NORMS = ("input_layernorm", "post_attention_layernorm")
 
 
