@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
+from phi3_jax.errors import BadInputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -92,16 +94,32 @@ def segments(
     return out
 
 
-@dataclasses.dataclass(frozen=True)
+# Documents in a row outside a bucket after which it is taken to have none (the sources loop
+# over their epochs, so a bucket no document falls into would otherwise read forever).
+MAX_PASSED_OVER = 100_000
+
+
 class InBucket(grain.transforms.Filter):
     """Keeps the documents (`{"ids"}`) of one length bucket: at least `min_tokens` ids (long) or
-    fewer (short)."""
+    fewer (short). A BadInputError once MAX_PASSED_OVER documents in a row fall outside it."""
 
-    min_tokens: int
-    long: bool
+    def __init__(self, min_tokens: int, long: bool):
+        self.min_tokens, self.long = min_tokens, long
+        self._passed_over = 0
 
     def filter(self, element: dict[str, np.ndarray]) -> bool:
-        return (len(element["ids"]) >= self.min_tokens) == self.long
+        if (len(element["ids"]) >= self.min_tokens) == self.long:
+            self._passed_over = 0
+            return True
+        self._passed_over += 1
+        if self._passed_over >= MAX_PASSED_OVER:
+            which = "at least" if self.long else "fewer than"
+            raise BadInputError(
+                f"data.long_context.min_tokens={self.min_tokens}: {MAX_PASSED_OVER} documents in "
+                f"a row, and none with {which} {self.min_tokens} ids (the "
+                f"{'long' if self.long else 'short'} bucket may be empty)"
+            )
+        return False
 
 
 def mix_buckets(

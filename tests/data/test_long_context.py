@@ -15,6 +15,7 @@ from configs import phi3_tiny
 from phi3_jax import config as config_lib
 from phi3_jax.data import long_context, pipeline
 from phi3_jax.data.shard_records import SourceSpec
+from phi3_jax.errors import BadInputError
 
 SHORT_LEN, MIN_TOKENS, SEQ_LEN = 16, 40, 64
 SCHEDULE = ((0, 16), (3, 32), (6, 64))
@@ -168,3 +169,14 @@ def test_bad_long_context_keys_are_named(overrides, message):
         config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
     ):
         config_lib.validate(config)
+
+
+def test_a_bucket_no_document_falls_into_is_an_error_not_an_endless_read(monkeypatch):
+    monkeypatch.setattr(long_context, "MAX_PASSED_OVER", 5)
+    short = long_context.InBucket(MIN_TOKENS, long=False)
+    long_doc = {"ids": np.zeros(MIN_TOKENS, np.int32)}
+    assert short.filter({"ids": np.zeros(3, np.int32)})
+    for _ in range(4):
+        assert not short.filter(long_doc)
+    with pytest.raises(BadInputError, match="none with fewer than 40 ids"):
+        short.filter(long_doc)

@@ -1,6 +1,6 @@
 """A progressive-context run with the long-document bucket, through the CLI: SIGKILLed after its
 checkpoint at step 6 and resumed, it equals the uninterrupted run bitwise across the switch of row
-length at step 8 (rows of 16, 32, then 64 tokens; documents of 40+ ids whole in long rows, the
+length at step 8 (rows of 16, 32, then 64 tokens; documents of 200+ ids in long rows, the
 others cut at the 32-token original context)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ LONG_CONTEXT = {
     "train.seq_len": 64,
     "train.context_schedule": "((0, 16), (4, 32), (8, 64))",
     "model.original_max_position_embeddings": 32,
-    "data.long_context.min_tokens": 40,
+    "data.long_context.min_tokens": 200,
 }
 
 
