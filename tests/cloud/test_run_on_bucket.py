@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from phi3_jax import checkpoint, paths, plot
+from phi3_jax.checkpoint import params as params_checkpoint
 from tests.train import test_loop as cli
 
 pytestmark = (
@@ -89,8 +90,6 @@ def test_killed_and_resumed_on_the_bucket_equals_the_local_straight_run(bucket_r
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
-    # TensorBoard's event files went to the bucket too.
-    assert paths.glob(paths.join(bucket_run, "tensorboard", "events.out.tfevents.*"))
 
 
 def test_plot_writes_into_the_bucket(bucket_run):
@@ -139,7 +138,7 @@ def test_convert_exports_the_bucket_run_to_the_bucket_and_back(bucket_run, strai
     assert paths.path(paths.join(hf_dir, "config.json")).is_file()
     params_dir = paths.join(bucket_run, "params")
     _cli("phi3_jax.convert", "hf-to-orbax", f"--hf_dir={hf_dir}", f"--out={params_dir}")
-    _, params = checkpoint.load_params_checkpoint(params_dir)
+    _, params = params_checkpoint.load_params_checkpoint(params_dir)
     expected = cli.saved_params(straight, cli.STEPS)
     for a, b in zip(expected, jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
