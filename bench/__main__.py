@@ -6,7 +6,9 @@ are comparable only between runs of the same stack.
 Each module exposes `run()`, which measures, prints its figures and returns them (None: skipped,
 e.g. the GPU benchmark without a GPU). They are stored under the module's `RESULT_KEY` (default:
 its name); a module with `SECTIONED = True` returns several top-level sections at once.
-`--bench_only=cpu_train,attention` runs a subset (module names).
+`--bench_only=cpu_train,attention` runs a subset (module names) and updates only their sections
+of results.json. A module with `OPT_IN = True` (MaxText beside us: it installs a virtualenv and
+compiles for an hour) runs only when named there (`make bench-peers`).
 """
 
 import importlib
@@ -65,15 +67,23 @@ def stack() -> dict[str, str]:
     }
 
 
+def selected(only: list[str]) -> list[str]:
+    """The modules a run executes: those named, else every one that is not opt-in."""
+    if only:
+        return [name for name in MODULES if name in only]
+    return [name for name, module in MODULES.items() if not getattr(module, "OPT_IN", False)]
+
+
 def main(argv: list[str]) -> None:
     del argv
     unknown = set(_ONLY.value) - set(MODULES)
     if unknown:
         raise app.UsageError(f"--bench_only: no such benchmark {sorted(unknown)}")
-    results = {"stack": stack(), "load_average_at_start": os.getloadavg()[0]}
-    for name, module in MODULES.items():
-        if _ONLY.value and name not in _ONLY.value:
-            continue
+    # A subset run keeps the other modules' figures of the last run.
+    kept = json.loads(RESULTS.read_text()) if _ONLY.value and RESULTS.exists() else {}
+    results = kept | {"stack": stack(), "load_average_at_start": os.getloadavg()[0]}
+    for name in selected(_ONLY.value):
+        module = MODULES[name]
         figures = module.run()
         if figures is None:
             continue

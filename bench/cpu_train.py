@@ -1,12 +1,15 @@
 """Training throughput on this CPU: a 134M-parameter Phi-3-shaped model (hidden 768, 12 layers,
 12 heads, mlp 2048, vocab 32064, batch 8 x 512 tokens, fp32, AdamW) in phi3_jax against the same
 model in transformers (`Phi3ForCausalLM`, sdpa attention) with `torch.optim.AdamW`, in one
-process, run alternately (`train_rounds` rounds of `train_steps` steps each side; medians).
+process, run alternately (`train_rounds` rounds of `train_steps` steps each side), so load on a
+shared machine falls on both alike. The ratio is the median of the per-round ratios; the load
+average is recorded at the start and the end.
 
 Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) over the matmul
 peak that a JAX matmul probe measures in the same process. Both sides use all cores.
 
-    python -m bench.cpu_train [--train_rounds=3] [--train_steps=1] [--train_attention=einsum]
+    python -m bench.cpu_train [--train_rounds=5] [--train_steps=1] [--train_attention=einsum]
+        [--train_layers=12]
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from configs import base
 from phi3_jax import config as config_lib
 from phi3_jax import metrics, model, sharding, train
 
-_ROUNDS = flags.DEFINE_integer("train_rounds", 3, "alternating rounds (ours, then torch)")
+_ROUNDS = flags.DEFINE_integer("train_rounds", 5, "alternating rounds (ours, then torch)")
 _STEPS = flags.DEFINE_integer("train_steps", 1, "timed steps of each side per round")
 _ATTENTION = flags.DEFINE_enum(
     "train_attention", "einsum", config_lib.ATTENTION_IMPLEMENTATIONS, "phi3_jax's kernel"
 )
 _LOSS_CHUNK = flags.DEFINE_integer("train_loss_chunk", 0, "phi3_jax's train.loss_chunk")
 _REMAT = flags.DEFINE_enum("train_remat", "none", config_lib.REMAT_POLICIES, "model.remat")
+# Fewer layers keep a run short on a loaded machine (the figures then say so).
+_LAYERS = flags.DEFINE_integer("train_layers", 12, "layers of the 134M model's shape")
 
 BATCH, SEQ_LEN = 8, 512
 MODEL = dict(
@@ -99,7 +104,7 @@ class JaxTrainer:
 
 
 class TorchTrainer:
-    """transformers' Phi3ForCausalLM (sdpa) with torch.optim.AdamW, fp32."""
+    """transformers' Phi3ForCausalLM (sdpa) with torch.optim.AdamW, fp32, as deep as `config`."""
 
     def __init__(self, config):
         import torch
@@ -109,7 +114,7 @@ class TorchTrainer:
             vocab_size=MODEL["vocab_size"],
             hidden_size=MODEL["hidden_size"],
             intermediate_size=MODEL["intermediate_size"],
-            num_hidden_layers=MODEL["num_layers"],
+            num_hidden_layers=config.model.num_layers,
             num_attention_heads=MODEL["num_heads"],
             num_key_value_heads=MODEL["num_kv_heads"],
             max_position_embeddings=MODEL["max_position_embeddings"],
@@ -160,9 +165,10 @@ def run() -> dict[str, dict] | None:
     if importlib.util.find_spec("torch") is None:
         print("cpu_train: skipped (no torch)")
         return None
-    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value)
+    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value, num_layers=_LAYERS.value)
     config.train.loss_chunk = _LOSS_CHUNK.value
     config_lib.validate(config)
+    load_start = os.getloadavg()[0]
     ours, theirs = JaxTrainer(config), TorchTrainer(config)
     ours.steps(1)  # compile
     theirs.steps(1)  # allocator and thread pools
@@ -173,19 +179,22 @@ def run() -> dict[str, dict] | None:
     tokens = BATCH * SEQ_LEN
     ours_rate = tokens / statistics.median(times["ours"])
     torch_rate = tokens / statistics.median(times["torch"])
+    round_ratios = [t / o for o, t in zip(times["ours"], times["torch"], strict=True)]
     peak = metrics.cpu_matmul_flops()
     model_flops = metrics.flops_per_token(config)["model"] * ours_rate
     train_figures = {
         "ours_tokens_per_s": ours_rate,
         "torch_tokens_per_s": torch_rate,
-        "ratio": ours_rate / torch_rate,
+        "ratio": statistics.median(round_ratios),
+        "round_ratios": round_ratios,
         "params": model.param_count(config),
+        "layers": config.model.num_layers,
         "attention": _ATTENTION.value,
         "loss_chunk": _LOSS_CHUNK.value,
         "remat": _REMAT.value,
         "step_seconds_ours": times["ours"],
         "step_seconds_torch": times["torch"],
-        "load_average": os.getloadavg()[0],
+        "load_average": [load_start, os.getloadavg()[0]],
     }
     mfu_figures = {
         "mfu": model_flops / peak,
@@ -195,10 +204,10 @@ def run() -> dict[str, dict] | None:
     figures = train_figures | mfu_figures
     print(
         f"cpu_train: {figures['params'] / 1e6:.1f}M params, batch {BATCH} x {SEQ_LEN}, fp32,"
-        f" {os.cpu_count()} CPUs, load average {figures['load_average']:.1f}\n"
+        f" {os.cpu_count()} CPUs, load average {load_start:.1f} -> {os.getloadavg()[0]:.1f}\n"
         f"  phi3_jax ({_ATTENTION.value} attention): {ours_rate:8.1f} tokens/s\n"
         f"  transformers + torch AdamW (sdpa):     {torch_rate:8.1f} tokens/s\n"
-        f"  ratio ours / torch: {figures['ratio']:.2f}\n"
+        f"  ratio ours / torch: {figures['ratio']:.2f} (median of {len(round_ratios)} rounds)\n"
         f"cpu_mfu: {figures['model_gflops_per_s']:.1f} model GFLOP/s over a"
         f" {figures['matmul_peak_gflops_per_s']:.1f} GFLOP/s JAX matmul peak: MFU"
         f" {100 * figures['mfu']:.1f}%"

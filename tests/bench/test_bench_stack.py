@@ -17,3 +17,9 @@ def test_table_starts_with_the_stack():
         f"| `stack.jaxlib` | {jaxlib.__version__} |",
         "| `cpu_train.ratio` | 0.5 |",
     ]
+
+
+def test_maxtext_runs_only_when_named():
+    assert "maxtext_peer" not in bench_main.selected([])
+    assert "cpu_train" in bench_main.selected([])
+    assert bench_main.selected(["maxtext_peer"]) == ["maxtext_peer"]

@@ -1,0 +1,376 @@
+"""MaxText, the peer a TPU user would pick instead, beside phi3_jax on the same work
+(`make bench-peers`). MaxText 0.2.5 needs Python >= 3.12 and its own jax (0.12): it runs from its
+own virtualenv, `~/.cache/phi3_jax/maxtext-venv`, made on first use with `maxtext[tpu]==0.2.5`
+from PyPI (a few minutes). Two comparisons:
+
+- CPU training of the bench's 134M Phi-3-shaped model (`bench.cpu_train`: width 768, 12 layers,
+  12 heads of 64, MLP 2048, vocabulary 32064, batch 8 x 512, fp32, AdamW, synthetic tokens) as a
+  MaxText llama2 decoder. One MaxText process trains; it is stopped (SIGSTOP) while phi3_jax
+  steps in this process and resumed (SIGCONT) for its own steps, round after round, so load on
+  the shared machine falls on both sides alike. A MaxText step is the time between two of its
+  "completed step" log lines within one resumed window (its printed step time lags two steps on
+  CPU). Each side runs its least-recompute setting: phi3_jax remat none; MaxText has no "none" (it
+  always wraps the layer in jax.checkpoint; "none" means full remat), so `minimal_with_context`,
+  which saves every projection and the attention context.
+- TPU ahead-of-time compiles of Phi-3-mini's shape on v5e-256 and v5p-128 with MaxText's own
+  `train_compile` (through `bench/peers/maxtext_compile.py`, which counts FLOPs as `phi3_jax.aot`
+  does), at our preset's mesh (FSDP over every chip), remat (full), rows per chip per microbatch
+  and microbatches (MaxText's gradient accumulation), bf16 compute and fp32 weights; per-chip
+  memory and compiled FLOPs, MaxText's `dot_product` and `flash` (splash on TPU) attention.
+
+What MaxText's llama2 decoder cannot express: the sliding window (0.2.5 sets a per-layer
+`local_sliding` type only in the Gemma and GPT-OSS decoders; llama2 and mistral attend
+globally). Phi-3-mini's window is 2047, but phi3_jax's einsum attention computes every score and
+masks, so both count the same FLOPs (an exact windowed kernel would save ~25% of attention at
+4K). HF's fused qkv_proj and gate_up_proj are split into separate projections in phi3_jax (the
+checkpoint converter splits them), as MaxText's defaults are (`fused_qkv`, `fused_mlp` false).
+
+    python -m bench.maxtext_peer [--peer_rounds=5] [--peer_steps=2] [--peer_aot=v5e-256,v5p-128]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app, flags
+
+from bench import cpu_train
+from configs import phi3_mini
+from phi3_jax import aot
+
+MAXTEXT = "maxtext[tpu]==0.2.5"
+VENV = pathlib.Path.home() / ".cache" / "phi3_jax" / "maxtext-venv"
+# pyenv's shims pick the interpreter by PYENV_VERSION (this image's 3.12 is not pyenv's default).
+PYTHON312 = ["env", "PYENV_VERSION=3.12.1", "python3.12"]
+REPO = pathlib.Path(__file__).resolve().parent.parent
+COMPILE_DRIVER = REPO / "bench" / "peers" / "maxtext_compile.py"
+
+_ROUNDS = flags.DEFINE_integer("peer_rounds", 5, "alternating rounds (phi3_jax, then MaxText)")
+_STEPS = flags.DEFINE_integer("peer_steps", 2, "timed steps of each side per round")
+_AOT = flags.DEFINE_list("peer_aot", ["v5e-256", "v5p-128"], "TPU slices to compile ([]: none)")
+_AOT_ATTENTION = flags.DEFINE_list(
+    "peer_aot_attention", ["dot_product", "flash"], "MaxText attention kernels to compile"
+)
+_AOT_OURS = flags.DEFINE_bool("peer_aot_ours", True, "also compile phi3_jax's preset (aot.plan)")
+_LAYERS = flags.DEFINE_integer("peer_layers", 12, "layers of the CPU model (134M: 12)")
+_SKIP_CPU = flags.DEFINE_bool("peer_skip_cpu", False, "skip the CPU training comparison")
+
+# The 134M model of bench.cpu_train in MaxText's terms.
+_M = cpu_train.MODEL
+CPU_ARGS = [
+    "hardware=cpu",
+    # hardware=cpu otherwise initialises jax.distributed from XPK's environment variables.
+    "skip_jax_distributed_system=true",
+    "dataset_type=synthetic",
+    "decoder_block=llama2",
+    f"base_emb_dim={_M['hidden_size']}",
+    f"base_num_query_heads={_M['num_heads']}",
+    f"base_num_kv_heads={_M['num_kv_heads']}",
+    f"base_mlp_dim={_M['intermediate_size']}",
+    f"head_dim={_M['hidden_size'] // _M['num_heads']}",
+    f"vocab_size={_M['vocab_size']}",
+    f"max_target_length={cpu_train.SEQ_LEN}",
+    f"per_device_batch_size={cpu_train.BATCH}",
+    "dtype=float32",
+    "weight_dtype=float32",
+    "opt_type=adamw",
+    f"adam_b1={cpu_train.OPTIM['b1']}",
+    f"adam_b2={cpu_train.OPTIM['b2']}",
+    f"adam_eps={cpu_train.OPTIM['eps']}",
+    f"adam_weight_decay={cpu_train.OPTIM['weight_decay']}",
+    f"learning_rate={cpu_train.OPTIM['lr']}",
+    "gradient_clipping_threshold=0",
+    "warmup_steps_fraction=0",
+    "remat_policy=minimal_with_context",
+    "enable_checkpointing=false",
+    "enable_tensorboard=false",
+    "log_period=1",
+]
+
+
+def mini_args(slice_name: str, attention: str) -> list[str]:
+    """Phi-3-mini's shape on a slice at our preset's settings, as train_compile arguments."""
+    config = phi3_mini.get_config(f"tpu={slice_name}")
+    m, t = config.model, config.train
+    chips = aot.parse_topology(slice_name).chips
+    rows_per_chip = t.global_batch_size // chips
+    return [
+        f"compile_topology={slice_name}",
+        "compile_topology_num_slices=1",
+        "decoder_block=llama2",
+        f"base_emb_dim={m.hidden_size}",
+        f"base_num_query_heads={m.num_heads}",
+        f"base_num_kv_heads={m.num_kv_heads}",
+        f"base_mlp_dim={m.intermediate_size}",
+        f"base_num_decoder_layers={m.num_layers}",
+        f"head_dim={m.hidden_size // m.num_heads}",
+        f"vocab_size={m.vocab_size}",
+        f"max_target_length={t.seq_len}",
+        # MaxText's per-device batch is one microbatch's (global = it x devices x accumulation).
+        f"per_device_batch_size={rows_per_chip // t.microbatches}",
+        f"gradient_accumulation_steps={t.microbatches}",
+        f"dtype={m.dtype}",
+        f"weight_dtype={m.param_dtype}",
+        f"remat_policy={m.remat}",
+        f"ici_fsdp_parallelism={config.mesh.fsdp}",
+        f"attention={attention}",
+        "opt_type=adamw",
+        "enable_checkpointing=false",
+        "enable_tensorboard=false",
+    ]
+
+
+def ensure_venv(log=print) -> pathlib.Path:
+    """MaxText's interpreter, installing the virtualenv first if it is not there."""
+    python = VENV / "bin" / "python"
+    stamp = VENV / ".installed"
+    if stamp.exists() and stamp.read_text() == MAXTEXT:
+        return python
+    log(f"maxtext_peer: installing {MAXTEXT} into {VENV} (minutes)")
+    if not python.exists():
+        subprocess.run([*PYTHON312, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", MAXTEXT], check=True)
+    stamp.write_text(MAXTEXT)
+    return python
+
+
+def maxtext_env(scratch: pathlib.Path) -> dict[str, str]:
+    """MaxText's environment: CPU jax, libtpu's logs in the scratch dir (not the system temp
+    dir), the repository importable (for the compile driver)."""
+    return os.environ | {
+        "JAX_PLATFORMS": "cpu",
+        "TPU_LOG_DIR": str(scratch / "tpu_logs"),
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def scratch_args(scratch: pathlib.Path, run_name: str) -> list[str]:
+    """Where MaxText writes: its outputs and the HLO dump it makes even without dump_hlo."""
+    return [
+        f"run_name={run_name}",
+        f"base_output_directory={scratch / 'out'}",
+        f"dump_hlo_local_dir={scratch / 'hlo'}",
+    ]
+
+
+_STEP_LINE = re.compile(r"completed step: (\d+),")
+
+
+class MaxTextTrainer:
+    """A training process (MaxText's, `start_maxtext`) that runs only between `steps`' resume
+    and the step lines it asked for, stopped (SIGSTOP) otherwise."""
+
+    def __init__(self, command: list, env: dict[str, str] | None = None):
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.tail: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.tail = (self.tail + [line])[-40:]
+            if _STEP_LINE.search(line):
+                self.lines.put(time.perf_counter())
+        self.lines.put(None)
+
+    def _next_line(self) -> float:
+        seen = self.lines.get()
+        if seen is None:
+            raise RuntimeError("MaxText stopped early:\n" + "".join(self.tail))
+        return seen
+
+    def first_step(self) -> None:
+        """Wait for step 0 (the compile), then stop the process."""
+        self._next_line()
+        self.process.send_signal(signal.SIGSTOP)
+
+    def steps(self, n: int) -> list[float]:
+        """Resume for n + 1 step lines, stop; the n step times between them. Lines printed
+        just before the last stop are dropped: the time since spans the stop."""
+        while not self.lines.empty():
+            if self.lines.get() is None:
+                raise RuntimeError("MaxText stopped early:\n" + "".join(self.tail))
+        self.process.send_signal(signal.SIGCONT)
+        seen = [self._next_line() for _ in range(n + 1)]
+        self.process.send_signal(signal.SIGSTOP)
+        return [b - a for a, b in zip(seen, seen[1:], strict=False)]
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self.process.kill()
+        self.process.wait()
+
+
+def start_maxtext(python: pathlib.Path, scratch: pathlib.Path, steps: int) -> MaxTextTrainer:
+    """MaxText's CPU training of the 134M model for `steps` steps, writing into `scratch`."""
+    command = [python, "-m", "maxtext.trainers.pre_train.train"]
+    command += scratch_args(scratch, "cpu_peer") + CPU_ARGS
+    command += [f"base_num_decoder_layers={_LAYERS.value}", f"steps={steps}"]
+    return MaxTextTrainer(command, maxtext_env(scratch))
+
+
+def ours_steps(trainer: cpu_train.JaxTrainer, n: int) -> list[float]:
+    """phi3_jax's step times, one by one (each waits for its loss)."""
+    return [cpu_train.seconds_per_step(trainer, 1) for _ in range(n)]
+
+
+def cpu_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
+    """Alternating rounds of phi3_jax and MaxText CPU training; tokens/s and their ratio."""
+    rounds, steps = _ROUNDS.value, _STEPS.value
+    load_start = os.getloadavg()[0]
+    # MaxText compiles while phi3_jax does (both before any timing): the first round waits.
+    peer = start_maxtext(python, scratch, steps=1 + rounds * (steps + 1) + 3)
+    try:
+        config = cpu_train.config_134m(remat="none", num_layers=_LAYERS.value)
+        ours = cpu_train.JaxTrainer(config)
+        ours.steps(1)  # compile
+        peer.first_step()
+        times = {"ours": [], "maxtext": []}
+        for _ in range(rounds):
+            times["ours"].append(ours_steps(ours, steps))
+            times["maxtext"].append(peer.steps(steps))
+    finally:
+        peer.close()
+    tokens = cpu_train.BATCH * cpu_train.SEQ_LEN
+    ratios = [
+        statistics.median(m) / statistics.median(o)
+        for o, m in zip(times["ours"], times["maxtext"], strict=True)
+    ]
+    return {
+        "ours_tokens_per_s": tokens / statistics.median(sum(times["ours"], [])),
+        "maxtext_tokens_per_s": tokens / statistics.median(sum(times["maxtext"], [])),
+        "ratio": statistics.median(ratios),
+        "round_ratios": ratios,
+        "step_seconds_ours": times["ours"],
+        "step_seconds_maxtext": times["maxtext"],
+        "layers": _LAYERS.value,
+        "ours_remat": "none",
+        "maxtext_remat": "minimal_with_context",
+        "load_average": [load_start, os.getloadavg()[0]],
+    }
+
+
+def maxtext_compile(python: pathlib.Path, scratch: pathlib.Path, args: list[str]) -> dict:
+    """One train_compile run through the counting driver: its figures, per chip."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [python, str(COMPILE_DRIVER), *scratch_args(scratch, "aot_peer"), *args],
+        env=maxtext_env(scratch),
+        capture_output=True,
+        text=True,
+    )
+    prefix = "phi3_jax.maxtext_compile:"  # the driver's RESULT_PREFIX
+    found = [line for line in done.stdout.splitlines() if line.startswith(prefix)]
+    if done.returncode or not found:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise RuntimeError(f"MaxText train_compile {args} failed:\n{tail}")
+    figures = json.loads(found[-1].removeprefix(prefix))
+    figures["compile_s"] = time.perf_counter() - start
+    return figures
+
+
+def ours_compile(config, topology: aot.Topology) -> dict:
+    """phi3_jax's preset compiled for the slice (`phi3_jax.aot.plan`), per chip."""
+    report = aot.plan(config, topology)
+    return {
+        "attention": config.model.attention,
+        "total_gib": report.memory.total / aot.GIB,
+        "temporary_bytes": report.memory.temporary,
+        "argument_bytes": report.memory.argument,
+        "compiled_flops": report.compiled_flops,
+        "analytic_flops": report.analytic_flops,
+        "compile_s": report.compile_seconds,
+    }
+
+
+def aot_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
+    """MaxText's per-chip memory and FLOPs of Phi-3-mini on each slice and attention kernel,
+    beside phi3_jax's preset for the same step."""
+    figures = {}
+    for slice_name in _AOT.value:
+        config = phi3_mini.get_config(f"tpu={slice_name}")
+        topology = aot.parse_topology(slice_name)
+        figures[slice_name] = {
+            "rows_per_chip": config.train.global_batch_size // topology.chips,
+            "microbatches": config.train.microbatches,
+        }
+        for attention in _AOT_ATTENTION.value:
+            result = maxtext_compile(python, scratch, mini_args(slice_name, attention))
+            result["total_gib"] = (
+                result["argument_bytes"]
+                + result["output_bytes"]
+                + result["temporary_bytes"]
+                - result["aliased_bytes"]
+            ) / aot.GIB
+            figures[slice_name][attention] = result
+            print(
+                f"maxtext aot {slice_name} {attention}: {result['total_gib']:.2f} GiB per chip,"
+                f" {result['compiled_flops'] / 1e12:.1f} TFLOP per chip per step"
+                f" ({result['compile_s']:.0f} s)",
+                flush=True,
+            )
+        if _AOT_OURS.value:
+            ours = ours_compile(config, topology)
+            figures[slice_name]["phi3_jax"] = ours
+            print(
+                f"phi3_jax aot {slice_name} {ours['attention']}: {ours['total_gib']:.2f} GiB per"
+                f" chip, {ours['compiled_flops'] / 1e12:.1f} TFLOP ({ours['compile_s']:.0f} s)",
+                flush=True,
+            )
+    return figures
+
+
+RESULT_KEY = "maxtext"
+# `python -m bench` runs it only when asked (`--bench_only=maxtext_peer`, `make bench-peers`).
+OPT_IN = True
+
+
+def run() -> dict | None:
+    """Both comparisons; None (skipped) where MaxText's Python 3.12 is missing."""
+    try:
+        python = ensure_venv()
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"maxtext: skipped (no MaxText virtualenv: {e})")
+        return None
+    figures = {"maxtext": MAXTEXT}
+    with tempfile.TemporaryDirectory(prefix="maxtext_peer_") as scratch:
+        scratch = pathlib.Path(scratch)
+        if not _SKIP_CPU.value:
+            cpu = cpu_comparison(python, scratch)
+            figures["cpu_train"] = cpu
+            print(
+                f"maxtext cpu_train: phi3_jax {cpu['ours_tokens_per_s']:.1f} tokens/s, MaxText"
+                f" {cpu['maxtext_tokens_per_s']:.1f}; ratio {cpu['ratio']:.2f} (median of"
+                f" {len(cpu['round_ratios'])} rounds), load average {cpu['load_average']}",
+                flush=True,
+            )
+        if _AOT.value:
+            figures["aot"] = aot_comparison(python, scratch)
+    return figures
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    figures = run()
+    json.dump(figures, sys.stdout, indent=2, default=str)
+    print()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,76 @@
+"""bench.maxtext_peer: MaxText's arguments describe our presets' work, and the stop/resume
+alternation times only the steps a resumed process runs (a stand-in process here: MaxText
+itself needs its Python 3.12 virtualenv and minutes per step)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from bench import maxtext_peer
+from configs import phi3_mini
+from phi3_jax import aot
+from phi3_jax import config as config_lib
+
+
+def _as_dict(args: list[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in args)
+
+
+@pytest.mark.parametrize("slice_name", ["v5e-256", "v5p-128"])
+def test_maxtext_compile_args_are_our_preset(slice_name):
+    config = phi3_mini.get_config(f"tpu={slice_name}")
+    args = _as_dict(maxtext_peer.mini_args(slice_name, "dot_product"))
+    chips = aot.parse_topology(slice_name).chips
+    rows = int(args["per_device_batch_size"]) * int(args["gradient_accumulation_steps"]) * chips
+    assert rows == config.train.global_batch_size
+    assert int(args["gradient_accumulation_steps"]) == config.train.microbatches
+    assert int(args["ici_fsdp_parallelism"]) == chips == config.mesh.fsdp
+    assert args["remat_policy"] == config.model.remat == "full"
+    m = config.model
+    assert (args["dtype"], args["weight_dtype"]) == (m.dtype, m.param_dtype)
+    assert int(args["base_emb_dim"]) == m.hidden_size
+    assert int(args["base_mlp_dim"]) == m.intermediate_size
+    assert int(args["base_num_decoder_layers"]) == m.num_layers
+    assert int(args["base_num_query_heads"]) * int(args["head_dim"]) == m.hidden_size
+    assert int(args["head_dim"]) == config_lib.head_dim(m)
+    assert int(args["vocab_size"]) == m.vocab_size
+    assert int(args["max_target_length"]) == config.train.seq_len
+
+
+def test_cpu_args_are_the_bench_model():
+    args = _as_dict(maxtext_peer.CPU_ARGS)
+    model = maxtext_peer.cpu_train.MODEL
+    assert int(args["base_emb_dim"]) == model["hidden_size"]
+    assert maxtext_peer._LAYERS.default == model["num_layers"]
+    assert int(args["vocab_size"]) == model["vocab_size"]
+    assert int(args["per_device_batch_size"]) == maxtext_peer.cpu_train.BATCH
+    assert args["dtype"] == args["weight_dtype"] == model["dtype"]
+
+
+# Prints a MaxText-style step line every PERIOD seconds of its own running time.
+PERIOD = 0.3
+_FAKE = f"""
+import time
+for step in range(1000):
+    print(f"completed step: {{step}}, seconds: 0.0", flush=True)
+    time.sleep({PERIOD})
+"""
+
+
+def test_stopped_process_is_timed_only_while_resumed():
+    peer = maxtext_peer.MaxTextTrainer([sys.executable, "-c", _FAKE])
+    try:
+        peer.first_step()
+        time.sleep(1.5)  # phi3_jax's turn: the stand-in must not advance
+        assert peer.lines.qsize() <= 1, "lines arrived while the process was stopped"
+        times = peer.steps(3)
+        time.sleep(1.5)
+        times += peer.steps(2)
+    finally:
+        peer.close()
+    assert len(times) == 5
+    # Each interval is one period of running time, never the 1.5 s stops around it.
+    assert all(0.5 * PERIOD < t < 1.0 for t in times), times
