@@ -30,9 +30,9 @@ pytestmark = (
 TIMEOUT_S = 1200
 
 
-def _run(workdir: str) -> subprocess.CompletedProcess:
+def _checked(command: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        cli.command(workdir),
+        command,
         cwd=cli.REPO,
         env=cli.environment(),
         capture_output=True,
@@ -41,6 +41,10 @@ def _run(workdir: str) -> subprocess.CompletedProcess:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def _run(workdir: str) -> subprocess.CompletedProcess:
+    return _checked(cli.command(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +103,7 @@ def test_plot_writes_into_the_bucket(bucket_run):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=cli.REPO,
-        env=cli.environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return _checked([sys.executable, "-m", *args])
 
 
 def test_generate_reads_the_run_from_the_bucket(bucket_run):
