@@ -153,6 +153,33 @@ def test_an_update_that_overflows_is_skipped_or_stops_and_is_never_saved(tmp_pat
     assert os.listdir(tmp_path / checkpoint.CHECKPOINTS_DIR) == []
 
 
+def test_brief_keeps_the_operating_system_cause_of_a_long_or_chained_error():
+    # tensorstore's form, its cause in the middle of a line long enough to be elided.
+    long = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local file "'
+        + "/deep" * 60
+        + "\": Failed to write 3186688 bytes to file 9: No space left on device "
+        "[os_error_code='28'] [source locations='" + "tensorstore/kvstore/file.cc:1 " * 8 + "']"
+    )
+    line = checkpoint.brief(long)
+    assert len(line) < 400 and " ... " in line
+    assert line.endswith("[No space left on device]"), line
+    # An error raised from an OSError names its cause too; one that says it already is unchanged.
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("write of step 8 aborted") from error
+    except RuntimeError as chained:
+        assert checkpoint.brief(chained) == (
+            "RuntimeError: write of step 8 aborted [No space left on device]"
+        )
+    assert checkpoint.brief(OSError(28, "No space left on device")) == (
+        "OSError: [Errno 28] No space left on device"
+    )
+    assert checkpoint.brief(ValueError("a bad value")) == "ValueError: a bad value"
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 48 MiB tmpfs: one checkpoint of test_loop's model (31 MB) fits, a second does not."""

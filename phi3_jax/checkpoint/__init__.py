@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -50,12 +51,33 @@ _DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")
 
 
 def brief(error: BaseException) -> str:
-    """`Type: message` of an error on one short line: its first line, its middle elided when long
-    (a storage error's cause, such as "No space left on device", comes at the end)."""
+    """`Type: message` of an error on one short line: its first line, its middle elided when long,
+    and the operating system's cause (such as "No space left on device") always kept: read from
+    the error's errno, an `[Errno N]` or tensorstore's `os_error_code='N'` anywhere in the error
+    or the errors it was raised from, and added where the elided line lost it."""
     text = str(error).splitlines()[0] if str(error) else ""
     if len(text) > 320:
         text = f"{text[:120]} ... {text[-180:]}"
+    cause = os_error_cause(error)
+    if cause and cause not in text:
+        text = f"{text} [{cause}]"
     return f"{type(error).__name__}: {text}"
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'|\[Errno (\d+)\]")
+
+
+def os_error_cause(error: BaseException | None) -> str | None:
+    """`os.strerror` of the first OS error code in `error` or its causes and contexts, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        code = getattr(error, "errno", None)
+        found = _OS_ERROR_CODE.search(str(error))
+        if isinstance(code, int) or found:
+            return os.strerror(code if isinstance(code, int) else int(found[1] or found[2]))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class NonFiniteStateError(ValueError):
