@@ -158,7 +158,7 @@ def test_brief_keeps_the_operating_system_cause_of_a_long_or_chained_error():
     long = ValueError(
         'RESOURCE_EXHAUSTED: Error writing "params.x/0" in OCDBT database at local file "'
         + "/deep" * 60
-        + "\": Failed to write 3186688 bytes to file 9: No space left on device "
+        + '": Failed to write 3186688 bytes to file 9: No space left on device '
         "[os_error_code='28'] [source locations='" + "tensorstore/kvstore/file.cc:1 " * 8 + "']"
     )
     line = checkpoint.brief(long)
