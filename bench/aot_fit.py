@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from configs import phi3_medium, phi3_mini, phi3_small
-from phi3_jax import aot
+from phi3_jax import aot, tpu
 
 RESULT_KEY = "aot"
 CONFIGS = {"mini": phi3_mini, "small": phi3_small, "medium": phi3_medium}
@@ -23,7 +23,7 @@ _PRESET = flags.DEFINE_string("aot_preset", "tpu=v5p-128", "hardware preset of e
 def run() -> dict[str, dict]:
     """Plan each variant on the preset's topology; print and return the figures."""
     figures = {}
-    topology = aot.parse_topology(_PRESET.value.removeprefix("tpu="))
+    topology = tpu.parse_topology(_PRESET.value.removeprefix("tpu="))
     for name in _VARIANTS.value:
         config = CONFIGS[name].get_config(_PRESET.value)
         report = aot.plan(config, topology)

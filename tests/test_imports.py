@@ -27,12 +27,13 @@ LAYERS = {
     "phi3_jax.vocab": 0,
     # 1: the configuration schema, its defaults and validation.
     "phi3_jax.config": 1,
-    # 2: what the model and the step build on: devices, mesh and shardings; the data pipeline;
-    # FLOP counts (formulas over the config).
+    # 2: what the model and the step build on: devices, mesh and shardings (and TPU slices' compile-
+    # only devices); the data pipeline; FLOP counts (formulas over the config).
     "phi3_jax.distributed": 2,
     "phi3_jax.sharding": 2,
     "phi3_jax.data": 2,
     "phi3_jax.flops": 2,
+    "phi3_jax.tpu": 2,
     # 3: the model families.
     "phi3_jax.model": 3,
     # 4: checkpoints and metrics of a run.

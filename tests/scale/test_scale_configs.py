@@ -13,7 +13,7 @@ import pytest
 from configs import phi3_medium, phi3_mini, phi3_mini_128k, phi3_small
 from configs.sweeps import lr, scale
 from launch import sweep
-from phi3_jax import aot, model
+from phi3_jax import model, tpu
 from phi3_jax.config import MESH_AXES, ConfigError, default_config
 
 FULL_SIZE = {
@@ -50,7 +50,7 @@ def test_every_config_and_preset_validates(module, arg):
 def _target_devices(arg: str) -> int:
     kind, target = arg.split("=")
     if kind == "tpu":
-        return aot.parse_topology(target).chips
+        return tpu.parse_topology(target).chips
     assert target.startswith("h100x")
     return int(target.removeprefix("h100x"))
 
@@ -181,7 +181,7 @@ def test_sweep_runs_launch_locally_one_after_another(tmp_path):
 def test_the_128k_extension_preset_splits_each_row_over_the_sequence_axis():
     config = phi3_mini_128k.get_config("extend,tpu=v5p-128")
     mesh = {axis: config.mesh[axis] for axis in MESH_AXES}
-    assert math.prod(mesh.values()) == aot.parse_topology("v5p-128").chips
+    assert math.prod(mesh.values()) == tpu.parse_topology("v5p-128").chips
     assert config.train.seq_len == config.model.max_position_embeddings == 131072
     assert config.train.global_batch_size * config.train.seq_len == 4 * 1024 * 1024
     rows = config.train.global_batch_size // config.train.microbatches
