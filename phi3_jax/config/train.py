@@ -93,6 +93,12 @@ def validate_train(config: ml_collections.ConfigDict) -> None:
     if not train.z_loss >= 0:
         fail("train.z_loss", train.z_loss, "must be >= 0")
     _validate_chunks(config)
+    if config.model.attention == "splash" and config.mesh.sequence != 1:
+        fail(
+            "model.attention",
+            config.model.attention,
+            "does not split the sequence: mesh.sequence must be 1 (chunked does)",
+        )
     if train.on_nan not in ON_NAN:
         fail("train.on_nan", train.on_nan, f"must be one of {', '.join(ON_NAN)}")
     if train.objective not in OBJECTIVES:
@@ -153,6 +159,13 @@ def _validate_chunks(
     chunk = model.attention_chunk
     if model.attention == "chunked" and seq_len > chunk and seq_len % chunk:
         fail("model.attention_chunk", chunk, f"must divide {what}")
+    # Splash tiles a row in blocks of at least 128 tokens (model/attention.py, SPLASH_BLOCKS).
+    if model.attention == "splash" and seq_len % 128:
+        fail(
+            "model.attention",
+            model.attention,
+            f"needs rows of a multiple of 128 tokens, not {what}",
+        )
 
 
 def validate_optim(config: ml_collections.ConfigDict) -> None:

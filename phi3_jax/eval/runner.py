@@ -145,7 +145,8 @@ def evaluate(
     rolling = [n for n in names if n.startswith(PPL_PREFIX)]
     long_context = [n for n in names if longctx.is_task(n)]
     benchmarks = tasks.resolve(benchmark_names(names))
-    tasks.check_style(style)
+    if style not in tasks.STYLES:
+        raise tasks.TaskError(f"unknown prompt style {style!r} (known: {', '.join(tasks.STYLES)})")
     results = [
         run_task(
             scorer, t, style=style, num_fewshot=num_fewshot, limit=limit, log_samples=log_samples

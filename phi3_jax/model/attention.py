@@ -16,7 +16,8 @@ within the query's segment (0 = padding):
   chunked  online softmax over key chunks with a flash-style backward: never forms the [q, k]
            score matrix, only [q, chunk] blocks, on any backend
 
-A kernel the backend cannot run is replaced by the best one it can (`select`), with a log line.
+A kernel the target cannot run is replaced by the best one it can (`select`), with a log line;
+the target is the active mesh's platform, so an AOT compile for a TPU slice gets the TPU kernels.
 Decoding always runs einsum over the cache under `decoding_mask`.
 """
 
@@ -40,6 +41,7 @@ _MASKED = jnp.finfo(jnp.float32).min
 # Logical names of k/v gathered whole along the sequence (sequence parallelism keeps q sharded).
 _GATHERED_KV = ("batch", None, "kv_heads", None)
 _SHARDED_KV = ("batch", "length", "kv_heads", None)
+_SHARDED_Q = ("batch", "length", "heads", None)
 
 
 def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
@@ -97,10 +99,16 @@ def _splash_available() -> bool:
     return True
 
 
+def target_platform() -> str:
+    """The platform being compiled for: the active mesh's devices' (a TPU slice compiled ahead
+    of time on a CPU host is "tpu"), else the default backend's."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
 @functools.cache
-def resolve(requested: str, dtype: str) -> str:
-    """`select` on the default backend; logs a fallback once per (request, dtype)."""
-    platform = jax.default_backend()
+def resolve(requested: str, dtype: str, platform: str) -> str:
+    """`select` for `platform`; logs a fallback once per (request, dtype, platform)."""
     chosen, why = select(requested, platform, dtype, _splash_available())
     if why:
         _LOG.warning("model.attention=%s: %s; using %s instead", requested, why, chosen)
@@ -171,6 +179,16 @@ def dot_product_attention(
     )
 
 
+# Splash's tile edge: the largest of these that divides the row length (validation requires
+# one). 512 is MaxText's default block; 128 is the TPU's lane width, the smallest tile.
+SPLASH_BLOCKS = (512, 256, 128)
+
+
+def splash_block(length: int) -> int:
+    """The splash kernel's q and kv block size for rows of `length` tokens."""
+    return next(block for block in SPLASH_BLOCKS if length % block == 0)
+
+
 def splash_attention(
     q: Array,
     k: Array,
@@ -180,8 +198,8 @@ def splash_attention(
     window: int,
     interpret: bool = False,
 ) -> Array:
-    """Pallas splash attention (TPU; `interpret=True` runs it anywhere, slowly, for tests). GQA
-    runs the multi-query kernel once per kv head; the scale is folded into q."""
+    """Pallas splash attention on one device's rows (TPU; `interpret=True` runs it anywhere,
+    slowly, for tests). The kernel takes grouped kv heads itself; the scale is folded into q."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as kernels,
     )
@@ -189,21 +207,67 @@ def splash_attention(
         splash_attention_mask as masks,
     )
 
-    b, length, heads, d = q.shape
-    kv_heads = k.shape[2]
+    heads, length = q.shape[2], q.shape[1]
     shape = (length, length)
     head_mask = masks.LocalMask(shape, (window - 1, 0), 0) if window else masks.CausalMask(shape)
-    kernel = kernels.make_splash_mqa_single_device(
-        masks.MultiHeadMask([head_mask] * (heads // kv_heads)), interpret=interpret
+    block = splash_block(length)
+    kernel = kernels.make_splash_mha_single_device(
+        masks.MultiHeadMask([head_mask] * heads),
+        block_sizes=kernels.BlockSizes(
+            block_q=block,
+            block_kv=block,
+            block_kv_compute=block,
+            block_q_dkv=block,
+            block_kv_dkv=block,
+            block_kv_dkv_compute=block,
+            block_q_dq=block,
+            block_kv_dq=block,
+        ),
+        interpret=interpret,
     )
 
-    def one_kv_head(q, k, v, segments):  # q [group, l, d]; k, v [l, d]
+    def one_row(q, k, v, segments):  # q [heads, l, d]; k, v [kv_heads, l, d]
         return kernel(q, k, v, segment_ids=kernels.SegmentIds(q=segments, kv=segments))
 
-    per_row = jax.vmap(one_kv_head, in_axes=(0, 0, 0, None))
-    q = (_group(q, kv_heads) * jnp.asarray(scale, q.dtype)).transpose(0, 2, 3, 1, 4)
-    out = jax.vmap(per_row)(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, length, heads, d)
+    q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)
+    out = jax.vmap(one_row)(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids)
+    return out.transpose(0, 2, 1, 3)
+
+
+def sharded_splash_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    segment_ids: Array,
+    scale: float,
+    window: int,
+    interpret: bool = False,
+) -> Array:
+    """`splash_attention` on every device's own rows and heads of the active mesh (`shard_map`
+    with the logical rules' placement of q, k, v and the segment ids); one device, or no mesh,
+    runs it directly.
+
+    A Pallas kernel is opaque to GSPMD, which would gather its operands whole onto every device;
+    inside `shard_map` each device runs it on its shard. Rows split over the batch axes and heads
+    over the tensor axis need no communication (a query head's kv head, h // group, stays on its
+    device when kv heads split as heads do); a split sequence would (ring attention), so splash
+    refuses mesh.sequence > 1 at validation.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return splash_attention(q, k, v, segment_ids, scale, window, interpret)
+    q_spec = nn.logical_to_mesh_axes(_SHARDED_Q)
+    kv_spec = nn.logical_to_mesh_axes(_SHARDED_KV)
+    segment_spec = nn.logical_to_mesh_axes(_SHARDED_KV[:2])
+    kernel = functools.partial(splash_attention, scale=scale, window=window, interpret=interpret)
+    # check_vma=False: Pallas calls carry no varying-manual-axes annotations.
+    return jax.shard_map(
+        kernel,
+        mesh=mesh,
+        in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
+        out_specs=q_spec,
+        check_vma=False,
+    )(q, k, v, segment_ids)
 
 
 def strided_chunks(x: Array, chunks: int) -> Array:
@@ -331,7 +395,7 @@ def attend(
     """The attention output [b, q, heads, d] under `mask`, the input `training_mask` or (when
     `decoding`, k and v then the cache) `decoding_mask` built: decoding runs einsum, training
     the configured kernel as the backend allows (`resolve`)."""
-    impl = "einsum" if decoding else resolve(model.attention, model.dtype)
+    impl = "einsum" if decoding else resolve(model.attention, model.dtype, target_platform())
     scale = config_lib.head_dim(model) ** -0.5
     window = model.sliding_window
     if impl == "einsum":
@@ -339,5 +403,5 @@ def attend(
     if impl in ("xla", "cudnn"):
         return dot_product_attention(q, k, v, mask, scale, window, impl)
     if impl == "splash":
-        return splash_attention(q, k, v, mask, scale, window)
+        return sharded_splash_attention(q, k, v, mask, scale, window)
     return chunked_attention(q, k, v, mask, scale, window, model.attention_chunk)

@@ -1,16 +1,21 @@
 """Every attention kernel equals the plain einsum path (outputs and q/k/v gradients, fp32, 1e-5)
-on packed rows with padding, GQA, and with and without a sliding window; the backend selection
-falls back with a log line where a kernel cannot run."""
+on packed rows with padding, GQA, and with and without a sliding window, splash also inside
+shard_map on a mesh of 8 CPU devices (interpreted); splash in shard_map compiles for a TPU slice
+from this host; the selection follows the mesh's platform and falls back with a log line where a
+kernel cannot run."""
 
 from __future__ import annotations
 
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 
+from phi3_jax import config, sharding, tpu
 from phi3_jax.model import attention
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 128, 4, 2, 16
@@ -62,8 +67,6 @@ def output_and_grads(impl: str, window: int):
 @pytest.mark.parametrize("window", [0, 37])
 @pytest.mark.parametrize("impl", ["xla", "chunked", "splash"])
 def test_kernel_equals_plain_attention(impl, window):
-    if impl == "splash" and window == 0:
-        pytest.skip("splash is interpreted (slow on CPU): the windowed case covers it")
     out, grads = output_and_grads(impl, window)
     ref_out, ref_grads = output_and_grads("einsum", window)
     # Measured: output <= 5e-7, gradients <= 4e-6.
@@ -122,6 +125,91 @@ def test_select(requested, platform, dtype, available, chosen, falls_back):
 def test_resolve_on_cpu_falls_back_to_xla_with_a_log_line(requested, caplog):
     attention.resolve.cache_clear()
     with caplog.at_level(logging.WARNING, logger=attention.__name__):
-        assert attention.resolve(requested, "bfloat16") == "xla"
+        assert attention.resolve(requested, "bfloat16", "cpu") == "xla"
     assert f"model.attention={requested}" in caplog.text
     assert "using xla instead" in caplog.text
+
+
+# (data, fsdp, sequence, tensor): rows over data x fsdp, heads and kv heads over tensor.
+SPLIT = dict(data=2, fsdp=2, sequence=1, tensor=2)
+
+
+def split_mesh(devices=None) -> jax.sharding.Mesh:
+    mesh_config = config.default_mesh_config()
+    mesh_config.update(SPLIT)
+    return sharding.make_mesh(mesh_config, devices or jax.devices())
+
+
+def placed(fn, mesh):
+    """fn under the default logical rules on `mesh`, its inputs placed as the model places them."""
+    rules = sharding.logical_rules(config.default_config())
+    specs = [
+        ("batch", "length", "heads", None),
+        *[("batch", "length", "kv_heads", None)] * 2,
+        ("batch", "length"),
+    ]
+
+    def under_rules(*args):
+        with sharding.activate(mesh, rules):
+            return fn(*args)
+
+    in_shardings = [NamedSharding(mesh, nn.logical_to_mesh_axes(spec, rules)) for spec in specs]
+    return jax.jit(under_rules, in_shardings=in_shardings)
+
+
+@pytest.mark.parametrize("window", [0, 37])
+def test_splash_in_shard_map_equals_plain_attention(window):
+    # 4 rows, 4 heads over 2 kv heads, split 4 ways by rows and 2 by heads on 8 CPU devices: each
+    # device runs the interpreted kernel on 1 row, 2 heads and their 1 kv head.
+    q, k, v, segment_ids = (jnp.concatenate([x, x[::-1]]) for x in inputs())
+    mesh = split_mesh()
+    sharded = placed(
+        lambda q, k, v, s: attention.sharded_splash_attention(
+            q, k, v, s, SCALE, window, interpret=True
+        ),
+        mesh,
+    )
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+
+    def grads(fn):
+        return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, segment_ids) * weights), (0, 1, 2))(
+            q, k, v
+        )
+
+    assert "shard_map" in str(jax.make_jaxpr(sharded)(q, k, v, segment_ids))
+    plain = kernel("einsum", window)
+    np.testing.assert_allclose(sharded(q, k, v, segment_ids), plain(q, k, v, segment_ids), atol=TOL)
+    for name, got, want in zip("qkv", grads(sharded), grads(plain), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=f"d{name}")
+
+
+def test_the_target_platform_is_the_meshs():
+    assert attention.target_platform() == "cpu"
+    tpu_mesh = split_mesh(tpu.topology_devices(tpu.parse_topology("v5e-8")))
+    with jax.sharding.use_abstract_mesh(tpu_mesh.abstract_mesh):
+        assert attention.target_platform() == "tpu"
+
+
+@pytest.mark.parametrize("window", [0, 2047])
+def test_splash_in_shard_map_compiles_for_a_tpu_slice(window):
+    # From this CPU host, with libtpu as the compiler: each of the 8 chips runs the Mosaic kernels
+    # (forward, dq, dkv) on its shard, and no chip holds more than its rows' and heads' operands.
+    mesh = split_mesh(tpu.topology_devices(tpu.parse_topology("v5e-8")))
+    length, head_dim = 4096, 128
+    q = jax.ShapeDtypeStruct((4, length, HEADS, head_dim), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((4, length, KV_HEADS, head_dim), jnp.bfloat16)
+    segments = jax.ShapeDtypeStruct((4, length), jnp.int32)
+
+    def loss(q, k, v, s):
+        out = attention.sharded_splash_attention(q, k, v, s, head_dim**-0.5, window)
+        return jnp.sum(out.astype(jnp.float32))
+
+    fn = placed(jax.grad(loss, argnums=(0, 1, 2)), mesh)
+    # Mosaic rejects fp32 contraction precision on bf16 operands (conftest asks for "highest").
+    with jax.default_matmul_precision("default"):
+        compiled = fn.lower(q, kv, kv, segments).compile()
+    assert compiled.as_text().count("tpu_custom_call") == 3
+    # Per chip 1 row and 2 heads. Measured 0.56 MiB of temporaries; the plain path holds the
+    # row's fp32 scores, 2 x 4096^2 x 4 B = 128 MiB. (Without shard_map it does not compile:
+    # "Mosaic kernels cannot be automatically partitioned".)
+    assert compiled.memory_analysis().temp_size_in_bytes < length * length * 4 / 32

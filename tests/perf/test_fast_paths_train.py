@@ -132,6 +132,11 @@ def test_hidden_states_then_lm_head_equal_logits():
         ("train.loss_chunk", -1, "must be an integer >= 0"),
         ("model.attention_chunk", 12, "must divide train.seq_len=32"),
         ("model.attention", "flash", "must be one of einsum, xla, cudnn, splash, chunked"),
+        (
+            "model.attention",
+            "splash",
+            "needs rows of a multiple of 128 tokens, not train.seq_len=32",
+        ),
     ],
 )
 def test_bad_fast_path_settings_are_one_line_errors(key, value, message):
@@ -139,4 +144,12 @@ def test_bad_fast_path_settings_are_one_line_errors(key, value, message):
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(config_lib.ConfigError, match=f"{key}={value!r}: {message}"):
+        config_lib.validate(config)
+
+
+def test_splash_refuses_a_split_sequence():
+    config = fast_config()
+    config.model.attention, config.train.seq_len, config.mesh.sequence = "splash", 128, 2
+    message = "model.attention='splash': does not split the sequence: mesh.sequence must be 1"
+    with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(config)
