@@ -30,8 +30,6 @@ from collections.abc import Mapping, Sequence
 import grain
 import numpy as np
 
-from phi3_jax.errors import BadInputError
-
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -94,32 +92,25 @@ def segments(
     return out
 
 
-# Documents in a row outside a bucket after which it is taken to have none (the sources loop
-# over their epochs, so a bucket no document falls into would otherwise read forever).
-MAX_PASSED_OVER = 100_000
+@dataclasses.dataclass(frozen=True)
+class InBucket:
+    """Whether a document's ids fall in one length bucket: at least `min_tokens` of them (long)
+    or fewer (short). Each bucket is its own reading of the sources (`sources.ReadOptions.keep`),
+    which counts only the documents it keeps; a bucket a source's documents never fall into ends
+    its first epoch with none, a BadInputError naming the key."""
 
+    min_tokens: int
+    long: bool
 
-class InBucket(grain.transforms.Filter):
-    """Keeps the documents (`{"ids"}`) of one length bucket: at least `min_tokens` ids (long) or
-    fewer (short). A BadInputError once MAX_PASSED_OVER documents in a row fall outside it."""
+    def __call__(self, ids: np.ndarray) -> bool:
+        return (len(ids) >= self.min_tokens) == self.long
 
-    def __init__(self, min_tokens: int, long: bool):
-        self.min_tokens, self.long = min_tokens, long
-        self._passed_over = 0
-
-    def filter(self, element: dict[str, np.ndarray]) -> bool:
-        if (len(element["ids"]) >= self.min_tokens) == self.long:
-            self._passed_over = 0
-            return True
-        self._passed_over += 1
-        if self._passed_over >= MAX_PASSED_OVER:
-            which = "at least" if self.long else "fewer than"
-            raise BadInputError(
-                f"data.long_context.min_tokens={self.min_tokens}: {MAX_PASSED_OVER} documents in "
-                f"a row, and none with {which} {self.min_tokens} ids (the "
-                f"{'long' if self.long else 'short'} bucket may be empty)"
-            )
-        return False
+    def __str__(self) -> str:
+        which = "at least" if self.long else "fewer than"
+        return (
+            f"with {which} {self.min_tokens} ids (data.long_context.min_tokens={self.min_tokens}: "
+            f"the {'long' if self.long else 'short'} bucket is empty)"
+        )
 
 
 def mix_buckets(

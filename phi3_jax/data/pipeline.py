@@ -243,10 +243,12 @@ def bucketed_batches(
 ) -> grain.IterDataset:
     """Batches of long rows (documents of at least `opts.long_min_tokens` ids, whole up to a row)
     and short rows (the others, cut at `opts.short_len`), mixed by `opts.long_fraction`
-    (`long_context`). `documents()` builds one reading of the documents per bucket."""
+    (`long_context`). `documents(bucket=, reports=)` builds one reading of the documents per
+    bucket, keeping and counting only the bucket's documents (`sources.ReadOptions.keep`)."""
     buckets = [
         pack_rows(
-            documents().filter(long_context.InBucket(opts.long_min_tokens, long)),
+            # The long bucket's reading reports the records' problems, for both.
+            documents(bucket=long_context.InBucket(opts.long_min_tokens, long), reports=long),
             opts,
             pad_id,
             trained,
@@ -262,8 +264,16 @@ def _records(opts: PipelineOptions, tokenizer: Tokenizer, records: Records | Non
     return records or Records(DocumentIds(tokenizer, opts.add_bos))
 
 
-def source(opts: PipelineOptions, name: str, records: Records, split: str) -> ShardSource:
-    """The named source's documents of one split ("train" or "eval")."""
+def source(
+    opts: PipelineOptions,
+    name: str,
+    records: Records,
+    split: str,
+    bucket: Callable[[np.ndarray], bool] | None = None,
+    reports: bool = True,
+) -> ShardSource:
+    """The named source's documents of one split ("train" or "eval"); with `bucket`, those whose
+    ids it accepts (`ReadOptions.keep`, `reports`)."""
     return ShardSource(
         dataclasses.replace(opts.sources[name], fields=records.fields),
         records.to_ids,
@@ -272,6 +282,8 @@ def source(opts: PipelineOptions, name: str, records: Records, split: str) -> Sh
             split=split,
             eval_fraction=opts.eval_fraction,
             seed=opts.seed,
+            keep=bucket,
+            reports=reports,
         ),
         process_index=opts.process_index,
         process_count=opts.process_count,
@@ -283,12 +295,15 @@ def mixed_documents(
     weights: Mapping[str, float],
     tokenizer: Tokenizer,
     records: Records | None = None,
+    bucket: Callable[[np.ndarray], bool] | None = None,
+    reports: bool = True,
 ) -> grain.IterDataset:
-    """One phase's training documents (`{"ids"}`), mixed by `weights` with grain's mixing."""
+    """One phase's training documents (`{"ids"}`), mixed by `weights` with grain's mixing; with
+    `bucket`, one length bucket's (see `source`)."""
     names = sorted(weights)
     records = _records(opts, tokenizer, records)
     return grain.IterDataset.mix(
-        [source(opts, name, records, "train") for name in names],
+        [source(opts, name, records, "train", bucket, reports) for name in names],
         [weights[name] for name in names],
     )
 

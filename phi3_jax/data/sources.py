@@ -90,6 +90,13 @@ class ReadOptions:
     repeat: bool = True
     # Seeds the per-epoch shard order.
     seed: int = 0
+    # One of several readings of the same documents (the length buckets of `long_context`): the
+    # reading keeps and counts only the documents whose ids `keep` accepts (None: all), and with
+    # `reports` False leaves the records' problems to another reading (raised all the same under
+    # on_bad=raise, else skipped with no warning and no count), so the counters summed over the
+    # readings count each document and each problem once.
+    keep: Callable[[np.ndarray], bool] | None = None
+    reports: bool = True
 
 
 def divide(
@@ -133,7 +140,8 @@ class ShardSource(grain.IterDataset):
         for problem in problems:
             if options.on_bad == "raise":
                 raise BadInputError(f"source {spec.name}: {problem}")
-            logging.warning("source %s: skipping %s", spec.name, problem)
+            if options.reports:
+                logging.warning("source %s: skipping %s", spec.name, problem)
         if not files:
             raise BadInputError(f"source {spec.name}: no shard in {list(spec.globs)}")
         remote = [f for f in files if paths.is_remote(f)]
@@ -146,7 +154,7 @@ class ShardSource(grain.IterDataset):
         self._to_ids = to_ids
         self._options = options
         self._files, self._stride = divide(files, (0, 1), process_index, process_count)
-        self._missing = len(problems)
+        self._missing = len(problems) if options.reports else 0
         self._worker = (0, 1)
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
@@ -201,9 +209,10 @@ class _ShardSourceIterator(grain.DatasetIterator):
             if not self._options.repeat:
                 return False
             if state["documents"] == state["epoch_start_documents"]:
+                kept = f" {self._options.keep}" if self._options.keep else ""
                 raise BadInputError(
-                    f"source {self._spec.name}: no usable {self._options.split} document in "
-                    f"{self._files}"
+                    f"source {self._spec.name}: no usable {self._options.split} document{kept} "
+                    f"in {self._files}"
                 )
             state.update(
                 epoch=state["epoch"] + 1, shard=0, epoch_start_documents=state["documents"]
@@ -221,6 +230,8 @@ class _ShardSourceIterator(grain.DatasetIterator):
             message = f"{self._path}: record {index}: {bad.reason}"
         if self._options.on_bad == "raise":
             raise BadInputError(f"source {self._spec.name}: {message}")
+        if not self._options.reports:
+            return
         logging.warning("source %s: skipping %s", self._spec.name, message)
         self._state["bad_shards" if bad.ends_shard else "bad_records"] += 1
 
@@ -260,14 +271,22 @@ class _ShardSourceIterator(grain.DatasetIterator):
                     return example
 
     def _example(self, index: int, result: ToIdsResult) -> dict[str, np.ndarray] | None:
-        """The document `to_ids` made of record `index`, None if it left the record out."""
+        """The document `to_ids` made of record `index`, None if it left the record out or
+        `keep` refuses it."""
         if isinstance(result, Bad):
             self._bad(index, result)
             return None
+        counter = None
         if isinstance(result, Counted):
-            self._state[result.counter] = self._state.get(result.counter, 0) + 1
-            result = result.arrays
-        return {"ids": result} if isinstance(result, np.ndarray) else result
+            counter, result = result.counter, result.arrays
+        example = {"ids": result} if isinstance(result, np.ndarray) else result
+        keep = self._options.keep
+        kept = example is not None and (keep is None or keep(example["ids"]))
+        # A record `to_ids` left out is counted by the reporting reading, one it cut by the
+        # reading that keeps it.
+        if counter is not None and (kept if example is not None else self._options.reports):
+            self._state[counter] = self._state.get(counter, 0) + 1
+        return example if kept else None
 
     def get_state(self) -> dict[str, Any]:
         return dict(self._state)

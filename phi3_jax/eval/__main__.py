@@ -28,7 +28,7 @@ from phi3_jax import config as config_lib
 from phi3_jax import distributed, paths, sharding
 from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.errors import BadInputError
-from phi3_jax.eval import multihost, runner, source, tasks
+from phi3_jax.eval import multihost, prompts, runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
 from phi3_jax.train import state
 
@@ -44,7 +44,7 @@ def _define_flags() -> None:
     flags.DEFINE_list("tasks", None, "Tasks: names, the group mmlu, or ppl:PATH.", required=True)
     flags.DEFINE_integer("num_fewshot", None, "Shots for every task (default: each task's).")
     flags.DEFINE_integer("limit", None, "Score only the first N documents of each task.")
-    flags.DEFINE_enum("style", "lm_eval", tasks.STYLES, "Prompt style.")
+    flags.DEFINE_enum("style", "lm_eval", prompts.STYLES, "Prompt style.")
     flags.DEFINE_string("output", None, "Write the results as JSON here.")
     flags.DEFINE_bool("log_samples", False, "Include every request and its scores in --output.")
     flags.DEFINE_string("dtype", "float32", "Compute dtype for scoring.")

@@ -24,7 +24,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from phi3_jax import config as config_lib
-from phi3_jax.eval import metrics, source, tasks
+from phi3_jax.eval import metrics, prompts, source, tasks
 from phi3_jax.eval.scorer import Scorer
 
 DEFAULT_MAX_GEN_TOKS = 256
@@ -101,7 +101,7 @@ def rendered_docs(name: str) -> dict[str, list[dict]]:
     return splits
 
 
-def _doc_record(doc: tasks.Doc) -> dict:
+def _doc_record(doc: prompts.Doc) -> dict:
     return {
         "query": doc.query,
         "choices": list(doc.choices),

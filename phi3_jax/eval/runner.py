@@ -145,8 +145,7 @@ def evaluate(
     rolling = [n for n in names if n.startswith(PPL_PREFIX)]
     long_context = [n for n in names if longctx.is_task(n)]
     benchmarks = tasks.resolve(benchmark_names(names))
-    if style not in tasks.STYLES:
-        raise tasks.TaskError(f"unknown prompt style {style!r} (known: {', '.join(tasks.STYLES)})")
+    tasks.check_style(style)
     results = [
         run_task(
             scorer, t, style=style, num_fewshot=num_fewshot, limit=limit, log_samples=log_samples

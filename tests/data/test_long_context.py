@@ -15,6 +15,7 @@ from configs import phi3_tiny
 from phi3_jax import config as config_lib
 from phi3_jax.data import long_context, pipeline
 from phi3_jax.data.shard_records import SourceSpec
+from phi3_jax.data.sources import ReadOptions, ShardSource, counters
 from phi3_jax.errors import BadInputError
 
 SHORT_LEN, MIN_TOKENS, SEQ_LEN = 16, 40, 64
@@ -171,12 +172,56 @@ def test_bad_long_context_keys_are_named(overrides, message):
         config_lib.validate(config)
 
 
-def test_a_bucket_no_document_falls_into_is_an_error_not_an_endless_read(monkeypatch):
-    monkeypatch.setattr(long_context, "MAX_PASSED_OVER", 5)
-    short = long_context.InBucket(MIN_TOKENS, long=False)
-    long_doc = {"ids": np.zeros(MIN_TOKENS, np.int32)}
-    assert short.filter({"ids": np.zeros(3, np.int32)})
-    for _ in range(4):
-        assert not short.filter(long_doc)
-    with pytest.raises(BadInputError, match="none with fewer than 40 ids"):
-        short.filter(long_doc)
+def test_a_bucket_no_document_falls_into_is_an_error_not_an_endless_read(corpus, tokenizer):
+    # Every document has fewer than 64 ids: the long bucket's reading ends an epoch with none.
+    dataset = pipeline.train_dataset(options(corpus, long_min_tokens=SEQ_LEN), tokenizer)
+    with pytest.raises(BadInputError, match=r"data.long_context.min_tokens=64: the long bucket"):
+        next(iter(dataset))
+
+
+def bucket_reading(corpus: str, tokenizer, long: bool, on_bad: str = "raise") -> ShardSource:
+    """One pass of the corpus as the pipeline's bucket of long (or short) documents reads it."""
+    spec = options(corpus).sources["docs"]
+    keep = long_context.InBucket(MIN_TOKENS, long)
+    read = ReadOptions(on_bad=on_bad, repeat=False, keep=keep, reports=long)
+    return ShardSource(spec, pipeline.DocumentIds(tokenizer, add_bos=False), read)
+
+
+def test_the_two_buckets_count_each_document_once(corpus, tokenizer):
+    states = []
+    for long in (True, False):
+        iterator = iter(bucket_reading(corpus, tokenizer, long))
+        docs = list(iterator)
+        assert all((len(d["ids"]) >= MIN_TOKENS) == long for d in docs)
+        states.append(iterator.get_state())
+    total = counters(states)["docs"]
+    assert total["documents"] == 120
+    assert total["tokens"] == sum(document_length(i) for i in range(120))
+
+
+def test_a_bad_record_is_counted_once_over_the_buckets(tmp_path, tokenizer):
+    write_arrayrecord(
+        str(tmp_path / "docs-0.arrayrecord"),
+        [token_bytes([11] * 50), b"\x01\x02\x03", token_bytes([12] * 5)],  # odd bytes: bad
+    )
+    states = []
+    for long in (True, False):
+        iterator = iter(bucket_reading(str(tmp_path), tokenizer, long, on_bad="skip"))
+        assert [len(d["ids"]) for d in iterator] == ([51] if long else [6])  # with EOS
+        states.append(iterator.get_state())
+    total = counters(states)["docs"]
+    assert (total["documents"], total["tokens"], total["bad_records"]) == (2, 57, 1)
+    with pytest.raises(BadInputError, match="docs-0.arrayrecord: record 1"):
+        list(bucket_reading(str(tmp_path), tokenizer, long=False))  # raised by either reading
+
+
+def test_pipeline_counters_with_buckets_count_what_the_rows_hold(corpus, tokenizer):
+    opts = options(corpus)
+    iterator = iter(pipeline.train_dataset(opts, tokenizer))
+    held = sum(int((b["segment_ids"] > 0).sum()) for b in take(iterator, 12))
+    counted = pipeline.source_counters(iterator)["docs"]
+    # A document of n ids gives n - 1 next-token pairs. Counted as of each bucket's last packed
+    # group, the counters trail the rows by at most a group of each (both buckets counting every
+    # document they read gave 5,375 pairs, twice what the 2,650 of these rows hold).
+    pairs = counted["tokens"] - counted["documents"]
+    assert held - 2 * opts.packing_bins * SEQ_LEN <= pairs <= held
