@@ -11,6 +11,7 @@ ROPE_SCALINGS = ("none", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # Attention kernels (phi3_jax.model.attention); one the backend cannot run falls back with a log line.
 ATTENTION_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "splash", "chunked")
+ATTENTION_SCORE_DTYPES = ("float32", "bfloat16")
 # phi3: mini/medium (RMSNorm, SwiGLU, untied); phi3small: Phi-3-small (LayerNorm, GEGELU, muP, blocksparse).
 ARCHITECTURES = ("phi3", "phi3small")
 
@@ -69,6 +70,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.attention = "einsum"
     # chunked: keys per chunk (must divide train.seq_len; a shorter sequence is one chunk).
     m.attention_chunk = 512
+    # einsum: dtype of the scores and their softmax; float32 as HF, bfloat16 (MaxText's default,
+    # `float32_qk_product` and `float32_logits` false) halves the score matrices a step keeps.
+    m.attention_score_dtype = "float32"
     # Decoder family: "phi3" or "phi3small"; the keys below are read by phi3small only.
     m.architecture = "phi3"
     # LayerNorm epsilon (Phi-3-small's norms are LayerNorms with a bias).
@@ -150,6 +154,7 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
         ("rope_scaling", ROPE_SCALINGS),
         ("remat", REMAT_POLICIES),
         ("attention", ATTENTION_IMPLEMENTATIONS),
+        ("attention_score_dtype", ATTENTION_SCORE_DTYPES),
     ):
         if model[key] not in allowed:
             fail(f"{prefix}.{key}", model[key], f"must be one of {', '.join(allowed)}")
@@ -168,6 +173,12 @@ def validate_model(model: ml_collections.ConfigDict, prefix: str = "model") -> N
             f"must be one of {', '.join(ARCHITECTURES)}",
         )
     require_positive_int(f"{prefix}.attention_chunk", model.attention_chunk)
+    if model.attention_score_dtype != "float32" and model.attention != "einsum":
+        fail(
+            f"{prefix}.attention_score_dtype",
+            model.attention_score_dtype,
+            f"is read by the einsum kernel only, not {prefix}.attention={model.attention!r}",
+        )
     if model.architecture == "phi3small":
         _validate_small(model, prefix)
 
@@ -204,6 +215,12 @@ def _validate_small(model: ml_collections.ConfigDict, prefix: str) -> None:
         fail(f"{prefix}.rope_scaling", model.rope_scaling, "phi3small supports only none (8K)")
     if model.attention != "einsum":
         fail(f"{prefix}.attention", model.attention, "phi3small has its own kernels; use einsum")
+    if model.attention_score_dtype != "float32":
+        fail(
+            f"{prefix}.attention_score_dtype",
+            model.attention_score_dtype,
+            "phi3small's kernels keep float32 scores",
+        )
     bad = [
         i for i in model.dummy_token_ids if not (isinstance(i, int) and 0 <= i < model.vocab_size)
     ]

@@ -142,10 +142,13 @@ def _group(q: Array, kv_heads: int) -> Array:
     return q.reshape(b, length, kv_heads, heads // kv_heads, d)
 
 
-def einsum_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+def einsum_attention(
+    q: Array, k: Array, v: Array, mask: Array, scale: float, score_dtype=jnp.float32
+) -> Array:
     """The plain path over all keys: k, v [b, t, kv_heads, d] (t = the length, or a decoding
     cache's); `mask` boolean [b, q, t] for every head, or per head broadcastable to
-    [b, heads, q, t]."""
+    [b, heads, q, t]. The scores and their softmax are `score_dtype` (fp32 as HF; bf16 halves
+    the [b, heads, q, t] matrices a training step keeps, as MaxText's default does)."""
     b, length, heads, d = q.shape
     kv_heads = k.shape[2]
     if mask.ndim == 3:
@@ -154,9 +157,9 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array, scale: float) ->
         mask = jnp.broadcast_to(mask, (b, heads, length, k.shape[1]))
         mask = mask.reshape(b, kv_heads, heads // kv_heads, length, k.shape[1])
     scores = jnp.einsum(
-        "bqkgd,bskd->bkgqs", _group(q, kv_heads), k, preferred_element_type=jnp.float32
+        "bqkgd,bskd->bkgqs", _group(q, kv_heads), k, preferred_element_type=score_dtype
     )
-    scores = jnp.where(mask, scores * scale, _MASKED)
+    scores = jnp.where(mask, scores * jnp.asarray(scale, score_dtype), jnp.finfo(score_dtype).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, length, heads, d)
 
@@ -399,7 +402,7 @@ def attend(
     scale = config_lib.head_dim(model) ** -0.5
     window = model.sliding_window
     if impl == "einsum":
-        return einsum_attention(q, k, v, mask, scale)
+        return einsum_attention(q, k, v, mask, scale, jnp.dtype(model.attention_score_dtype))
     if impl in ("xla", "cudnn"):
         return dot_product_attention(q, k, v, mask, scale, window, impl)
     if impl == "splash":

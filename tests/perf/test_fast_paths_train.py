@@ -137,6 +137,12 @@ def test_hidden_states_then_lm_head_equal_logits():
             "splash",
             "needs rows of a multiple of 128 tokens, not train.seq_len=32",
         ),
+        (
+            "model.attention_score_dtype",
+            "bfloat16",
+            "is read by the einsum kernel only, not model.attention='chunked'",
+        ),
+        ("model.attention_score_dtype", "float16", "must be one of float32, bfloat16"),
     ],
 )
 def test_bad_fast_path_settings_are_one_line_errors(key, value, message):
