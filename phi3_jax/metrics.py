@@ -10,7 +10,8 @@ and only the hardware utilisation (HFU) includes them. The peak is the devices' 
 from a table, `log.peak_flops` from the config, or on CPU a matmul probe of the host.
 
 Every logged step goes to three places: a progress line on stdout, TensorBoard events in
-WORKDIR/tb (tensorboardX), and one JSON object per line in WORKDIR/metrics.jsonl.
+WORKDIR/tb (tensorboardX; on a bucket through phi3_jax.paths, `_BucketEventFile`), and one JSON
+object per line in WORKDIR/metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import tensorboardX
+from tensorboardX import record_writer
 
 from phi3_jax import model, paths
 from phi3_jax.model import architectures
@@ -172,11 +174,51 @@ def eval_line(step: int, scalars: Mapping[str, float]) -> str:
     )
 
 
+class _BucketEventFile:
+    """A TensorBoard event file on a bucket, for tensorboardX: its records kept in memory and the
+    object rewritten whole with all of them at each flush (tensorboardX flushes every
+    `flush_secs` and at close; a bucket's objects are only ever written whole), through
+    phi3_jax.paths like every other file of a run.
+
+    It replaces tensorboardX's own gs:// and s3:// writers, which go around that layer
+    (google-cloud-storage and boto3 clients of their own) and upload the file once more when
+    garbage-collected: after a store has gone, a 120 s retry at the exit of the process."""
+
+    def __init__(self, file: str):
+        self._path = paths.path(file)
+        self._records = bytearray()
+        self._flushed = -1
+
+    def write(self, data: bytes) -> None:
+        self._records += data
+
+    def flush(self) -> None:
+        if self._flushed != len(self._records):
+            self._path.write_bytes(bytes(self._records))
+            self._flushed = len(self._records)
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _BucketEventFiles:
+    """tensorboardX's writer factory (`record_writer.register_writer_factory`) of a scheme."""
+
+    def open(self, file: str) -> _BucketEventFile:
+        return _BucketEventFile(file)
+
+    def directory_check(self, directory: str) -> None:
+        """Nothing: a bucket has no directories to create."""
+
+
+for _scheme in paths.REMOTE_SCHEMES:
+    record_writer.register_writer_factory(_scheme.removesuffix("://"), _BucketEventFiles())
+
+
 class Writer:
     """TensorBoard events and metrics.jsonl of a workdir (appending, so resumes continue them)."""
 
     def __init__(self, workdir: str):
-        # tensorboardX writes gs:// and s3:// event files itself (google-cloud-storage, boto3).
         self._tb = tensorboardX.SummaryWriter(paths.join(workdir, TB_DIR))
         self._jsonl = paths.Appender(paths.join(workdir, METRICS_FILE))
 

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from phi3_jax import checkpoint, paths, plot
+from phi3_jax import checkpoint, metrics, paths, plot
 from phi3_jax.checkpoint import params as params_checkpoint
 from tests.train import test_loop as cli
 
@@ -94,6 +94,8 @@ def test_killed_and_resumed_on_the_bucket_equals_the_local_straight_run(bucket_r
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+    # TensorBoard events: the resumed run's file (the killed run's only if it flushed in time).
+    assert len(paths.glob(paths.join(bucket_run, metrics.TB_DIR, "events.out.tfevents.*"))) >= 1
 
 
 def test_plot_writes_into_the_bucket(bucket_run):
