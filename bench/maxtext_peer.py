@@ -15,8 +15,11 @@ from PyPI (a few minutes). Two comparisons:
 - TPU ahead-of-time compiles of Phi-3-mini's shape on v5e-256 and v5p-128 with MaxText's own
   `train_compile` (through `bench/peers/maxtext_compile.py`, which counts FLOPs as `phi3_jax.aot`
   does), at our preset's mesh (FSDP over every chip), remat (full), rows per chip per microbatch
-  and microbatches (MaxText's gradient accumulation), bf16 compute and fp32 weights; per-chip
-  memory and compiled FLOPs, MaxText's `dot_product` and `flash` (splash on TPU) attention.
+  and microbatches (MaxText's gradient accumulation; `--peer_aot_microbatches` sets both sides'),
+  bf16 compute and fp32 weights; per-chip memory and compiled FLOPs of each kernel class
+  (`KERNELS`): dense (MaxText `dot_product`, phi3_jax `einsum` with bf16 scores as MaxText keeps
+  them) and fused (MaxText `flash`, which is splash on TPU; phi3_jax `splash`). Each compile is
+  its own row: one that fails is reported with its error, and the others still run.
 
 What MaxText's llama2 decoder cannot express: the sliding window (0.2.5 sets a per-layer
 `local_sliding` type only in the Gemma and GPT-OSS decoders; llama2 and mistral attend
@@ -26,6 +29,7 @@ masks, so both count the same FLOPs (an exact windowed kernel would save ~25% of
 checkpoint converter splits them), as MaxText's defaults are (`fused_qkv`, `fused_mlp` false).
 
     python -m bench.maxtext_peer [--peer_rounds=5] [--peer_steps=2] [--peer_aot=v5e-256,v5p-128]
+        [--peer_aot_kernels=dense,fused] [--peer_aot_microbatches=N] [--peer_skip_cpu]
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from absl import app, flags
 
 from bench import cpu_train
 from configs import phi3_mini
-from phi3_jax import aot
+from phi3_jax import aot, tpu
+from phi3_jax import config as config_lib
 
 MAXTEXT = "maxtext[tpu]==0.2.5"
 VENV = pathlib.Path.home() / ".cache" / "phi3_jax" / "maxtext-venv"
@@ -59,10 +64,23 @@ COMPILE_DRIVER = REPO / "bench" / "peers" / "maxtext_compile.py"
 _ROUNDS = flags.DEFINE_integer("peer_rounds", 5, "alternating rounds (phi3_jax, then MaxText)")
 _STEPS = flags.DEFINE_integer("peer_steps", 2, "timed steps of each side per round")
 _AOT = flags.DEFINE_list("peer_aot", ["v5e-256", "v5p-128"], "TPU slices to compile ([]: none)")
-_AOT_ATTENTION = flags.DEFINE_list(
-    "peer_aot_attention", ["dot_product", "flash"], "MaxText attention kernels to compile"
+# Kernel classes: MaxText's attention and phi3_jax's model overrides for the same kind of kernel.
+# dense: every score in HBM, in bf16 on both sides (MaxText's default numerics; phi3_jax's own
+# default is fp32 scores, `--peer_aot_fp32_scores` adds that row); fused: the Pallas splash
+# kernel on both sides (MaxText's "flash" is splash on TPU).
+KERNELS = {
+    "dense": ("dot_product", dict(attention="einsum", attention_score_dtype="bfloat16")),
+    "fused": ("flash", dict(attention="splash")),
+}
+_AOT_KERNELS = flags.DEFINE_list("peer_aot_kernels", list(KERNELS), "kernel classes to compile")
+_AOT_MICROBATCHES = flags.DEFINE_integer(
+    "peer_aot_microbatches", 0, "microbatches of every compile (0: the slice's preset's)"
 )
-_AOT_OURS = flags.DEFINE_bool("peer_aot_ours", True, "also compile phi3_jax's preset (aot.plan)")
+_AOT_OURS = flags.DEFINE_bool("peer_aot_ours", True, "also compile phi3_jax's side (aot.plan)")
+_AOT_MAXTEXT = flags.DEFINE_bool("peer_aot_maxtext", True, "compile MaxText's side")
+_AOT_FP32 = flags.DEFINE_bool(
+    "peer_aot_fp32_scores", False, "also compile phi3_jax dense with its default fp32 scores"
+)
 _LAYERS = flags.DEFINE_integer("peer_layers", 12, "layers of the CPU model (134M: 12)")
 _SKIP_CPU = flags.DEFINE_bool("peer_skip_cpu", False, "skip the CPU training comparison")
 
@@ -99,11 +117,18 @@ CPU_ARGS = [
 ]
 
 
-def mini_args(slice_name: str, attention: str) -> list[str]:
-    """Phi-3-mini's shape on a slice at our preset's settings, as train_compile arguments."""
+def mini_config(slice_name: str, microbatches: int = 0, **model):
+    """Phi-3-mini with the slice's preset, `microbatches` (0: the preset's) and model overrides."""
     config = phi3_mini.get_config(f"tpu={slice_name}")
+    train = dict(microbatches=microbatches) if microbatches else {}
+    return config_lib.replace(config, model=model, train=train)
+
+
+def mini_args(config, slice_name: str, attention: str) -> list[str]:
+    """Phi-3-mini's shape on a slice at `config`'s settings (mesh, remat, rows per chip,
+    microbatches), as train_compile arguments."""
     m, t = config.model, config.train
-    chips = aot.parse_topology(slice_name).chips
+    chips = tpu.parse_topology(slice_name).chips
     rows_per_chip = t.global_batch_size // chips
     return [
         f"compile_topology={slice_name}",
@@ -285,53 +310,106 @@ def maxtext_compile(python: pathlib.Path, scratch: pathlib.Path, args: list[str]
     return figures
 
 
-def ours_compile(config, topology: aot.Topology) -> dict:
-    """phi3_jax's preset compiled for the slice (`phi3_jax.aot.plan`), per chip."""
+def ours_compile(config, topology: tpu.Topology) -> dict:
+    """phi3_jax's step compiled for the slice (`phi3_jax.aot.plan`), per chip."""
     report = aot.plan(config, topology)
     return {
         "attention": config.model.attention,
+        "attention_score_dtype": config.model.attention_score_dtype,
         "total_gib": report.memory.total / aot.GIB,
         "temporary_bytes": report.memory.temporary,
         "argument_bytes": report.memory.argument,
+        "fits": report.fits,
+        "compiler_error": report.compiler_error,
         "compiled_flops": report.compiled_flops,
         "analytic_flops": report.analytic_flops,
         "compile_s": report.compile_seconds,
     }
 
 
+def maxtext_total(result: dict) -> dict:
+    """A train_compile result with its per-chip total, counted as `phi3_jax.aot` counts."""
+    total = (
+        result["argument_bytes"]
+        + result["output_bytes"]
+        + result["temporary_bytes"]
+        - result["aliased_bytes"]
+    )
+    return result | {"total_gib": total / aot.GIB}
+
+
+def row(name: str, compile_one) -> dict:
+    """One compile's figures, or the error that stopped it (a row of the table, not a crash)."""
+    try:
+        figures = compile_one()
+    except Exception as e:  # noqa: BLE001 - any failure of one kernel is that row's result
+        figures = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"}
+    print(f"aot {name}: {format_row(figures)}", flush=True)
+    return figures
+
+
+def format_row(figures: dict) -> str:
+    if "error" in figures:
+        return f"failed ({figures['error']})"
+    flops = figures.get("compiled_flops")
+    return (
+        f"{figures['total_gib']:.2f} GiB per chip, "
+        + (f"{flops / 1e12:.1f} TFLOP per chip per step" if flops else "no FLOPs (did not fit)")
+        + f" ({figures['compile_s']:.0f} s)"
+    )
+
+
+def aot_rows(
+    slice_name: str, kernel: str, microbatches: int, sides: list[str], compile_maxtext, compile_ours
+) -> dict:
+    """The `sides` ("maxtext", "phi3_jax", "phi3_jax_fp32_scores") of one kernel class on one
+    slice at `microbatches` (0: the preset's), each its own row; `compile_maxtext(config,
+    attention)` and `compile_ours(config, topology)` compile one."""
+    attention, overrides = KERNELS[kernel]
+    config = mini_config(slice_name, microbatches, **overrides)
+    topology = tpu.parse_topology(slice_name)
+    fp32 = config_lib.replace(config, model=dict(attention_score_dtype="float32"))
+    compiles = {
+        "maxtext": (f"maxtext attention={attention}", lambda: compile_maxtext(config, attention)),
+        "phi3_jax": (f"phi3_jax {overrides}", lambda: compile_ours(config, topology)),
+        "phi3_jax_fp32_scores": ("phi3_jax fp32 scores", lambda: compile_ours(fp32, topology)),
+    }
+    rows = {
+        side: row(f"{slice_name} {kernel} {compiles[side][0]}", compiles[side][1])
+        for side in sides
+        if side != "phi3_jax_fp32_scores" or kernel == "dense"
+    }
+    return {"maxtext_attention": attention, "phi3_jax_model": overrides, **rows}
+
+
 def aot_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
-    """MaxText's per-chip memory and FLOPs of Phi-3-mini on each slice and attention kernel,
-    beside phi3_jax's preset for the same step."""
+    """Per-chip memory and compiled FLOPs of Phi-3-mini on each slice and kernel class, MaxText
+    beside phi3_jax at the same settings; a compile that fails is its row's error."""
+    unknown = [k for k in _AOT_KERNELS.value if k not in KERNELS]
+    if unknown:
+        raise app.UsageError(f"--peer_aot_kernels={unknown[0]}: one of {', '.join(KERNELS)}")
+    wanted = {
+        "maxtext": _AOT_MAXTEXT.value,
+        "phi3_jax": _AOT_OURS.value,
+        "phi3_jax_fp32_scores": _AOT_OURS.value and _AOT_FP32.value,
+    }
+    sides = [side for side, on in wanted.items() if on]
     figures = {}
     for slice_name in _AOT.value:
-        config = phi3_mini.get_config(f"tpu={slice_name}")
-        topology = aot.parse_topology(slice_name)
+        config = mini_config(slice_name, _AOT_MICROBATCHES.value)
+        chips = tpu.parse_topology(slice_name).chips
         figures[slice_name] = {
-            "rows_per_chip": config.train.global_batch_size // topology.chips,
+            "rows_per_chip": config.train.global_batch_size // chips,
             "microbatches": config.train.microbatches,
         }
-        for attention in _AOT_ATTENTION.value:
-            result = maxtext_compile(python, scratch, mini_args(slice_name, attention))
-            result["total_gib"] = (
-                result["argument_bytes"]
-                + result["output_bytes"]
-                + result["temporary_bytes"]
-                - result["aliased_bytes"]
-            ) / aot.GIB
-            figures[slice_name][attention] = result
-            print(
-                f"maxtext aot {slice_name} {attention}: {result['total_gib']:.2f} GiB per chip,"
-                f" {result['compiled_flops'] / 1e12:.1f} TFLOP per chip per step"
-                f" ({result['compile_s']:.0f} s)",
-                flush=True,
-            )
-        if _AOT_OURS.value:
-            ours = ours_compile(config, topology)
-            figures[slice_name]["phi3_jax"] = ours
-            print(
-                f"phi3_jax aot {slice_name} {ours['attention']}: {ours['total_gib']:.2f} GiB per"
-                f" chip, {ours['compiled_flops'] / 1e12:.1f} TFLOP ({ours['compile_s']:.0f} s)",
-                flush=True,
+
+        def maxtext_side(config, attention, slice_name=slice_name):
+            args = mini_args(config, slice_name, attention)
+            return maxtext_total(maxtext_compile(python, scratch, args))
+
+        for kernel in _AOT_KERNELS.value:
+            figures[slice_name][kernel] = aot_rows(
+                slice_name, kernel, _AOT_MICROBATCHES.value, sides, maxtext_side, ours_compile
             )
     return figures
 

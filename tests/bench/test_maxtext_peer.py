@@ -11,8 +11,8 @@ import pytest
 
 from bench import maxtext_peer
 from configs import phi3_mini
-from phi3_jax import aot
 from phi3_jax import config as config_lib
+from phi3_jax import tpu
 
 
 def _as_dict(args: list[str]) -> dict[str, str]:
@@ -21,9 +21,10 @@ def _as_dict(args: list[str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("slice_name", ["v5e-256", "v5p-128"])
 def test_maxtext_compile_args_are_our_preset(slice_name):
-    config = phi3_mini.get_config(f"tpu={slice_name}")
-    args = _as_dict(maxtext_peer.mini_args(slice_name, "dot_product"))
-    chips = aot.parse_topology(slice_name).chips
+    config = maxtext_peer.mini_config(slice_name)
+    assert config.train.microbatches == phi3_mini.get_config(f"tpu={slice_name}").train.microbatches
+    args = _as_dict(maxtext_peer.mini_args(config, slice_name, "dot_product"))
+    chips = tpu.parse_topology(slice_name).chips
     rows = int(args["per_device_batch_size"]) * int(args["gradient_accumulation_steps"]) * chips
     assert rows == config.train.global_batch_size
     assert int(args["gradient_accumulation_steps"]) == config.train.microbatches
@@ -74,3 +75,23 @@ def test_stopped_process_is_timed_only_while_resumed():
     assert len(times) == 5
     # Each interval is one period of running time, never the 1.5 s stops around it.
     assert all(0.5 * PERIOD < t < 1.0 for t in times), times
+
+
+def test_a_failing_compile_is_its_rows_error(capsys):
+    def maxtext_fails(config, attention):
+        raise RuntimeError(
+            f"MaxText train_compile failed:\n...\nKeyError: 'debug_locations' {attention}"
+        )
+
+    def ours(config, topology):
+        assert (config.model.attention, config.train.microbatches) == ("splash", 1)
+        return {"total_gib": 5.0, "compiled_flops": 4e14, "compile_s": 1.0}
+
+    sides = ["maxtext", "phi3_jax", "phi3_jax_fp32_scores"]  # fp32 rows are dense-only
+    rows = maxtext_peer.aot_rows("v5e-256", "fused", 1, sides, maxtext_fails, ours)
+    assert set(rows) == {"maxtext_attention", "phi3_jax_model", "maxtext", "phi3_jax"}
+    assert rows["maxtext"] == {"error": "RuntimeError: KeyError: 'debug_locations' flash"}
+    assert rows["phi3_jax"]["total_gib"] == 5.0
+    printed = capsys.readouterr().out
+    assert "aot v5e-256 fused maxtext attention=flash: failed (RuntimeError: KeyError" in printed
+    assert "5.00 GiB per chip, 400.0 TFLOP per chip per step" in printed
