@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import glob as glob_lib
 import os
+import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import fsspec
 from etils import epath
@@ -67,6 +68,29 @@ def glob(pattern: str) -> list[str]:
         return sorted(glob_lib.glob(pattern, recursive=True))
     scheme = pattern[: pattern.index("://") + 3]
     return sorted(scheme + match for match in _filesystem(pattern).glob(pattern))
+
+
+def _store(path_: str) -> str:
+    """What holds `path_`: SCHEME://BUCKET for a bucket URL, "" for a local path."""
+    return "/".join(path_.split("/", 3)[:3]) if is_remote(path_) else ""
+
+
+def common_folder(files: Sequence[str | os.PathLike]) -> tuple[str, list[str]]:
+    """(the deepest folder holding all `files`, each file's path relative to it), for readers
+    given a folder and names in it (datatrove's): local paths made absolute, bucket URLs kept.
+    Files on two stores (two buckets, or a bucket and local disk) are a ValueError naming one
+    file of each, since no folder holds both."""
+    resolved = [resolve(f) for f in files]
+    other = next((f for f in resolved if _store(f) != _store(resolved[0])), None)
+    if other is not None:
+        raise ValueError(
+            f"{resolved[0]} and {other}: on different stores; put the files in one bucket or on "
+            "one disk"
+        )
+    scheme = resolved[0][: resolved[0].index("://") + 3] if is_remote(resolved[0]) else ""
+    keys = [f.removeprefix(scheme) for f in resolved]
+    root = posixpath.commonpath([posixpath.dirname(k) for k in keys])
+    return scheme + root, [posixpath.relpath(k, root) for k in keys]
 
 
 def has_magic(pattern: str) -> bool:
@@ -175,9 +199,29 @@ def _upload(local: str, target: epath.Path) -> None:
     ]
     files.sort(key=lambda f: (os.path.dirname(f) == local, f))
     for file in files:
-        destination = target / os.path.relpath(file, local)
-        with open(file, "rb") as source, destination.open("wb") as sink:
-            shutil.copyfileobj(source, sink)
+        _copy_up(file, target / os.path.relpath(file, local))
+
+
+def _copy_up(local: str, target: epath.Path) -> None:
+    """Copy the local file `local` to `target` (a bucket's object, written whole)."""
+    with open(local, "rb") as source, target.open("wb") as sink:
+        shutil.copyfileobj(source, sink)
+
+
+@contextlib.contextmanager
+def local_file(file: str | os.PathLike) -> Iterator[str]:
+    """A local path at which to write `file`, for writers of local files only (fastText): a local
+    `file` itself, its parent created; for a bucket's, a temporary file uploaded to `file` on a
+    clean exit (nothing is uploaded after an error)."""
+    if not is_remote(file):
+        makedirs(os.path.dirname(os.path.abspath(file)))
+        yield os.fspath(file)
+        return
+    target = path(file)
+    with tempfile.TemporaryDirectory(prefix=".local-file.") as tmp:
+        local = os.path.join(tmp, target.name)
+        yield local
+        _copy_up(local, target)
 
 
 @contextlib.contextmanager

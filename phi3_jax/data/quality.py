@@ -24,7 +24,6 @@ import argparse
 import concurrent.futures
 import hashlib
 import multiprocessing
-import pathlib
 import random
 import re
 import tempfile
@@ -32,6 +31,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import orjson
 from datatrove.pipeline.filters import FastTextClassifierFilter
+
+from phi3_jax import paths
 
 HQ, LQ = "hq", "lq"
 # An hq paragraph has at least this many words and ends with terminal punctuation.
@@ -111,7 +112,7 @@ def read_labelled(path: str, score_threshold: float | None = None) -> list[dict]
     """Records {"text", "label"} of a labelled jsonl file; a bad line is an error naming it.
     With `score_threshold`, records carry a 0-5 `score` instead: hq at or above it, else lq."""
     records = []
-    for li, line in enumerate(pathlib.Path(path).read_bytes().splitlines(), start=1):
+    for li, line in enumerate(paths.path(path).read_bytes().splitlines(), start=1):
         rec = orjson.loads(line)
         if score_threshold is not None:
             score = rec.get("score")
@@ -139,13 +140,13 @@ def train(records: Sequence[dict], out: str, seed: int = 0):
     import fasttext
 
     lines = [f"__label__{r['label']} {fasttext_line(r['text'])}\n" for r in records]
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     # fastText keeps state between trainings in one process (a third training on the same data
     # can come out different, or hit NaN), so each one runs in a fresh process: deterministic.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        pool.submit(_train_and_save, lines, out, seed).result()
-    return fasttext.load_model(out)
+    with paths.local_file(out) as local:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            pool.submit(_train_and_save, lines, local, seed).result()
+        return fasttext.load_model(local)
 
 
 def hq_probability(model, text: str) -> float:
@@ -180,7 +181,8 @@ class QualityFilter(FastTextClassifierFilter):
         if self._model is None:
             import fasttext
 
-            self._model = fasttext.load_model(self.model_url)
+            # fastText reads local files: a bucket's model is mirrored first.
+            self._model = fasttext.load_model(paths.local_mirror(self.model_url))
         return self._model
 
 
@@ -209,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         from phi3_jax.data.readers import iter_documents
 
         records = labelled_records((d.text for d in iter_documents(args.corpus)), args.seed)
-        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.out).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        paths.makedirs(paths.path(args.out).parent)
+        paths.path(args.out).write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
         print(f"wrote {len(records)} labelled records to {args.out}")
         return
     records = read_labelled(args.labelled, args.score_threshold)

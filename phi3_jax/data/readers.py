@@ -10,12 +10,12 @@ counted in the step's stats as `bad_<kind>` (the manifest reports them).
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 
+from phi3_jax import paths
 from phi3_jax.config import ON_BAD_RECORD
 from phi3_jax.data import formats
 from phi3_jax.data.formats import Bad
@@ -163,7 +163,6 @@ def iter_documents(
     patterns: str | Sequence[str], on_bad_record: str = "raise"
 ) -> DocumentsPipeline:
     """Documents of jsonl(.gz/.zst) files matching comma-separated globs, read outside a pipeline."""
-    files = [os.path.abspath(f) for f in expand_globs(patterns)]
-    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    root, names = paths.common_folder(expand_globs(patterns))
     reader = StrictJsonlReader(root, on_bad_record=on_bad_record)
-    yield from reader.read_files_shard([os.path.relpath(f, root) for f in files])
+    yield from reader.read_files_shard(names)

@@ -21,7 +21,7 @@ _MIRRORED = "local files: a bucket's tokenizer is mirrored first (paths.local_mi
 _NOT_CONVERTED = "NOT converted (issue 19): reads and writes local paths only"
 # module -> (local-only calls, why)
 LOCAL_ONLY = {
-    "phi3_jax/paths.py": (16, "the path layer itself: its local branches"),
+    "phi3_jax/paths.py": (19, "the path layer itself: its local branches"),
     "phi3_jax/checkpoint/__init__.py": (1, "shutil.disk_usage, on local workdirs only"),
     "phi3_jax/checkpoint/params.py": (3, _LOCAL_TEMP),
     "phi3_jax/model/hf_io.py": (
@@ -44,15 +44,10 @@ LOCAL_ONLY = {
     "phi3_jax/data/sentencepiece_tokenizer.py": (9, _MIRRORED),
     "phi3_jax/data/tiktoken_tokenizer.py": (5, _MIRRORED),
     "phi3_jax/data/tokenizer_files.py": (7, f"a tokenizer's Hugging Face files: {_LOCAL_TEMP}"),
-    # The offline data tools (prepare, and the corpus builders of `make data`).
-    "phi3_jax/data/prepare/__init__.py": (5, f"prepare: {_NOT_CONVERTED}"),
-    "phi3_jax/data/prepare/manifest.py": (11, f"prepare: {_NOT_CONVERTED}"),
-    "phi3_jax/data/prepare/pipeline.py": (7, f"prepare: {_NOT_CONVERTED}"),
-    "phi3_jax/data/readers.py": (4, f"prepare's readers outside a pipeline: {_NOT_CONVERTED}"),
+    # The offline data tools (the corpus builders of `make data`; prepare is converted).
     "phi3_jax/data/writers.py": (2, "ArrayRecord token shards: array_record writes local files"),
     "phi3_jax/data/annotate.py": (4, f"make data-llm: {_NOT_CONVERTED}"),
-    "phi3_jax/data/corpus.py": (1, f"make data: {_NOT_CONVERTED}"),
-    "phi3_jax/data/quality.py": (4, f"make data: {_NOT_CONVERTED}"),
+    "phi3_jax/data/corpus.py": (1, "the installed standard library's sources (--out: paths)"),
     "phi3_jax/data/synthetic_llm.py": (2, f"make data-llm: {_NOT_CONVERTED}"),
 }
 

@@ -93,3 +93,27 @@ def test_tokenizer_on_a_bucket_is_the_local_one(gcs, kind, files):
     assert mirrored.fingerprint == local.fingerprint
     text = "The list type supports indexing."
     assert mirrored.encode(text) == local.encode(text)
+
+
+def test_local_file_is_uploaded_on_success_only(bucket):
+    target = paths.join(bucket, "model", "edu.bin")
+    with pytest.raises(RuntimeError, match="boom"), paths.local_file(target) as local:
+        with open(local, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("boom")
+    assert not paths.path(target).exists()
+    with paths.local_file(target) as local:
+        assert not paths.is_remote(local)
+        with open(local, "wb") as f:
+            f.write(b"model")
+    assert paths.path(target).read_bytes() == b"model"
+
+
+def test_common_folder_of_a_buckets_files_and_of_two_stores(bucket, tmp_path):
+    files = [paths.join(bucket, "in", "a", "x.jsonl"), paths.join(bucket, "in", "y.jsonl")]
+    assert paths.common_folder(files) == (paths.join(bucket, "in"), ["a/x.jsonl", "y.jsonl"])
+    assert paths.common_folder([str(tmp_path / "x.jsonl")]) == (str(tmp_path), ["x.jsonl"])
+    scheme = bucket.split("://")[0]
+    for other in (str(tmp_path / "x.jsonl"), f"{scheme}://another-bucket/x.jsonl"):
+        with pytest.raises(ValueError, match=rf"^{files[0]} and {other}: on different stores"):
+            paths.common_folder([files[0], other])

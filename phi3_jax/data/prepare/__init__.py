@@ -44,11 +44,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Sequence
 
 from datatrove.executor.base import PipelineExecutor
 
+from phi3_jax import paths
 from phi3_jax.config import ON_BAD_RECORD
 from phi3_jax.data.prepare import manifest as manifest_lib
 from phi3_jax.data.prepare.pipeline import MAX_DOCUMENT_BYTES, MINHASH, PHASES, Stage, stages
@@ -66,7 +66,7 @@ def make_executors(
         common = dict(
             pipeline=stage.pipeline,
             tasks=stage.tasks,
-            logging_dir=os.path.join(work, "logs", stage.name),
+            logging_dir=paths.join(work, "logs", stage.name),
             depends=executors[-1] if executors else None,
         )
         if executor == "local":
@@ -111,10 +111,15 @@ def run(
         raise ValueError(f"phase={phase!r}: must be one of {sorted(PHASES)}")
     if not (isinstance(max_document_bytes, int) and max_document_bytes > 0):
         raise ValueError(f"max_document_bytes={max_document_bytes!r}: must be a positive integer")
-    if not os.path.isfile(quality_model):
+    if not paths.path(quality_model).is_file():
         raise FileNotFoundError(f"quality model {quality_model!r} does not exist")
+    if tokenizer and paths.is_remote(output):
+        raise ValueError(
+            f"--tokenizer with --output={output}: ArrayRecord token shards are written as local "
+            "files (array_record), and read only from local disk; use a local --output"
+        )
     files = expand_globs(input)
-    work = work_dir or os.path.join(output, "work")
+    work = work_dir or paths.join(output, "work")
     spec = (tokenizer_kind, tokenizer) if tokenizer else None
     stage_list = stages(
         files,
@@ -133,7 +138,7 @@ def run(
     )
     executors[-1].run()
     if not all(
-        manifest_lib.is_complete(os.path.join(work, "logs", s.name), s.tasks) for s in stage_list
+        manifest_lib.is_complete(paths.join(work, "logs", s.name), s.tasks) for s in stage_list
     ):
         return None
     settings = {
@@ -151,5 +156,5 @@ def run(
         },
     }
     result = manifest_lib.manifest(files, output, work, stage_list, settings)
-    pathlib.Path(output, "manifest.json").write_text(json.dumps(result, indent=2) + "\n")
+    paths.path(paths.join(output, "manifest.json")).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -3,12 +3,12 @@ what it dropped and what it wrote (sizes, SHA-256), summed from datatrove's per-
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
+import posixpath
 from collections.abc import Sequence
 
+from phi3_jax import paths
 from phi3_jax.data import decontaminate as decont
 from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.data.prepare.pipeline import Stage
@@ -16,11 +16,12 @@ from phi3_jax.data.prepare.pipeline import Stage
 
 def file_entry(path: str) -> dict:
     """Path, size in bytes and SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    digest, size = hashlib.sha256(), 0
+    with paths.path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return {"path": path, "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+            size += len(chunk)
+    return {"path": path, "bytes": size, "sha256": digest.hexdigest()}
 
 
 def tokenizer_entry(kind: str, path: str) -> dict:
@@ -31,32 +32,31 @@ def tokenizer_entry(kind: str, path: str) -> dict:
 def stage_counts(logging_dir: str) -> list[dict]:
     """Per pipeline step of a stage, its counters summed over all tasks (datatrove's stats files)."""
     steps: list[dict] = []
-    for path in sorted(glob.glob(os.path.join(logging_dir, "stats", "*.json"))):
-        with open(path) as f:
-            for i, step in enumerate(json.load(f)):
-                if i == len(steps):
-                    steps.append({"step": step["name"], "counts": {}})
-                counts = steps[i]["counts"]
-                for key, value in step["stats"].items():
-                    total = value["total"] if isinstance(value, dict) else value
-                    counts[key] = counts.get(key, 0) + total
+    for path in paths.glob(paths.join(logging_dir, "stats", "*.json")):
+        for i, step in enumerate(json.loads(paths.path(path).read_text())):
+            if i == len(steps):
+                steps.append({"step": step["name"], "counts": {}})
+            counts = steps[i]["counts"]
+            for key, value in step["stats"].items():
+                total = value["total"] if isinstance(value, dict) else value
+                counts[key] = counts.get(key, 0) + total
     return steps
 
 
 def is_complete(logging_dir: str, tasks: int) -> bool:
     """True when every task of a stage left its completion marker."""
-    return len(glob.glob(os.path.join(logging_dir, "completions", "*"))) == tasks
+    return len(paths.glob(paths.join(logging_dir, "completions", "*"))) == tasks
 
 
 def _outputs(output: str, phases: Sequence[str]) -> dict[str, list[dict]]:
     """File entries of every shard folder a run wrote: text shards, and token shards if any."""
-    folders = {p: os.path.join(output, p, "*.jsonl.zst") for p in phases}
+    # Joined as strings: the manifest names the files as the command line named the output.
+    folders = {p: posixpath.join(output, p, "*.jsonl.zst") for p in phases}
     folders |= {
-        f"{p}_tokens": os.path.join(output, f"{p}_tokens", "*.array_record") for p in phases
+        f"{p}_tokens": posixpath.join(output, f"{p}_tokens", "*.array_record") for p in phases
     }
     outputs = {
-        name: [file_entry(f) for f in sorted(glob.glob(pattern))]
-        for name, pattern in folders.items()
+        name: [file_entry(f) for f in paths.glob(pattern)] for name, pattern in folders.items()
     }
     return {name: entries for name, entries in outputs.items() if entries or name in phases}
 
@@ -65,7 +65,7 @@ def manifest(
     files: Sequence[str], output: str, work: str, stage_list: Sequence[Stage], settings: dict
 ) -> dict:
     """What a finished run read, how it filtered, what it dropped and what it wrote."""
-    steps = {s.name: stage_counts(os.path.join(work, "logs", s.name)) for s in stage_list}
+    steps = {s.name: stage_counts(paths.join(work, "logs", s.name)) for s in stage_list}
     bad = {
         k.removeprefix("bad_"): v
         for step in steps["filter"]

@@ -4,8 +4,6 @@ chain them (what each stage does: phi3_jax.data.prepare)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 from collections.abc import Sequence
 
 from datatrove.data import Document
@@ -27,6 +25,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import JsonlWriter
 
+from phi3_jax import paths
 from phi3_jax.data import decontaminate as decont
 from phi3_jax.data.quality import QualityFilter
 from phi3_jax.data.readers import StrictJsonlReader, StrictParquetReader, StrictWarcReader
@@ -79,30 +78,30 @@ def input_format(path: str) -> str:
     raise ValueError(f"{path}: unknown input format (expected one of {sum(_FORMATS.values(), ())})")
 
 
-def write_paths_files(files: Sequence[str], work: pathlib.Path) -> tuple[str, dict[str, str]]:
-    """Group input files by format into paths files relative to their common folder."""
-    files = [os.path.abspath(f) for f in files]
-    root = os.path.commonpath([os.path.dirname(f) for f in files])
+def write_paths_files(files: Sequence[str], work: str) -> tuple[str, dict[str, str]]:
+    """Group input files by format into paths files relative to their common folder (local, or
+    one bucket's)."""
+    root, names = paths.common_folder(files)
     groups: dict[str, list[str]] = {}
-    for f in files:
-        groups.setdefault(input_format(f), []).append(os.path.relpath(f, root))
-    work.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    for name in names:
+        groups.setdefault(input_format(name), []).append(name)
+    paths.makedirs(work)
+    lists = {}
     for fmt, rel in sorted(groups.items()):
-        paths[fmt] = str(work / f"inputs.{fmt}.txt")
-        pathlib.Path(paths[fmt]).write_text("".join(r + "\n" for r in rel))
-    return root, paths
+        lists[fmt] = paths.join(work, f"inputs.{fmt}.txt")
+        paths.path(lists[fmt]).write_text("".join(r + "\n" for r in rel))
+    return root, lists
 
 
-def readers(root: str, paths: dict[str, str], on_bad_record: str) -> list[PipelineStep]:
+def readers(root: str, lists: dict[str, str], on_bad_record: str) -> list[PipelineStep]:
     """One strict reader per input format; each reader passes earlier readers' documents on."""
     steps: list[PipelineStep] = []
-    if "warc" in paths:
-        steps += [StrictWarcReader(root, paths["warc"], on_bad_record=on_bad_record), Trafilatura()]
-    if "jsonl" in paths:
-        steps.append(StrictJsonlReader(root, paths["jsonl"], on_bad_record=on_bad_record))
-    if "parquet" in paths:
-        steps.append(StrictParquetReader(root, paths["parquet"], on_bad_record=on_bad_record))
+    if "warc" in lists:
+        steps += [StrictWarcReader(root, lists["warc"], on_bad_record=on_bad_record), Trafilatura()]
+    if "jsonl" in lists:
+        steps.append(StrictJsonlReader(root, lists["jsonl"], on_bad_record=on_bad_record))
+    if "parquet" in lists:
+        steps.append(StrictParquetReader(root, lists["parquet"], on_bad_record=on_bad_record))
     return steps
 
 
@@ -179,14 +178,14 @@ class Stage:
     tasks: int
 
 
-def phase_writers(
-    out: pathlib.Path, name: str, tokenizer: tuple[str, str] | None
-) -> list[PipelineStep]:
+def phase_writers(out: str, name: str, tokenizer: tuple[str, str] | None) -> list[PipelineStep]:
     """jsonl.zst text shards in `out/name`, and token shards in `out/name_tokens` with a tokenizer
     (its kind and path)."""
-    writers: list[PipelineStep] = [JsonlWriter(str(out / name), SHARD_NAME, compression="zstd")]
+    writers: list[PipelineStep] = [
+        JsonlWriter(paths.join(out, name), SHARD_NAME, compression="zstd")
+    ]
     if tokenizer:
-        writers.append(TokenizedArrayRecordWriter(str(out / f"{name}_tokens"), *tokenizer))
+        writers.append(TokenizedArrayRecordWriter(paths.join(out, f"{name}_tokens"), *tokenizer))
     return writers
 
 
@@ -203,41 +202,48 @@ def stages(
     max_document_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> list[Stage]:
     """The prepare job as datatrove stages, in dependency order."""
-    out, work = pathlib.Path(output), pathlib.Path(work)
-    root, paths = write_paths_files(files, work)
+    root, lists = write_paths_files(files, work)
     p1 = PHASES[1]
-    index = str(work / "decont_index")
+    index = paths.join(work, "decont_index")
     decont_stages = [Stage("decont_index", [decont.EvalSetIndexer(index, decontaminate)], 1)]
     result = (decont_stages if decontaminate else []) + [
         Stage(
             "filter",
-            readers(root, paths, on_bad_record)
+            readers(root, lists, on_bad_record)
             + [DocumentSizeFilter(max_document_bytes)]
             + ([decont.decontamination_filter(index)] if decontaminate else [])
             + quality_filters(p1, quality_model)
             + [
-                JsonlWriter(str(work / "filtered"), SHARD_NAME, compression="zstd"),
-                MinhashDedupSignature(str(work / "signatures"), config=MINHASH),
+                JsonlWriter(paths.join(work, "filtered"), SHARD_NAME, compression="zstd"),
+                MinhashDedupSignature(paths.join(work, "signatures"), config=MINHASH),
             ],
             tasks,
         ),
         Stage(
             "buckets",
-            [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=MINHASH)],
+            [
+                MinhashDedupBuckets(
+                    paths.join(work, "signatures"), paths.join(work, "buckets"), config=MINHASH
+                )
+            ],
             MINHASH.num_buckets,
         ),
         Stage(
             "clusters",
-            [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=MINHASH)],
+            [
+                MinhashDedupCluster(
+                    paths.join(work, "buckets"), paths.join(work, "remove"), config=MINHASH
+                )
+            ],
             1,
         ),
         Stage(
             "phase1",
             [
-                RankShardReader(str(work / "filtered")),
-                MinhashDedupFilter(str(work / "remove")),
+                RankShardReader(paths.join(work, "filtered")),
+                MinhashDedupFilter(paths.join(work, "remove")),
             ]
-            + phase_writers(out, "phase1", tokenizer),
+            + phase_writers(output, "phase1", tokenizer),
             tasks,
         ),
     ]
@@ -245,9 +251,9 @@ def stages(
         result.append(
             Stage(
                 "phase2",
-                [RankShardReader(str(out / "phase1"))]
+                [RankShardReader(paths.join(output, "phase1"))]
                 + quality_filters(PHASES[2], quality_model)
-                + phase_writers(out, "phase2", tokenizer),
+                + phase_writers(output, "phase2", tokenizer),
                 tasks,
             )
         )

@@ -1,0 +1,42 @@
+"""`make data`'s tools with their inputs and outputs on emulated buckets (gs:// and s3://): the
+labelled set, the classifier, the synthetic lessons and the chat data written there are the
+bytes the same commands write on local disk. (Their `prepare` step: test_prepare_on_buckets.)"""
+
+from __future__ import annotations
+
+import itertools
+
+from phi3_jax import paths
+from phi3_jax.data import quality, synthetic
+from phi3_jax.data.readers import iter_documents
+from phi3_jax.data.shards import write_jsonl_zst
+from phi3_jax.posttrain import demo_data
+
+SHIPPED_WEB = "data/web/phase1/*.jsonl.zst"
+
+
+def _make_data(root: str) -> list[str]:
+    """make data's commands after the corpus (a slice of the shipped web shards) and before
+    prepare, on `root`; the files they wrote."""
+    docs = [{"id": d.id, "text": d.text} for d in itertools.islice(iter_documents(SHIPPED_WEB), 40)]
+    write_jsonl_zst(docs, paths.join(root, "raw", "web.jsonl.zst"))
+    labelled = paths.join(root, "quality", "labelled.jsonl")
+    quality.main(["label", f"--corpus={root}/raw/*.jsonl.zst", f"--out={labelled}"])
+    quality.main(["train", f"--labelled={labelled}", f"--out={root}/quality/edu.bin"])
+    synthetic.main([f"--out={root}/synthetic", "--docs=60", "--seed=0", "--docs_per_shard=40"])
+    demo_data.main([f"--synthetic={root}/synthetic/*.jsonl.zst", f"--out={root}/chat"])
+    return [
+        file.removeprefix(paths.resolve(root) + "/")
+        for file in paths.glob(paths.join(root, "**"))
+        if paths.path(file).is_file()
+    ]
+
+
+def test_make_data_tools_on_a_bucket_write_the_local_bytes(bucket, tmp_path):
+    local = str(tmp_path)
+    written = _make_data(bucket)
+    assert written == _make_data(local)
+    assert {"quality/edu.bin", "synthetic/00001.jsonl.zst", "chat/dpo.jsonl.zst"} <= set(written)
+    for name in written:
+        expected = paths.path(paths.join(local, name)).read_bytes()
+        assert paths.path(paths.join(bucket, name)).read_bytes() == expected, name
