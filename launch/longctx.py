@@ -31,11 +31,11 @@ import subprocess
 import sys
 import time
 
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
 from configs import phi3_tiny_longctx as recipe
+from phi3_jax import config as config_lib
 from phi3_jax import paths, sharding
 from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.data.tokenizer import load_tokenizer
@@ -124,9 +124,7 @@ def table(params, rows: np.ndarray, candidates: dict, mesh) -> dict:
 
 def with_long_factors(config, factors):
     """A copy of `config` whose long factors are `factors`."""
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.model.rope_long_factor = tuple(float(f) for f in factors)
-    return out
+    return config_lib.replace(config, model=dict(rope_long_factor=tuple(float(f) for f in factors)))
 
 
 def passkey(config, params, tokenizer, mesh) -> dict:

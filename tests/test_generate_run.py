@@ -78,7 +78,7 @@ def exported_model(out: str):
 
 def assert_export_reproduces(out: str, run_dir: str, step: int) -> None:
     config, params, _ = restore_lib.restore_params_of_run(run_dir, step)
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     tokenizer = load_tokenizer(config)
     model, hf_tokenizer = exported_model(out)
     ids = tokenizer.encode(TEXT)

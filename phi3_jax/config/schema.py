@@ -95,8 +95,9 @@ def _merge(target: ml_collections.ConfigDict, values: dict, prefix: str) -> None
             target[key] = value
 
 
-def from_json(text: str) -> ml_collections.ConfigDict:
-    """A configuration saved by `to_json`, on top of today's defaults, validated."""
+def from_json(text: str) -> ml_collections.FrozenConfigDict:
+    """A configuration saved by `to_json`, on top of today's defaults, validated and frozen (a
+    changed one is a `replace`)."""
     config = default_config()
     _merge(config, json.loads(text), "")
-    return validate(config)
+    return freeze(config)

@@ -123,14 +123,14 @@ def checkpoint_reader(
     return _TensorReader(files, shapes)
 
 
-def run_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A validated run configuration around an imported model section."""
+def run_config(model: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """A run configuration around an imported model section, validated and frozen."""
     config = config_lib.default_config()
     config.variant = "hf"
     config.model = model
     # Small models may have a shorter context than the default training length.
     config.train.seq_len = min(config.train.seq_len, model.max_position_embeddings)
-    return config_lib.validate(config)
+    return config_lib.freeze(config)
 
 
 def _shard(tensors: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:

@@ -3,6 +3,8 @@ serve a run's latest checkpoint (or an HF directory) with an OpenAI-compatible A
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import app, flags, logging
 from aiohttp import web
 
@@ -41,9 +43,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(error)) from None
     name = FLAGS.model_name or paths.path(FLAGS.workdir or FLAGS.hf_dir).name
     try:
-        mesh = serving_mesh(loaded.config, FLAGS.mesh_data, FLAGS.mesh_tensor)
+        config, mesh = serving_mesh(loaded.config, FLAGS.mesh_data, FLAGS.mesh_tensor)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
+    loaded = dataclasses.replace(loaded, config=config)
     engine = Engine(loaded, max_rows=FLAGS.max_rows, wait_s=FLAGS.batch_wait_s, mesh=mesh)
     logging.info("serving %s on http://%s:%d/v1", name, FLAGS.host, FLAGS.port)
     web.run_app(make_app(engine, name), host=FLAGS.host, port=FLAGS.port)

@@ -23,8 +23,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from phi3_jax import config as config_lib
 from phi3_jax import generate as generate_lib
 from phi3_jax import model, sharding
 from phi3_jax.eval.scorer import padded_length
@@ -56,16 +58,19 @@ class Job:
         return ("sampled", self.temperature, self.top_p)
 
 
-def serving_mesh(config, data: int, tensor: int) -> jax.sharding.Mesh | None:
-    """A (data, tensor) mesh over the first data * tensor devices (None for one device); the
-    config's mesh section is set to it."""
+def serving_mesh(
+    config: ml_collections.ConfigDict, data: int, tensor: int
+) -> tuple[ml_collections.FrozenConfigDict, jax.sharding.Mesh | None]:
+    """(the config with a (data, tensor) mesh section, that mesh over the first data * tensor
+    devices); for one device the config as it is and no mesh. `config` is left as it is."""
     if data * tensor == 1:
-        return None
+        return config_lib.freeze(config), None
     devices = jax.devices()
     if data * tensor > len(devices):
         raise ValueError(f"mesh data={data} x tensor={tensor}: only {len(devices)} devices")
-    config.mesh.update(data=data, fsdp=1, sequence=1, tensor=tensor, dcn_data=1, dcn_fsdp=1)
-    return sharding.make_mesh(config.mesh, devices[: data * tensor])
+    mesh = dict(data=data, fsdp=1, sequence=1, tensor=tensor, dcn_data=1, dcn_fsdp=1)
+    config = config_lib.replace(config, mesh=mesh)
+    return config, sharding.make_mesh(config.mesh, devices[: data * tensor])
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ from cli_fixtures import run_module  # noqa: E402
 from eval_fixtures import save_tiny_hf  # noqa: E402
 from test_loop import run  # noqa: E402
 
+from phi3_jax import config as config_lib
 from phi3_jax import metrics, plot  # noqa: E402
 from phi3_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from phi3_jax.eval import in_loop, runner, scorer, tasks  # noqa: E402
@@ -23,8 +24,9 @@ from phi3_jax.model import hf  # noqa: E402
 def test_in_loop_scores_equal_the_runner(tmp_path):
     path = save_tiny_hf(str(tmp_path / "tiny_hf"))
     config, params = hf.load_hf(path)
-    config.model.dtype = "float32"
-    config.eval.update(tasks="copa, winogrande", task_limit=3)
+    config = config_lib.replace(
+        config, model=dict(dtype="float32"), eval=dict(tasks="copa, winogrande", task_limit=3)
+    )
     tok = tokenizer_lib.load("hf", path)
     score = in_loop.make(config, tok, log=None)
     got = score(params)
@@ -36,11 +38,9 @@ def test_in_loop_scores_equal_the_runner(tmp_path):
     }
     assert got == want
     assert "copa/acc " in in_loop.line(0, got)
-    config.eval.tasks = "copa,nope"
     with pytest.raises(tasks.TaskError, match="unknown task 'nope'"):
-        in_loop.make(config, tok)
-    config.eval.tasks = ""
-    assert in_loop.make(config, tok) is None
+        in_loop.make(config_lib.replace(config, eval=dict(tasks="copa,nope")), tok)
+    assert in_loop.make(config_lib.replace(config, eval=dict(tasks="")), tok) is None
 
 
 @pytest.mark.slow
@@ -88,8 +88,8 @@ def test_loop_scores_eval_tasks_and_the_cli_reads_the_run(tmp_path):
     export = str(tmp_path / "export")
     convert.orbax_to_hf(str(workdir), export)
     loaded = source.load(workdir=str(workdir))
-    loaded.config.model.dtype = "float32"
-    ours = scorer.Scorer(loaded.config, loaded.params, loaded.tokenizer, add_bos=True, log=None)
+    config = config_lib.replace(loaded.config, model=dict(dtype="float32"))
+    ours = scorer.Scorer(config, loaded.params, loaded.tokenizer, add_bos=True, log=None)
     _, pairs = _choice_requests(["copa", "arc_easy"], 3, 1)
     mine = ours.loglikelihood(pairs)
     # The run trains with BOS first (data.add_bos): lm-eval's add_bos_token.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from eval_fixtures import save_tiny_hf
 
+from phi3_jax import config as config_lib
 from phi3_jax import generate
 from phi3_jax.data import tokenizer as tokenizer_lib
 from phi3_jax.eval import metrics, runner, scorer, tasks
@@ -28,7 +29,7 @@ def tiny_hf(tmp_path_factory):
 
 def _ours(path: str, max_length: int | None = None, add_bos: bool = False) -> scorer.Scorer:
     config, params = hf.load_hf(path)
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     return scorer.Scorer(
         config,
         params,

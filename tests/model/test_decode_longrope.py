@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hf_fixtures import LONGROPE, hf_logits, random_hf_model, random_tokens
 
+from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
 
@@ -25,7 +26,7 @@ def test_cached_longrope_decoding_equals_transformers_across_the_original_length
     hf_model = random_hf_model(**LONGROPE)
     hf_model.save_pretrained(tmp_path / "hf")
     config, params = hf.load_hf(tmp_path / "hf")
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     assert config.model.original_max_position_embeddings == 32
     vocab = config.model.vocab_size
     sequences = [list(random_tokens(vocab, 1, n + STEPS, seed=n)[0]) for n in PROMPT_LENGTHS]

@@ -12,6 +12,7 @@ import torch
 import transformers
 from hf_fixtures import hf_logits, random_tokens
 
+from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
 
@@ -70,7 +71,7 @@ def test_transformers_default_configs_load_with_their_logits(tmp_path, case):
     config, params = hf.load_hf(directory)
     for key, value in expected.items():
         assert config.model[key] == value, key
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     tokens = random_tokens(128, 2, 12)
     ours = np.asarray(phi3.logits(config, params, tokens))
     np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
@@ -86,7 +87,7 @@ def test_longrope_original_length_above_the_maximum(tmp_path):
     )
     config, params = hf.load_hf(directory)
     assert config.model.original_max_position_embeddings == 128
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     tokens = random_tokens(128, 2, 40)
     ours = np.asarray(phi3.logits(config, params, tokens))
     np.testing.assert_allclose(ours, hf_logits(hf_model, tokens), rtol=0, atol=1e-4)
@@ -105,7 +106,7 @@ def test_rope_type_yarn_is_longrope_as_in_transformers(tmp_path):
         json.dump(saved, f)
     config, params = hf.load_hf(directory)
     assert config.model.rope_scaling == "longrope"
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     for length in (20, 40):  # both sides of the original length
         tokens = random_tokens(128, 2, length)
         ours = np.asarray(phi3.logits(config, params, tokens))

@@ -11,6 +11,7 @@ import safetensors.torch
 from hf_fixtures import LONGROPE, hf_logits, random_hf_model, random_tokens
 
 from configs import base
+from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
 
@@ -19,7 +20,7 @@ TOLERANCE = 1e-4
 
 def load_fp32(path):
     config, params = hf.load_hf(path)
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     return config, params
 
 
@@ -58,7 +59,7 @@ def test_sliding_window(tmp_path):
     # The window bites: without it the logits differ.
     hf_model = random_hf_model(sliding_window=5)
     tokens = random_tokens(128, 2, 16)
-    config.model.sliding_window = 0
+    config = config_lib.replace(config, model=dict(sliding_window=0))
     _, params = hf.load_hf(tmp_path / "hf")
     unwindowed = np.asarray(phi3.logits(config, params, tokens))
     assert np.abs(unwindowed - hf_logits(hf_model, tokens)).max() > 1e-2

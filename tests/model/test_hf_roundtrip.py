@@ -14,6 +14,7 @@ from cli_fixtures import run_module
 from hf_fixtures import hf_logits, random_hf_model, random_tokens
 from safetensors.numpy import load_file
 
+from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
 
@@ -53,7 +54,7 @@ def test_round_trip_bit_identical_and_loads_in_transformers(hf_dir, tmp_path, ma
     # The exported directory loads in transformers and gives our logits.
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
     tokens = random_tokens(128, 2, 12)
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     ours = np.asarray(phi3.logits(config, params, tokens))
     np.testing.assert_allclose(hf_logits(reloaded.eval(), tokens), ours, rtol=0, atol=1e-4)
     # And reading our own sharded output back gives the same params.

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from hf_fixtures import LONGROPE, hf_logits, random_hf_model, random_tokens
 
+from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf, rope
 
@@ -29,7 +30,7 @@ def test_each_document_of_a_packed_row_gets_its_own_factors(tmp_path):
     hf_model = random_hf_model(**LONGROPE)
     hf_model.save_pretrained(tmp_path / "hf")
     config, params = hf.load_hf(tmp_path / "hf")
-    config.model.dtype = "float32"
+    config = config_lib.replace(config, model=dict(dtype="float32"))
     original = config.model.original_max_position_embeddings
     assert SHORT <= original < LONG
     vocab = config.model.vocab_size

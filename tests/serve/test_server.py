@@ -140,8 +140,7 @@ def test_greedy_text_alone_equals_text_in_a_batch(server):
 def test_greedy_text_on_a_mesh_equals_one_device(server):
     url, _ = server
     loaded = tiny_loaded()
-    config = loaded.config.copy_and_resolve_references()
-    mesh = serving_mesh(config, data=2, tensor=2)
+    config, mesh = serving_mesh(loaded.config, data=2, tensor=2)
     assert mesh.shape["data"] == 2 and mesh.shape["tensor"] == 2
 
     def ask(base: str) -> list[str]:
