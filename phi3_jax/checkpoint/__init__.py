@@ -90,8 +90,10 @@ class NotRestorableHereError(config_lib.ConfigError):
 
 def orbax_path(path: str) -> str:
     """`path` (absolute, or a gs:// URL) for orbax, which reads and writes local and gs:// paths
-    only: an s3:// path is a ValueError naming it (orbax-checkpoint 0.12.8 builds tensorstore
-    specs with the gcs or the file driver, so it would take s3://B/P for a relative local path)."""
+    only: an s3:// path is a ValueError naming it. orbax-checkpoint 0.12.8 builds the tensorstore
+    spec of every array in `_src/serialization/tensorstore_utils.py` (`build_kvstore_tspec`):
+    the gcs driver for gs:// (`_use_gcs_driver`), else the file driver, which refuses s3://B/P as
+    a relative path; its handlers take no spec of ours (README, "Runs on buckets")."""
     resolved = paths.resolve(path)
     if resolved.startswith("s3://"):
         raise ValueError(

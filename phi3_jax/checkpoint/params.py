@@ -8,8 +8,10 @@ may name either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -24,8 +26,9 @@ CONFIG_FILE = "config.json"
 
 
 def save_params(path: str, config: ml_collections.ConfigDict, params) -> None:
-    """Write params and config; the directory appears only once complete."""
-    with paths.atomic_directory(orbax_path(path)) as tmp:
+    """Write params and config; the directory appears only once complete. orbax writes them on
+    local disk (`paths.atomic_directory`), so `path` may be on any bucket, s3:// included."""
+    with paths.atomic_directory(path) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(config_lib.to_json(config))
         with ocp.StandardCheckpointer() as checkpointer:
@@ -41,10 +44,21 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return config_lib.from_json(file.read_text())
 
 
+@contextlib.contextmanager
+def _readable(path: str) -> Iterator[str]:
+    """`path` where orbax reads it: itself (local or gs://), or an s3:// checkpoint's temporary
+    local copy (orbax reads no s3://: `checkpoint.orbax_path`)."""
+    if paths.resolve(path).startswith("s3://"):
+        with paths.local_directory(path) as local:
+            yield local
+    else:
+        yield orbax_path(path)
+
+
 def restore_params(path: str, abstract_params=None):
     """Params from a checkpoint; `abstract_params` (ShapeDtypeStructs, shardings) place them."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(paths.join(orbax_path(path), PARAMS_DIR), abstract_params)
+    with _readable(path) as readable, ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(paths.join(readable, PARAMS_DIR), abstract_params)
 
 
 def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:

