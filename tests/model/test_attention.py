@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from phi3_jax import config, sharding, tpu
+from phi3_jax import config, flops, sharding, tpu
 from phi3_jax.model import attention
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 128, 4, 2, 16
@@ -166,6 +166,11 @@ def split_mesh(devices=None) -> jax.sharding.Mesh:
     return sharding.make_mesh(mesh_config, devices or jax.devices())
 
 
+def four_rows():
+    """`inputs` and their rows reversed: 4 rows, one per device of SPLIT's row axes."""
+    return tuple(jnp.concatenate([x, x[::-1]]) for x in inputs())
+
+
 def placed(fn, mesh):
     """fn under the default logical rules on `mesh`, its inputs placed as the model places them."""
     rules = sharding.logical_rules(config.default_config())
@@ -187,7 +192,7 @@ def placed(fn, mesh):
 def test_splash_in_shard_map_equals_plain_attention(window):
     # 4 rows, 4 heads over 2 kv heads, split 4 ways by rows and 2 by heads on 8 CPU devices: each
     # device runs the interpreted kernel on 1 row, 2 heads and their 1 kv head.
-    q, k, v, segment_ids = (jnp.concatenate([x, x[::-1]]) for x in inputs())
+    q, k, v, segment_ids = four_rows()
     mesh = split_mesh()
     sharded = placed(
         lambda q, k, v, s: attention.sharded_splash_attention(
@@ -207,6 +212,22 @@ def test_splash_in_shard_map_equals_plain_attention(window):
     np.testing.assert_allclose(sharded(q, k, v, segment_ids), plain(q, k, v, segment_ids), atol=TOL)
     for name, got, want in zip("qkv", grads(sharded), grads(plain), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=f"d{name}")
+
+
+def test_splash_flops_are_counted_over_its_grid_and_devices():
+    # XLA's cost analysis sees no dots inside a Pallas call; phi3_jax.flops counts grid x body
+    # inside each device's shard_map body, times the 8 devices: a causal mask keeps every kv
+    # block of the last query block, so the grid spans all blocks and the count equals the dense
+    # forward's, 4 x rows x heads x length^2 x head_dim.
+    q, k, v, segment_ids = four_rows()
+    sharded = placed(
+        lambda q, k, v, s: attention.sharded_splash_attention(q, k, v, s, SCALE, 0, interpret=True),
+        split_mesh(),
+    )
+    jaxpr = jax.make_jaxpr(sharded)(q, k, v, segment_ids).jaxpr
+    dense = 4 * q.shape[0] * HEADS * LENGTH**2 * HEAD_DIM
+    assert flops.jaxpr_matmul_flops(jaxpr) == dense
+    assert flops.jaxpr_matmul_flops(jaxpr, loop_trips=False) == 0
 
 
 def test_the_target_platform_is_the_meshs():
