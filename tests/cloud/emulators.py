@@ -5,7 +5,7 @@ Each client is pointed at its emulator with its standard endpoint setting, all e
 variables (`Emulator.env`), so a subprocess (`python -m phi3_jax.train ...`) inherits them:
 
 - gcsfs (and so etils.epath and datatrove, both over fsspec) and google-cloud-storage (orbax's
-  bucket-layout check, tensorboardX's GCS writer): STORAGE_EMULATOR_HOST;
+  hierarchical-namespace check of a bucket): STORAGE_EMULATOR_HOST;
 - tensorstore's gcs driver (orbax's arrays): TENSORSTORE_GCS_HTTP_URL, with
   GOOGLE_AUTH_TOKEN_FOR_TESTING as its bearer token (the emulator checks none);
 - botocore (s3fs, boto3): AWS_ENDPOINT_URL, with dummy AWS keys (moto checks none).
