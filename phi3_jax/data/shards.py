@@ -1,4 +1,4 @@
-"""Shard files: expanding input globs, and writing records as zstd-compressed JSON lines."""
+"""Shard files: the files globs and paths name, and writing records as zstd-compressed JSON lines."""
 
 from __future__ import annotations
 
@@ -10,22 +10,45 @@ import zstandard
 from phi3_jax import paths
 
 
+def match_shards(patterns: Sequence[str]) -> tuple[list[str], list[OSError]]:
+    """The files globs and paths name, in order, each once; and an error for each that names
+    none: a glob matching nothing or a missing path (FileNotFoundError), a path that is a
+    directory (IsADirectoryError). Kept apart so a reader that skips bad input can go on."""
+    files: list[str] = []
+    problems: list[OSError] = []
+    for pattern in patterns:
+        if paths.has_magic(pattern):
+            matched = paths.glob(pattern)
+            if not matched:
+                problems.append(FileNotFoundError(f"glob {pattern!r} matches no file"))
+        elif paths.path(pattern).is_file():
+            matched = [pattern]
+        elif paths.path(pattern).is_dir():
+            matched = []
+            problems.append(IsADirectoryError(f"{pattern}: a directory, not a shard file"))
+        else:
+            matched = []
+            problems.append(FileNotFoundError(f"{pattern}: missing file"))
+        files.extend(f for f in matched if f not in files)
+    return files, problems
+
+
 def expand_globs(patterns: str | Sequence[str]) -> list[str]:
-    """Sorted files matching comma-separated globs; a glob matching nothing, or a directory
-    (say one named like a shard, `x.jsonl/`), is an error naming it."""
+    """The files comma-separated globs (or paths) name (`match_shards`); one naming none, or a
+    directory a glob matches (say one named like a shard, `x.jsonl/`), is an error naming it."""
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p]
     files: list[str] = []
     for pattern in patterns:
-        matched = paths.glob(pattern)
-        if not matched:
-            raise FileNotFoundError(f"glob {pattern!r} matches no file")
+        matched, problems = match_shards([pattern])
+        if problems:
+            raise problems[0]
         folders = [path for path in matched if paths.path(path).is_dir()]
         if folders:
             raise IsADirectoryError(
                 f"{folders[0]}: a directory, not a shard file (matched by glob {pattern!r})"
             )
-        files.extend(matched)
+        files.extend(f for f in matched if f not in files)
     return files
 
 

@@ -26,6 +26,7 @@ from phi3_jax import paths
 from phi3_jax.config import ON_BAD_RECORD
 from phi3_jax.data.formats import Bad
 from phi3_jax.data.shard_records import SourceSpec, read_records
+from phi3_jax.data.shards import match_shards
 from phi3_jax.errors import BadInputError
 
 SPLITS = ("train", "eval")
@@ -48,24 +49,6 @@ class Counted:
 
     counter: str
     arrays: dict[str, np.ndarray] | None = None
-
-
-def resolve_shards(spec: SourceSpec) -> tuple[list[str], list[str]]:
-    """The source's files in a deterministic order, and a message for each glob/path giving none."""
-    files: list[str] = []
-    problems: list[str] = []
-    for pattern in spec.globs:
-        if paths.has_magic(pattern):
-            matched = paths.glob(pattern)
-            if not matched:
-                problems.append(f"glob {pattern!r} matches no file")
-        elif paths.path(pattern).is_file():
-            matched = [pattern]
-        else:
-            matched = []
-            problems.append(f"{pattern}: missing file")
-        files.extend(f for f in matched if f not in files)
-    return files, problems
 
 
 def eval_fraction_of(payload: str | np.ndarray | dict) -> float:
@@ -136,7 +119,7 @@ class ShardSource(grain.IterDataset):
         super().__init__()
         if options.on_bad not in ON_BAD_RECORD or options.split not in SPLITS:
             raise ValueError(f"source {spec.name}: invalid {options}")
-        files, problems = resolve_shards(spec)
+        files, problems = match_shards(spec.globs)
         for problem in problems:
             if options.on_bad == "raise":
                 raise BadInputError(f"source {spec.name}: {problem}")
