@@ -104,6 +104,11 @@ class PipelineOptions:
     short_len: int = 0
 
 
+# The (process index, process count) of a reader of every row: held-out data is read this way
+# on every process, so its documents and rows do not depend on the process count.
+ONE_READER = (0, 1)
+
+
 def _process_index_and_count() -> tuple[int, int]:
     # Imported here only: grain workers import this module and need no JAX.
     import jax

@@ -160,8 +160,9 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer) -> grain.Datase
 
 
 def eval_datasets(config: ml_collections.ConfigDict, tokenizer) -> dict[str, grain.IterDataset]:
-    """Per source, data.eval_batches batches of its held-out pairs."""
-    opts = pipeline.options_from_config(config)
+    """Per source, data.eval_batches global batches of its held-out pairs, as one reader makes
+    them (the same for any process count; see `objective.eval_datasets`)."""
+    opts = pipeline.options_from_config(config, *pipeline.ONE_READER)
     pairs = records(config, tokenizer)
     return {
         name: grain.experimental.LimitIterDataset(

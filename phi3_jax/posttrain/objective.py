@@ -31,10 +31,12 @@ def train_iterator(config: ml_collections.ConfigDict, tokenizer) -> grain.Datase
 
 
 def eval_datasets(config: ml_collections.ConfigDict, tokenizer) -> dict[str, grain.IterDataset]:
-    """Per source, its held-out batches."""
+    """Per source, its held-out batches of the whole global batch, as one reader makes them: the
+    same documents in the same rows for any process count (each process feeds its own rows of
+    them, `sharding.process_rows`)."""
     if config.train.objective == "dpo":
         return dpo.eval_datasets(config, tokenizer)
-    opts = pipeline.options_from_config(config)
+    opts = pipeline.options_from_config(config, *pipeline.ONE_READER)
     return pipeline.eval_datasets(opts, tokenizer, records(config, tokenizer))
 
 

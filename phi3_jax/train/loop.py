@@ -117,10 +117,16 @@ def _initial_state(config, mesh, manager, iterator, fingerprint: str, log: Log):
 
 
 def _eval_batches(config, tokenizer, batch_sharding) -> dict[str, list]:
-    """Per source, its held-out batches as global arrays, built once."""
+    """Per source, its held-out batches as global arrays, built once. Every process reads the
+    same held-out rows (`objective.eval_datasets`) and feeds its own of them, so the held-out
+    loss of a checkpoint does not depend on the process count."""
     size = config.train.global_batch_size
+    rows = sharding.process_rows(batch_sharding, size)
     return {
-        name: [sharding.global_batch(b, batch_sharding, size) for b in dataset]
+        name: [
+            sharding.global_batch({k: v[rows] for k, v in b.items()}, batch_sharding, size)
+            for b in dataset
+        ]
         for name, dataset in objective.eval_datasets(config, tokenizer).items()
     }
 

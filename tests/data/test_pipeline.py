@@ -25,6 +25,7 @@ from phi3_jax.data import pipeline
 from phi3_jax.data.shard_records import SourceSpec
 from phi3_jax.data.sources import ReadOptions, ShardSource
 from phi3_jax.errors import BadInputError
+from phi3_jax.posttrain import objective
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -259,18 +260,39 @@ def test_eval_batches_are_held_out_and_repeatable(corpus, tokenizer):
     assert 90 < len(held_out_ids) < 150 and not train_ids & held_out_ids
 
 
-def test_train_iterator_from_config(corpus, tokenizer):
+def corpus_config(corpus: str):
+    """The tiny config reading the test corpus: 4 rows of SEQ_LEN tokens."""
     config = base.get_config("tiny")
     for name in ("web", "web_strict", "synthetic"):
         config.data.sources[name].globs = glob_of(corpus, name)
     config.data.num_workers = 0
     config.train.seq_len = SEQ_LEN
     config.train.global_batch_size = 4
-    config_lib.validate(config)
+    return config_lib.validate(config)
+
+
+def test_train_iterator_from_config(corpus, tokenizer):
+    config = corpus_config(corpus)
     opts = pipeline.options_from_config(config, process_index=1, process_count=2)
     assert (opts.batch_size, opts.process_index, opts.phase2_start_step) == (2, 1, 800)
     batch = next(pipeline.train_iterator(config, tokenizer, process_index=1, process_count=2))
     assert batch["tokens"].shape == (2, SEQ_LEN)
+
+
+def test_held_out_batches_do_not_depend_on_the_process_count(corpus, tokenizer, monkeypatch):
+    """Every process reads the held-out rows of the whole global batch, as one reader does (and
+    feeds its own of them): the held-out loss of a checkpoint is the same for any process count.
+    """
+    config = corpus_config(corpus)
+    config.data.update(eval_fraction=0.2, eval_batches=2)
+    one = {name: list(d) for name, d in objective.eval_datasets(config, tokenizer).items()}
+    monkeypatch.setattr(pipeline, "_process_index_and_count", lambda: (1, 2))
+    assert pipeline.options_from_config(config).batch_size == 2  # training: this process's half
+    two = {name: list(d) for name, d in objective.eval_datasets(config, tokenizer).items()}
+    assert one.keys() == two.keys() == {"synthetic", "web", "web_strict"}
+    for name in one:
+        assert [b["tokens"].shape for b in two[name]] == [(4, SEQ_LEN)] * 2
+        assert_batches_equal(one[name], two[name])
 
 
 def test_batches_become_global_arrays_through_the_sharding_hand_off(corpus, tokenizer):
