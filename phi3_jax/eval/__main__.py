@@ -18,10 +18,10 @@ many devices.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 
 from phi3_jax import config as config_lib
@@ -30,7 +30,6 @@ from phi3_jax.config import TOKENIZER_KINDS
 from phi3_jax.errors import BadInputError
 from phi3_jax.eval import multihost, prompts, runner, source, tasks
 from phi3_jax.eval.scorer import Scorer
-from phi3_jax.train import state
 
 FLAGS = flags.FLAGS
 
@@ -76,19 +75,15 @@ def main(argv: list[str]) -> None:
 def evaluate() -> None:
     """Loads the model of the flags, scores their tasks, prints the table, writes --output."""
     tasks.resolve(runner.benchmark_names(FLAGS.tasks))
+    mesh = all_devices() if jax.device_count() > 1 else None
     loaded = source.load(
-        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind
+        FLAGS.workdir, FLAGS.hf_dir, FLAGS.tokenizer, FLAGS.step, FLAGS.tokenizer_kind, mesh
     )
-    loaded = dataclasses.replace(
-        loaded, config=config_lib.replace(loaded.config, model=dict(dtype=FLAGS.dtype))
-    )
+    config = config_lib.replace(loaded.config, model=dict(dtype=FLAGS.dtype))
     add_bos = loaded.add_bos if FLAGS.add_bos is None else FLAGS.add_bos
-    config, params, mesh = loaded.config, loaded.params, None
-    if jax.device_count() > 1:
-        config, mesh, params = all_devices(config, params)
     scorer = Scorer(
         config,
-        params,
+        loaded.params,
         loaded.tokenizer,
         add_bos=add_bos,
         batch_tokens=FLAGS.batch_tokens,
@@ -132,13 +127,10 @@ def evaluate() -> None:
         print(f"wrote {FLAGS.output}")
 
 
-def all_devices(config, params):
-    """(config, mesh, params): a data-parallel mesh over every process's devices, the config
-    with that mesh, and the params replicated on it."""
-    mesh_axes = dict(data=-1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
-    config = config_lib.replace(config, mesh=mesh_axes)
-    mesh = sharding.make_mesh(config.mesh)
-    return config, mesh, jax.device_put(params, state.param_shardings(config, mesh))
+def all_devices() -> jax.sharding.Mesh:
+    """A data-parallel mesh over every process's devices (the params replicated on it)."""
+    axes = dict(data=-1, fsdp=1, sequence=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+    return sharding.make_mesh(ml_collections.ConfigDict(axes))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@
   documents joined and cut, `fitness.long_rows`), scored once; metrics `ppl` over all positions
   and `ppl@FIRST-LAST` for eight equal position buckets.
 
+Several processes (`multihost`): the driver reads PATH; every process builds the same prompts and
+rows and scores them on the scorer's mesh.
+
 `python -m phi3_jax.eval.longctx --results=RESULTS.json --out=grid.png` draws the passkey
 accuracy of an evaluation's --output as a depth x length grid.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -24,7 +28,7 @@ import jax
 import numpy as np
 
 from phi3_jax import paths, sharding
-from phi3_jax.eval import data, tasks
+from phi3_jax.eval import data, multihost, tasks
 from phi3_jax.eval.scorer import Scorer
 from phi3_jax.longrope import fitness
 
@@ -142,7 +146,7 @@ def run_positions(scorer: Scorer, name: str, limit: int | None, log_samples: boo
     tok = scorer.tokenizer
     bos = scorer.prefix_id if scorer.add_bos else None
     rows = fitness.long_rows(
-        data.read_texts(path),
+        multihost.shared(functools.partial(data.read_texts, path)),
         tok.encode,
         scorer.max_length,
         limit,
@@ -151,7 +155,7 @@ def run_positions(scorer: Scorer, name: str, limit: int | None, log_samples: boo
         mode=mode,
     )
     config = scorer.config
-    mesh = scorer.mesh or sharding.make_mesh(config.mesh, jax.devices()[:1])
+    mesh = scorer.mesh or sharding.make_mesh(config.mesh, jax.local_devices()[:1])
     nll = fitness.PositionNLL(config, scorer.params, rows, mesh)()
     metrics = {"ppl": float(np.exp(np.mean(nll)))}
     metrics |= {f"ppl@{a}-{b}": p for a, b, p in fitness.bucket_perplexity(nll, BUCKETS)}

@@ -109,7 +109,8 @@ def test_a_bad_task_file_fails_every_process_with_one_line(tiny_hf, tmp_path):
 
 
 def train_on(processes: int, devices: int, workdir, log_dir) -> subprocess.CompletedProcess:
-    """Two training steps of the tiny model with eval.tasks, on `processes` x `devices` CPUs."""
+    """Two training steps of the tiny model with eval.tasks, on `processes` x `devices` CPUs (the
+    tokenizer by its absolute path, so an evaluation of the run may run anywhere)."""
     return subprocess.run(
         [
             "bash",
@@ -125,6 +126,7 @@ def train_on(processes: int, devices: int, workdir, log_dir) -> subprocess.Compl
             "--config.optim.warmup_steps=1",
             "--config.checkpoint.async_save=False",
             "--config.data.num_workers=0",
+            f"--config.data.tokenizer.path={REPO}/data/tokenizer.model",
             "--config.eval.every_steps=2",
             "--config.eval.tasks=copa,triviaqa",
             "--config.eval.task_limit=2",
@@ -136,20 +138,67 @@ def train_on(processes: int, devices: int, workdir, log_dir) -> subprocess.Compl
     )
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[int, object]:
+    """processes -> the workdir of a run trained on 1 x 4 and on 2 x 2 CPU devices."""
+    root = tmp_path_factory.mktemp("runs")
+    workdirs = {}
+    for processes, devices in ((1, 4), (2, 2)):
+        workdir = root / f"run{processes}"
+        proc = train_on(processes, devices, workdir, root / f"logs{processes}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        workdirs[processes] = workdir
+    return workdirs
+
+
 @pytest.mark.slow
-def test_eval_tasks_in_a_two_process_run_equal_one_process(tmp_path):
+def test_held_out_loss_and_eval_tasks_of_a_two_process_run_equal_one_process(runs):
     from phi3_jax import metrics
 
     scores = []
-    for processes, devices in ((1, 4), (2, 2)):
-        workdir = tmp_path / f"run{processes}"
-        proc = train_on(processes, devices, workdir, tmp_path / f"logs{processes}")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for workdir in runs.values():
         lines = [m for m in metrics.read_metrics(str(workdir)) if "eval_tasks/copa/acc" in m]
         assert [m["step"] for m in lines] == [0, 2]
-        scores.append([{k: v for k, v in m.items() if k.startswith("eval_tasks/")} for m in lines])
-    # Step 0 scores the same initial params on the same 4-device mesh: exactly equal. (After
-    # training the params are not the same: the two runs' steps differ.)
+        scores.append([{k: v for k, v in m.items() if k.startswith("eval_")} for m in lines])
+    # Step 0 scores the same initial params on the same 4-device mesh, the held-out loss on the
+    # same held-out rows: exactly equal. (After training the params are not the same: the two
+    # runs' training batches differ.)
+    assert "eval_loss" in scores[0][0] and "eval_loss/web" in scores[0][0]
     assert scores[0][0] == scores[1][0]
     assert scores[0][1].keys() == scores[1][1].keys() == scores[0][0].keys()
     assert all(0 <= s["eval_tasks/copa/acc"] <= 1 for run in scores for s in run)
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_a_run_as_one_process_does(runs, tmp_path):
+    """`--workdir`: each process restores the checkpoint onto its devices of the mesh; the
+    benchmarks, rolling perplexity and the long-context tasks score what one process scores."""
+    texts = [json.dumps({"text": "word " * n}) for n in (30, 600, 700)]
+    args = [
+        f"--workdir={runs[1]}",
+        f"--tasks=copa,ppl:{TEXTS},passkey:128,ppl_positions_joined:{TEXTS}",
+        "--limit=2",
+        "--output=results.json",
+        "--log_samples",
+    ]
+    one = _dirs(tmp_path / "one", 1)
+    (one[0] / TEXTS).write_text("\n".join(texts))
+    (single,) = launch(args, one, devices=4)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = _dirs(tmp_path / "two", 2)
+    (two[0] / TEXTS).write_text("\n".join(texts))
+    driver, other = launch(args, two)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert other.returncode == 0, other.stderr[-3000:]
+
+    want = json.loads((one[0] / "results.json").read_text())
+    got = json.loads((two[0] / "results.json").read_text())
+    assert got["source"] == want["source"] and got["source"]["step"] == 2
+    assert got["results"].keys() == want["results"].keys()
+    for name, result in got["results"].items():
+        expected = want["results"][name]
+        assert result["samples"] == expected["samples"], name
+        assert result["metrics"] == expected["metrics"], name
+        assert result["settings"].keys() == expected["settings"].keys(), name
+    assert got["results"]["passkey:128"]["settings"]["documents"] == 10
+    assert got["results"][f"ppl_positions_joined:{TEXTS}"]["settings"]["documents"] == 2
