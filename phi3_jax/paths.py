@@ -210,18 +210,20 @@ def _copy_up(local: str, target: epath.Path) -> None:
 
 @contextlib.contextmanager
 def local_file(file: str | os.PathLike) -> Iterator[str]:
-    """A local path at which to write `file`, for writers of local files only (fastText): a local
-    `file` itself, its parent created; for a bucket's, a temporary file uploaded to `file` on a
-    clean exit (nothing is uploaded after an error)."""
+    """A local path at which to write `file`, for writers of local files only (fastText,
+    sentencepiece, tiktoken ranks): a local `file` itself, its parent created; for a bucket's, a
+    path in a temporary directory whose files (`file` and any written beside it, such as a
+    sentencepiece model's PREFIX.vocab) are uploaded beside `file` on a clean exit (nothing is
+    uploaded after an error)."""
     if not is_remote(file):
         makedirs(os.path.dirname(os.path.abspath(file)))
         yield os.fspath(file)
         return
     target = path(file)
     with tempfile.TemporaryDirectory(prefix=".local-file.") as tmp:
-        local = os.path.join(tmp, target.name)
-        yield local
-        _copy_up(local, target)
+        yield os.path.join(tmp, target.name)
+        for name in sorted(os.listdir(tmp)):
+            _copy_up(os.path.join(tmp, name), target.parent / name)
 
 
 @contextlib.contextmanager

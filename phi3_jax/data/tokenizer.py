@@ -30,6 +30,7 @@ Every tokenizer has `encode` (no BOS/EOS added), `decode` (an id it cannot decod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 
@@ -40,6 +41,7 @@ from phi3_jax import paths
 from phi3_jax.data.hf_tokenizer import Tokenizer, load_hf
 from phi3_jax.data.sentencepiece_tokenizer import (
     load_sentencepiece,
+    sentencepiece_json_path,
     train_sentencepiece,
     write_sentencepiece_json,
 )
@@ -102,17 +104,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ranks.add_argument("--num_ranks", type=int, required=True, help="256 bytes + merges")
     ranks.add_argument("--out", required=True, help="the ranks file")
     args = parser.parse_args(argv)
+    # The trainers write local files: a bucket's --out is written locally, then uploaded.
     if args.command == "train_tiktoken":
-        write_ranks(train_ranks(_lines_of_text_shards(args.input), args.num_ranks), args.out)
-        tok = load_tiktoken_tokenizer(args.out)
+        with paths.local_file(args.out) as local:
+            write_ranks(train_ranks(_lines_of_text_shards(args.input), args.num_ranks), local)
+            tok = load_tiktoken_tokenizer(local)
         print(f"wrote {args.out}: {tok.num_ranks} ranks, embedding vocabulary {tok.vocab_size}")
         return
-    if args.command == "train":
-        model = train_sentencepiece(_lines_of_text_shards(args.input), args.vocab_size, args.out)
-    else:
-        model = args.model
-    json_path = write_sentencepiece_json(model)
-    tok = load_sentencepiece(model)
+    training = args.command == "train"
+    out = args.out + ".model" if training else args.model
+    with paths.local_file(out) if training else contextlib.nullcontext(out) as model:
+        if training:
+            lines = _lines_of_text_shards(args.input)
+            train_sentencepiece(lines, args.vocab_size, model.removesuffix(".model"))
+        write_sentencepiece_json(model)
+        tok = load_sentencepiece(model)
+    json_path = sentencepiece_json_path(out)
     print(f"wrote {json_path}: {tok.num_pieces} pieces, embedding vocabulary {tok.vocab_size}")
 
 

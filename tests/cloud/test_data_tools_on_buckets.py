@@ -1,13 +1,14 @@
 """`make data`'s tools with their inputs and outputs on emulated buckets (gs:// and s3://): the
-labelled set, the classifier, the synthetic lessons and the chat data written there are the
-bytes the same commands write on local disk. (Their `prepare` step: test_prepare_on_buckets.)"""
+labelled set, the classifier, the synthetic lessons, the chat data and the two tokenizers written
+there are the bytes the same commands write on local disk. (Their `prepare` step:
+test_prepare_on_buckets.)"""
 
 from __future__ import annotations
 
 import itertools
 
 from phi3_jax import paths
-from phi3_jax.data import quality, synthetic
+from phi3_jax.data import quality, synthetic, tokenizer
 from phi3_jax.data.readers import iter_documents
 from phi3_jax.data.shards import write_jsonl_zst
 from phi3_jax.posttrain import demo_data
@@ -25,6 +26,9 @@ def _make_data(root: str) -> list[str]:
     quality.main(["train", f"--labelled={labelled}", f"--out={root}/quality/edu.bin"])
     synthetic.main([f"--out={root}/synthetic", "--docs=60", "--seed=0", "--docs_per_shard=40"])
     demo_data.main([f"--synthetic={root}/synthetic/*.jsonl.zst", f"--out={root}/chat"])
+    inputs = f"--input={root}/raw/*.jsonl.zst,{root}/synthetic/*.jsonl.zst"
+    tokenizer.main(["train", inputs, "--vocab_size=600", f"--out={root}/tokenizer"])
+    tokenizer.main(["train_tiktoken", inputs, "--num_ranks=300", f"--out={root}/small.tiktoken"])
     return [
         file.removeprefix(paths.resolve(root) + "/")
         for file in paths.glob(paths.join(root, "**"))
@@ -36,7 +40,21 @@ def test_make_data_tools_on_a_bucket_write_the_local_bytes(bucket, tmp_path):
     local = str(tmp_path)
     written = _make_data(bucket)
     assert written == _make_data(local)
-    assert {"quality/edu.bin", "synthetic/00001.jsonl.zst", "chat/dpo.jsonl.zst"} <= set(written)
-    for name in written:
+    assert {
+        "quality/edu.bin",
+        "synthetic/00001.jsonl.zst",
+        "chat/dpo.jsonl.zst",
+        "tokenizer.model",
+        "tokenizer.vocab",
+        "tokenizer.json",
+        "small.tiktoken",
+    } <= set(written)
+    # A sentencepiece model records the local path it was trained at (its trainer spec's
+    # model_prefix): its pieces are compared in tokenizer.vocab and tokenizer.json, and its ids.
+    for name in set(written) - {"tokenizer.model"}:
         expected = paths.path(paths.join(local, name)).read_bytes()
         assert paths.path(paths.join(bucket, name)).read_bytes() == expected, name
+    text = "The list type supports indexing."
+    assert tokenizer.load("sentencepiece", paths.join(bucket, "tokenizer.model")).encode(text) == (
+        tokenizer.load("sentencepiece", paths.join(local, "tokenizer.model")).encode(text)
+    )

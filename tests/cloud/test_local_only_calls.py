@@ -21,7 +21,7 @@ _MIRRORED = "local files: a bucket's tokenizer is mirrored first (paths.local_mi
 _NOT_CONVERTED = "NOT converted (issue 19): reads and writes local paths only"
 # module -> (local-only calls, why)
 LOCAL_ONLY = {
-    "phi3_jax/paths.py": (19, "the path layer itself: its local branches"),
+    "phi3_jax/paths.py": (21, "the path layer itself: its local branches"),
     "phi3_jax/checkpoint/__init__.py": (1, "shutil.disk_usage, on local workdirs only"),
     "phi3_jax/checkpoint/params.py": (3, _LOCAL_TEMP),
     "phi3_jax/model/hf_io.py": (
