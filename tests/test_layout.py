@@ -1,0 +1,155 @@
+"""Tests mirror the package: every module of phi3_jax/ has its test file where a newcomer looks.
+
+Module `phi3_jax/a/b/m.py` is tested in `test_m.py` (or `test_b_m.py` where the short name is
+taken: test file names are unique across tests/) under `tests/`, `tests/a/` or `tests/a/b/`; a
+package's `__init__.py` in `test_<package>.py`, its `__main__.py` in `test_<package>_cli.py`.
+A module whose tests stand in a file named after a wider concern is listed in TESTED_IN with that
+file, which must exist and import it (or name it, for a CLI run as `python -m`); a tiny module
+with nothing to test alone is listed in NOTHING_TO_TEST.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from test_imports import MODULES, ROOT, import_graph
+
+TESTS = ROOT / "tests"
+
+# Modules that hold nothing but re-exports or a docstring, or one exception class.
+NOTHING_TO_TEST = {
+    "phi3_jax": "a docstring",
+    "phi3_jax.errors": "one exception class (BadInputError), raised and matched everywhere",
+    "phi3_jax.data": "a docstring",
+    "phi3_jax.eval": "a docstring",
+    "phi3_jax.longrope": "a docstring",
+    "phi3_jax.posttrain": "a docstring",
+    "phi3_jax.serve": "a docstring",
+    "phi3_jax.model": "re-exports of model.functional and Phi3",
+    "phi3_jax.train": "re-exports of train.optim, state and step",
+}
+
+# Module -> the test file that tests it, named after a wider concern.
+TESTED_IN = {
+    # The config schema is tested whole, through config.validate and the recipes.
+    "phi3_jax.config.checks": "tests/test_config.py",
+    "phi3_jax.config.data": "tests/test_config.py",
+    "phi3_jax.config.loop": "tests/test_config.py",
+    "phi3_jax.config.model": "tests/test_config.py",
+    "phi3_jax.config.parallel": "tests/test_config.py",
+    "phi3_jax.config.posttrain": "tests/test_config.py",
+    "phi3_jax.config.schema": "tests/test_config.py",
+    "phi3_jax.config.train": "tests/test_config.py",
+    # The checkpoint guarantees (bytes changed on disk found by the checksums).
+    "phi3_jax.checkpoint.checksums": "tests/test_checkpoint.py",
+    # HF directories: load_hf/save_hf round trips and the convert CLI; each family's layout.
+    "phi3_jax.convert": "tests/model/test_hf.py",
+    "phi3_jax.model.hf_small": "tests/model/test_small.py",
+    # The decoder's pieces and entry points, through the model they make up.
+    "phi3_jax.model.functional": "tests/model/test_transformer.py",
+    "phi3_jax.model.summary": "tests/model/test_transformer.py",
+    # The grain pipeline's batch format, one shard's records, a tokenizer kind and its vocabulary.
+    "phi3_jax.data.batch": "tests/data/test_pipeline.py",
+    "phi3_jax.data.shard_records": "tests/data/test_sources.py",
+    "phi3_jax.data.sentencepiece_tokenizer": "tests/data/test_tokenizer.py",
+    "phi3_jax.vocab": "tests/data/test_tiktoken_tokenizer.py",
+    # The offline prepare pipeline: its CLI and manifest.
+    "phi3_jax.data.prepare.__main__": "tests/data/test_prepare.py",
+    "phi3_jax.data.prepare.manifest": "tests/data/test_prepare.py",
+    # tests/eval/ keeps its names this session (another engineer's area): the reference checks
+    # against lm-eval, the CLI, the multi-process run.
+    "phi3_jax.eval.__main__": "tests/eval/test_cli.py",
+    "phi3_jax.eval.data": "tests/eval/test_reference.py",
+    "phi3_jax.eval.metrics": "tests/eval/test_reference.py",
+    "phi3_jax.eval.tasks": "tests/eval/test_reference.py",
+    "phi3_jax.eval.runner": "tests/eval/test_reference.py",
+    "phi3_jax.eval.scorer": "tests/eval/test_reference.py",
+    "phi3_jax.eval.source": "tests/eval/test_in_loop.py",
+    # tests/longrope/ keeps its names likewise: the search and its fitness.
+    "phi3_jax.longrope.evolution": "tests/longrope/test_search.py",
+    "phi3_jax.longrope.factors": "tests/longrope/test_fitness.py",
+    # The server through real clients: its engine, routes and background thread together.
+    "phi3_jax.serve.api": "tests/serve/test_server.py",
+    "phi3_jax.serve.engine": "tests/serve/test_server.py",
+    "phi3_jax.serve.background": "tests/serve/test_server.py",
+    # What a run writes and reads: metrics lines and files, the loss plot, its state, params.
+    "phi3_jax.metrics": "tests/train/test_loop_state.py",
+    "phi3_jax.plot": "tests/train/test_loop_state.py",
+    "phi3_jax.train.state": "tests/train/test_loop_state.py",
+    "phi3_jax.checkpoint.params": "tests/train/test_extension.py",
+    # The demo SFT/DPO data tool, run end to end (on buckets and local disk alike).
+    "phi3_jax.posttrain.demo_data": "tests/cloud/test_data_tools_on_buckets.py",
+}
+
+
+def own_test_files(module: str) -> list[pathlib.Path]:
+    """Where `module`'s own test file may be (see the module docstring)."""
+    parts = module.split(".")[1:] or ["phi3_jax"]
+    if MODULES[module].name == "__init__.py":
+        names = [parts[-1]]
+    elif parts[-1] == "__main__":
+        parts = parts[:-1]
+        names = [f"{parts[-1]}_cli"]
+    else:
+        names = [parts[-1]] + ([f"{parts[-2]}_{parts[-1]}"] if len(parts) > 1 else [])
+    # A module's folders are its packages'; a package's (or its CLI's) include its own.
+    own_folder = MODULES[module].name in ("__init__.py", "__main__.py")
+    folders = [TESTS.joinpath(*parts[:i]) for i in range(len(parts) + own_folder)]
+    return [folder / f"test_{name}.py" for folder in folders for name in names]
+
+
+PACKAGE_IMPORTS = import_graph(MODULES)
+
+
+def _imports(imported: set[str], module: str) -> bool:
+    """Whether a test file importing `imported` imports `module`, itself or through its
+    package's re-exports (`from phi3_jax import config` holds config.schema's names)."""
+    package = module.rpartition(".")[0]
+    return module in imported or (package in imported and module in PACKAGE_IMPORTS[package])
+
+
+def _runs(path: pathlib.Path, module: str) -> bool:
+    """Whether the test file runs `module` as `python -m` (its name quoted, as an argument)."""
+    name = module.removesuffix(".__main__")
+    return f'"{name}"' in path.read_text()
+
+
+def test_every_module_has_its_test_file():
+    missing = [
+        f"{module} ({', '.join(str(p.relative_to(ROOT)) for p in own_test_files(module)[:2])})"
+        for module in MODULES
+        if module not in NOTHING_TO_TEST
+        and module not in TESTED_IN
+        and not any(p.is_file() for p in own_test_files(module))
+    ]
+    assert not missing, "modules without a test file:\n" + "\n".join(missing)
+
+
+def test_listed_modules_exist_and_their_test_files_test_them():
+    listed = sorted(set(NOTHING_TO_TEST) | set(TESTED_IN))
+    assert [m for m in listed if m not in MODULES] == []
+    # A module with a test file of its own is not listed as tested elsewhere.
+    own = [m for m in TESTED_IN if any(p.is_file() for p in own_test_files(m))]
+    assert own == [], f"listed in TESTED_IN but have their own test file: {own}"
+    files = {name: ROOT / path for name, path in TESTED_IN.items()}
+    graph = import_graph({f"tests.{p.stem}": p for p in files.values()})
+    wrong = sorted(
+        f"{name}: {path.relative_to(ROOT)}"
+        for name, path in files.items()
+        if not _imports(graph[f"tests.{path.stem}"], name) and not _runs(path, name)
+    )
+    assert wrong == [], "test files that do not import (or run) the module listed:\n" + "\n".join(
+        wrong
+    )
+
+
+def test_own_test_files_of_a_module_a_package_and_a_cli():
+    assert own_test_files("phi3_jax.aot") == [TESTS / "test_aot.py"]
+    assert own_test_files("phi3_jax.data.sources") == [
+        TESTS / "test_sources.py",
+        TESTS / "test_data_sources.py",
+        TESTS / "data" / "test_sources.py",
+        TESTS / "data" / "test_data_sources.py",
+    ]
+    assert own_test_files("phi3_jax.checkpoint")[0] == TESTS / "test_checkpoint.py"
+    assert TESTS / "train" / "test_train_cli.py" in own_test_files("phi3_jax.train.__main__")
