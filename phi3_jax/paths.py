@@ -167,6 +167,14 @@ def local_directory(directory: str | os.PathLike) -> Iterator[str]:
         yield tmp
 
 
+def cache_path(url: str | os.PathLike) -> str:
+    """The local place of a bucket's `url` on this machine: ~/.cache/phi3_jax/buckets/SCHEME/KEY
+    (under $XDG_CACHE_HOME where set), for its mirror or for local state kept beside it."""
+    scheme, key = os.fspath(url).split("://", 1)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "phi3_jax", "buckets", scheme, key)
+
+
 def local_mirror(file_or_directory: str | os.PathLike) -> str:
     """A local path holding what `file_or_directory` holds, for readers that open local files
     and keep their paths (tokenizers): a local path itself; a bucket's, downloaded (afresh) into
@@ -175,9 +183,7 @@ def local_mirror(file_or_directory: str | os.PathLike) -> str:
     if not is_remote(file_or_directory):
         return os.fspath(file_or_directory)
     source = path(file_or_directory)
-    scheme, key = os.fspath(source).split("://", 1)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    local = os.path.join(cache, "phi3_jax", "buckets", scheme, key)
+    local = cache_path(source)
     filesystem = _filesystem(source)
     if source.is_dir():
         filesystem.get(os.fspath(source) + "/", local + "/", recursive=True)

@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
-import pathlib
 import re
 from collections.abc import Iterator, Sequence
 
@@ -38,6 +36,7 @@ from datatrove.pipeline.inference.run_inference import InferenceConfig, Inferenc
 from datatrove.pipeline.inference.types import InferenceError, ServerError
 from datatrove.pipeline.writers import JsonlWriter
 
+from phi3_jax import paths
 from phi3_jax.data.readers import iter_documents
 
 PROMPT_VERSION = "edu-additive-v1"
@@ -132,7 +131,7 @@ def endpoint_of(endpoint: str | None, serve_workdir: str | None) -> Iterator[str
     from phi3_jax.serve.engine import Engine
 
     loaded = load(workdir=serve_workdir)
-    name = os.path.basename(os.path.abspath(serve_workdir))
+    name = paths.path(serve_workdir).name
     with BackgroundServer(make_app(Engine(loaded), name)) as url:
         yield url
 
@@ -156,11 +155,12 @@ def add_endpoint_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model id (default: the endpoint's first)")
 
 
-def read_results(folder: pathlib.Path) -> list[dict]:
+def read_results(folder: str) -> list[dict]:
     """The records InferenceRunner's jsonl writer left in `folder`, file by file."""
     records = []
-    for path in sorted(folder.glob("*.jsonl")):
-        records += [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    for file in paths.glob(paths.join(folder, "*.jsonl")):
+        lines = paths.path(file).read_bytes().splitlines()
+        records += [orjson.loads(line) for line in lines if line]
     return records
 
 
@@ -183,9 +183,8 @@ def run(
     summary."""
     if sample < 1:
         raise ValueError(f"sample={sample}: must be at least 1")
-    out = pathlib.Path(output)
-    raw = out / "judgements"
-    if raw.exists():
+    raw = paths.join(output, "judgements")
+    if paths.path(raw).exists():
         raise FileExistsError(f"{raw}: already exists; give a new --output")
     documents = sample_documents(input, sample, seed)
     sampling = {"temperature": 0.0, "max_tokens": max_tokens}
@@ -201,14 +200,14 @@ def run(
                 sampling=sampling,
             ),
             config=endpoint_config(url, name, concurrency),
-            output_writer=JsonlWriter(str(raw), output_filename="${rank}.jsonl", compression=None),
+            output_writer=JsonlWriter(raw, output_filename="${rank}.jsonl", compression=None),
             metadata_key=RESULTS_KEY,
         )
         runner.run(documents, rank=0, world_size=1)
     provenance = {
         "prompt_version": PROMPT_VERSION,
         "model": name,
-        "endpoint": endpoint or f"phi3_jax.serve --workdir={os.path.abspath(serve_workdir)}",
+        "endpoint": endpoint or f"phi3_jax.serve --workdir={paths.resolve(serve_workdir)}",
         "sampling": sampling,
         "max_doc_chars": max_doc_chars,
     }
@@ -230,7 +229,8 @@ def run(
                     "annotation": provenance,
                 }
             )
-    (out / "labels.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in labels))
+    labelled = b"".join(orjson.dumps(r) + b"\n" for r in labels)
+    paths.path(paths.join(output, "labels.jsonl")).write_bytes(labelled)
     summary = {
         "input": input,
         "sampled": len(documents),
@@ -240,7 +240,7 @@ def run(
         "scores": histogram,
         "annotation": provenance,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    paths.path(paths.join(output, "summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import pathlib
 import random
 import re
 import subprocess
@@ -42,6 +41,7 @@ from datatrove.pipeline.dedup import MinhashDedupSignature
 from datatrove.pipeline.inference.run_inference import InferenceRunner
 from datatrove.pipeline.writers import JsonlWriter
 
+from phi3_jax import paths
 from phi3_jax.data.annotate import endpoint_config, endpoint_of, read_results, served_model
 from phi3_jax.data.prepare.pipeline import MINHASH
 from phi3_jax.data.shards import write_shards
@@ -73,7 +73,7 @@ class Limits:
 
 def read_topics(path: str) -> list[str]:
     """Non-empty, non-comment lines of the topics file; none at all is an error naming it."""
-    lines = [line.strip() for line in pathlib.Path(path).read_text().splitlines()]
+    lines = [line.strip() for line in paths.path(path).read_text().splitlines()]
     topics = [line for line in lines if line and not line.startswith("#")]
     if not topics:
         raise ValueError(f"{path}: no topics (one per line)")
@@ -198,30 +198,32 @@ def generate_documents(
         )
         for i, spec in enumerate(specs)
     ]
-    root = pathlib.Path(out)
+    # datatrove keeps its checkpoints (a local copy of each unfinished chunk) on local disk: a
+    # bucket's run resumes on the machine that began it.
+    checkpoints = paths.join(paths.cache_path(out) if paths.is_remote(out) else out, "checkpoints")
     with endpoint_of(endpoint, serve_workdir) as url:
         name = model or served_model(url)
         runner = InferenceRunner(
             rollout_fn=lambda doc, generate: write_one(doc, generate, sampling=sampling),
             config=endpoint_config(url, name, concurrency),
             output_writer=JsonlWriter(
-                str(root / "generations"),
+                paths.join(out, "generations"),
                 output_filename="${rank}_chunk_${chunk_index}.jsonl",
                 compression=None,
             ),
-            checkpoints_local_dir=str(root / "checkpoints"),
+            checkpoints_local_dir=checkpoints,
             records_per_chunk=chunk,
             metadata_key=RESULTS_KEY,
         )
         runner.run(inputs, rank=0, world_size=1)
     records = []
-    for raw in read_results(root / "generations"):
+    for raw in read_results(paths.join(out, "generations")):
         result = raw["metadata"].pop(RESULTS_KEY)[0]
         meta = {**raw["metadata"], "finish_reason": result["finish_reason"]}
         meta |= {"sampling": sampling, "model": name, "source": "synthetic-llm"}
         records.append({"id": raw["id"], "text": result["text"], "metadata": meta})
     kept, dropped = select(records, limits)
-    paths = write_shards(kept, out, 2000)
+    shards = write_shards(kept, out, 2000)
     summary = {
         "requested": docs,
         "generated": len(records),
@@ -231,7 +233,8 @@ def generate_documents(
         "model": name,
         "sampling": sampling,
         "limits": dataclasses.asdict(limits),
-        "shards": paths,
+        "shards": shards,
     }
-    (root / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    summary_json = orjson.dumps(summary, option=orjson.OPT_INDENT_2)
+    paths.path(paths.join(out, "summary.json")).write_bytes(summary_json)
     return summary

@@ -18,7 +18,6 @@ _OS_FILE_CALLS |= {"scandir", "walk", "stat", "rmdir"}
 
 _LOCAL_TEMP = "writes into paths.atomic_directory's local temporary directory"
 _MIRRORED = "local files: a bucket's tokenizer is mirrored first (paths.local_mirror)"
-_NOT_CONVERTED = "NOT converted (issue 19): reads and writes local paths only"
 # module -> (local-only calls, why)
 LOCAL_ONLY = {
     "phi3_jax/paths.py": (21, "the path layer itself: its local branches"),
@@ -44,11 +43,9 @@ LOCAL_ONLY = {
     "phi3_jax/data/sentencepiece_tokenizer.py": (9, _MIRRORED),
     "phi3_jax/data/tiktoken_tokenizer.py": (5, _MIRRORED),
     "phi3_jax/data/tokenizer_files.py": (7, f"a tokenizer's Hugging Face files: {_LOCAL_TEMP}"),
-    # The offline data tools (the corpus builders of `make data`; prepare is converted).
+    # The offline data tools (make data, make data-llm): all on paths but these.
     "phi3_jax/data/writers.py": (2, "ArrayRecord token shards: array_record writes local files"),
-    "phi3_jax/data/annotate.py": (4, f"make data-llm: {_NOT_CONVERTED}"),
     "phi3_jax/data/corpus.py": (1, "the installed standard library's sources (--out: paths)"),
-    "phi3_jax/data/synthetic_llm.py": (2, f"make data-llm: {_NOT_CONVERTED}"),
 }
 
 
