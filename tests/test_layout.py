@@ -1,8 +1,9 @@
 """Tests mirror the package: every module of phi3_jax/ has its test file where a newcomer looks.
 
-Module `phi3_jax/a/b/m.py` is tested in `test_m.py` (or `test_b_m.py` where the short name is
-taken: test file names are unique across tests/) under `tests/`, `tests/a/` or `tests/a/b/`; a
-package's `__init__.py` in `test_<package>.py`, its `__main__.py` in `test_<package>_cli.py`.
+Module `phi3_jax/m.py` is tested in `tests/test_m.py`; `phi3_jax/a/b/m.py` in `test_m.py` under
+`tests/a/` or `tests/a/b/`, or in `test_b_m.py` (where the short name is taken: test file names
+are unique across tests/) there or in `tests/`; a package's `__init__.py` in `test_<package>.py`,
+its `__main__.py` in `test_<package>_cli.py`, in `tests/` or the package's own folder.
 A module whose tests stand in a file named after a wider concern is listed in TESTED_IN with that
 file, which must exist and import it (or name it, for a CLI run as `python -m`); a tiny module
 with nothing to test alone is listed in NOTHING_TO_TEST.
@@ -47,7 +48,6 @@ TESTED_IN = {
     "phi3_jax.model.hf_small": "tests/model/test_small.py",
     # The decoder's pieces and entry points, through the model they make up.
     "phi3_jax.model.functional": "tests/model/test_transformer.py",
-    "phi3_jax.model.summary": "tests/model/test_transformer.py",
     # The grain pipeline's batch format, one shard's records, a tokenizer kind and its vocabulary.
     "phi3_jax.data.batch": "tests/data/test_pipeline.py",
     "phi3_jax.data.shard_records": "tests/data/test_sources.py",
@@ -72,9 +72,7 @@ TESTED_IN = {
     "phi3_jax.serve.api": "tests/serve/test_server.py",
     "phi3_jax.serve.engine": "tests/serve/test_server.py",
     "phi3_jax.serve.background": "tests/serve/test_server.py",
-    # What a run writes and reads: metrics lines and files, the loss plot, its state, params.
-    "phi3_jax.metrics": "tests/train/test_loop_state.py",
-    "phi3_jax.plot": "tests/train/test_loop_state.py",
+    # A run's state across meshes; the params a run starts from.
     "phi3_jax.train.state": "tests/train/test_loop_state.py",
     "phi3_jax.checkpoint.params": "tests/train/test_extension.py",
     # The demo SFT/DPO data tool, run end to end (on buckets and local disk alike).
@@ -91,11 +89,17 @@ def own_test_files(module: str) -> list[pathlib.Path]:
         parts = parts[:-1]
         names = [f"{parts[-1]}_cli"]
     else:
-        names = [parts[-1]] + ([f"{parts[-2]}_{parts[-1]}"] if len(parts) > 1 else [])
+        names = [parts[-1]]
     # A module's folders are its packages'; a package's (or its CLI's) include its own.
     own_folder = MODULES[module].name in ("__init__.py", "__main__.py")
     folders = [TESTS.joinpath(*parts[:i]) for i in range(len(parts) + own_folder)]
-    return [folder / f"test_{name}.py" for folder in folders for name in names]
+    short = [folder / f"test_{names[0]}.py" for folder in folders]
+    if len(parts) == 1 or own_folder:
+        return short
+    # A package's module by its short name only inside the package's folder (tests/test_x.py
+    # is top-level x's), by its qualified name anywhere.
+    qualified = [folder / f"test_{parts[-2]}_{parts[-1]}.py" for folder in folders]
+    return short[1:] + qualified
 
 
 PACKAGE_IMPORTS = import_graph(MODULES)
@@ -146,10 +150,11 @@ def test_listed_modules_exist_and_their_test_files_test_them():
 def test_own_test_files_of_a_module_a_package_and_a_cli():
     assert own_test_files("phi3_jax.aot") == [TESTS / "test_aot.py"]
     assert own_test_files("phi3_jax.data.sources") == [
-        TESTS / "test_sources.py",
-        TESTS / "test_data_sources.py",
         TESTS / "data" / "test_sources.py",
+        TESTS / "test_data_sources.py",
         TESTS / "data" / "test_data_sources.py",
     ]
+    # tests/test_metrics.py is phi3_jax.metrics', not phi3_jax.eval.metrics'.
+    assert TESTS / "test_metrics.py" not in own_test_files("phi3_jax.eval.metrics")
     assert own_test_files("phi3_jax.checkpoint")[0] == TESTS / "test_checkpoint.py"
     assert TESTS / "train" / "test_train_cli.py" in own_test_files("phi3_jax.train.__main__")

@@ -1,5 +1,5 @@
 """The model on its own: parameter counts, packed segments, scan/unroll and remat equivalence,
-config validation, and the summary CLI."""
+config validation, and cached decoding."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cli_fixtures import run_module
 
 from configs import base, phi3_medium, phi3_mini, phi3_mini_128k
 from phi3_jax import config as config_lib
@@ -147,19 +146,6 @@ def test_config_json_round_trip():
     assert config_lib.to_json(again) == config_lib.to_json(config)
     with pytest.raises(config_lib.ConfigError, match=r"^model\.num_experts=8: unknown key"):
         config_lib.from_json('{"model": {"num_experts": 8}}')
-
-
-def test_summary_cli():
-    result = run_module("phi3_jax.model.summary", "--config=configs/phi3_medium.py")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[-1] == "total: 13,960,238,080 parameters"
-    assert any(
-        line.split()[0] == "layers/self_attn/k_proj/kernel"
-        and "(40, 5120, 10, 128)" in line
-        and "('layers', 'embed', 'kv_heads', 'head_dim')" in line
-        for line in lines
-    )
 
 
 def test_cached_decoding_equals_recomputation():

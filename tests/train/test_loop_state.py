@@ -1,11 +1,9 @@
-"""Checkpointed state across meshes, non-finite updates, greedy decoding with the cache, and the
-loss plot: in-process on the 8 emulated CPU devices."""
+"""Checkpointed state across meshes, non-finite updates and greedy decoding with the cache:
+in-process on the 8 emulated CPU devices."""
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 
 import grain
 import jax
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 from train_fixtures import packed_batch, run_steps, small_config
 
-from phi3_jax import checkpoint, metrics, model, plot, sharding
+from phi3_jax import checkpoint, model, sharding
 from phi3_jax.generate import generate
 from phi3_jax.train import loop
 from phi3_jax.train import state as state_lib
@@ -124,33 +122,3 @@ def test_greedy_generation_with_the_cache_equals_recomputing():
     cached = generate(config, params, prompt, 12)
     assert cached == greedy_by_recomputing(config, params, prompt, 12)
     assert len(set(cached)) > 1
-
-
-def test_flops_per_token_counts_6n_plus_attention_and_remat_apart():
-    config = small_config()
-    m = config.model
-    n = model.param_count(config) - m.vocab_size * m.hidden_size
-    attention = 12 * m.num_layers * config.train.seq_len * m.hidden_size
-    assert metrics.flops_per_token(config) == {"model": 6.0 * n + attention, "remat": 0.0}
-    config.model.remat = "full"
-    blocks = n - m.vocab_size * m.hidden_size
-    assert metrics.flops_per_token(config)["remat"] == 2.0 * blocks + attention / 3
-    # 500 tokens/s of 1000 model FLOPs (+ 500 recomputed) on a 1 MFLOP/s peak.
-    assert metrics.throughput(2.0, 1000, {"model": 1000.0, "remat": 500.0}, 1e6) == {
-        "step_time_s": 2.0,
-        "tokens_per_s": 500.0,
-        "mfu": 0.5,
-        "hfu": 0.75,
-    }
-
-
-def test_plot_writes_loss_png_from_metrics(tmp_path):
-    lines = [{"step": s, "loss": 5.0 - s / 10, "tokens_seen": 64.0 * s} for s in range(1, 11)]
-    lines += [{"step": s, "eval_loss": 5.2 - s / 10, "tokens_seen": 64.0 * s} for s in (0, 5, 10)]
-    with open(os.path.join(tmp_path, metrics.METRICS_FILE), "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
-    curves = plot.curves(metrics.read_metrics(str(tmp_path)))
-    assert curves["eval"] == ([0.0, 320.0, 640.0], [5.2, 4.7, 4.2])
-    path = plot.plot(str(tmp_path))
-    with open(path, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
