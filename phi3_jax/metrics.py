@@ -174,28 +174,39 @@ def eval_line(step: int, scalars: Mapping[str, float]) -> str:
     )
 
 
+# On a bucket an event file is continued in a new object (FILE.0001, ...) once past this size:
+# each flush uploads the whole object, so memory and uploads stay bounded in a long run.
+EVENT_PART_BYTES = 8 * 2**20
+
+
 class _BucketEventFile:
     """A TensorBoard event file on a bucket, for tensorboardX: its records kept in memory and the
     object rewritten whole with all of them at each flush (tensorboardX flushes every
-    `flush_secs` and at close; a bucket's objects are only ever written whole), through
-    phi3_jax.paths like every other file of a run.
+    `flush_secs` and at close; a bucket's objects are only ever written whole), in parts of
+    about EVENT_PART_BYTES (TensorBoard reads every file named *tfevents*, in name order),
+    through phi3_jax.paths like every other file of a run.
 
     It replaces tensorboardX's own gs:// and s3:// writers, which go around that layer
     (google-cloud-storage and boto3 clients of their own) and upload the file once more when
     garbage-collected: after a store has gone, a 120 s retry at the exit of the process."""
 
     def __init__(self, file: str):
-        self._path = paths.path(file)
+        self._file = file
+        self._part = 0
         self._records = bytearray()
-        self._flushed = -1
+        self._flushed = 0
 
     def write(self, data: bytes) -> None:
         self._records += data
 
     def flush(self) -> None:
+        # tensorboardX writes a record and flushes under one lock: a part ends with a record.
         if self._flushed != len(self._records):
-            self._path.write_bytes(bytes(self._records))
+            name = f"{self._file}.{self._part:04d}" if self._part else self._file
+            paths.path(name).write_bytes(bytes(self._records))
             self._flushed = len(self._records)
+        if self._flushed >= EVENT_PART_BYTES:
+            self._part, self._records, self._flushed = self._part + 1, bytearray(), 0
 
     def close(self) -> None:
         self.flush()

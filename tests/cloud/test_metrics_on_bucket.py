@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 import time
 
+from tensorboardX import record_writer
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
@@ -67,3 +68,19 @@ def test_events_and_metrics_on_a_bucket_are_the_local_ones(bucket, tmp_path):
     ]
     assert sorted(_scalars(remote)) == sorted(expected)
     assert metrics.read_metrics(remote) == metrics.read_metrics(local)
+
+
+def test_a_long_event_file_on_a_bucket_goes_on_in_parts(gcs, monkeypatch):
+    """Through tensorboardX's record writer (what its event thread calls), flushed per event."""
+    monkeypatch.setattr(metrics, "EVENT_PART_BYTES", 150)
+    run = paths.join(gcs.create_bucket(), "run")
+    writer = record_writer.RecordWriter(paths.join(run, metrics.TB_DIR, "events.out.tfevents.1.h"))
+    for step in range(12):
+        event = event_pb2.Event(step=step)
+        event.summary.value.add(tag="loss", simple_value=step / 4)
+        writer.write(event.SerializeToString())
+        writer.flush()
+    writer.close()
+    parts = paths.glob(paths.join(run, metrics.TB_DIR, "*"))
+    assert len(parts) > 2 and parts[1].endswith(".0001")
+    assert _scalars(run) == [(step, "loss", step / 4) for step in range(12)]

@@ -57,7 +57,9 @@ def test_prepare_on_a_bucket_keeps_the_local_documents(bucket, local):
     assert paths.path(paths.join(output, "manifest.json")).is_file()
 
 
-def test_token_shards_to_a_bucket_and_inputs_on_two_stores_are_refused(gcs, tmp_path):
+def test_token_shards_to_a_bucket_inputs_on_two_stores_and_a_missing_bucket_are_refused(
+    gcs, tmp_path
+):
     bucket = gcs.create_bucket()
     write_jsonl_zst(RECORDS, str(tmp_path / "hand.jsonl.zst"))
     with pytest.raises(ValueError, match=r"^--tokenizer with --output=gs://.*: ArrayRecord"):
@@ -65,3 +67,5 @@ def test_token_shards_to_a_bucket_and_inputs_on_two_stores_are_refused(gcs, tmp_
     write_jsonl_zst(RECORDS, paths.join(bucket, "hand.jsonl.zst"))
     with pytest.raises(ValueError, match=r" and gs://.*: on different stores"):
         prepare.run(f"{tmp_path}/*.zst,{bucket}/*.zst", str(tmp_path / "out"), QUALITY_MODEL)
+    with pytest.raises(OSError, match=r"^gs://no-such-bucket/out: not a writable directory"):
+        prepare.run(f"{bucket}/*.zst", "gs://no-such-bucket/out", QUALITY_MODEL)

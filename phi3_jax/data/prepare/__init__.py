@@ -120,6 +120,8 @@ def run(
         )
     files = expand_globs(input)
     work = work_dir or paths.join(output, "work")
+    for directory in (output, work):  # before any task runs: a missing bucket is one line
+        paths.check_writable(directory)
     spec = (tokenizer_kind, tokenizer) if tokenizer else None
     stage_list = stages(
         files,
