@@ -22,8 +22,20 @@ def s3():
         yield emulator
 
 
+def _new_bucket(request) -> str:
+    emulator = request.getfixturevalue({"gs": "gcs", "s3": "s3"}[request.param])
+    return emulator.create_bucket()
+
+
 @pytest.fixture(params=["gs", "s3"])
 def bucket(request) -> str:
     """A new bucket on the emulator of each scheme: gs://NAME, then s3://NAME."""
-    emulator = request.getfixturevalue({"gs": "gcs", "s3": "s3"}[request.param])
-    return emulator.create_bucket()
+    return _new_bucket(request)
+
+
+@pytest.fixture(params=["gs", pytest.param("s3", marks=pytest.mark.slow)])
+def tool_bucket(request) -> str:
+    """A new bucket for the heavier tool tests (prepare, make data, make data-llm): gs:// in the
+    default suite, s3:// under -m slow, so the emulator tests stay under a minute together (s3fs
+    is in the default suite through the path layer's, the shards' and the metrics' tests)."""
+    return _new_bucket(request)

@@ -36,9 +36,9 @@ def _make_data(root: str) -> list[str]:
     ]
 
 
-def test_make_data_tools_on_a_bucket_write_the_local_bytes(bucket, tmp_path):
+def test_make_data_tools_on_a_bucket_write_the_local_bytes(tool_bucket, tmp_path):
     local = str(tmp_path)
-    written = _make_data(bucket)
+    written = _make_data(tool_bucket)
     assert written == _make_data(local)
     assert {
         "quality/edu.bin",
@@ -53,8 +53,8 @@ def test_make_data_tools_on_a_bucket_write_the_local_bytes(bucket, tmp_path):
     # model_prefix): its pieces are compared in tokenizer.vocab and tokenizer.json, and its ids.
     for name in set(written) - {"tokenizer.model"}:
         expected = paths.path(paths.join(local, name)).read_bytes()
-        assert paths.path(paths.join(bucket, name)).read_bytes() == expected, name
+        assert paths.path(paths.join(tool_bucket, name)).read_bytes() == expected, name
     text = "The list type supports indexing."
-    assert tokenizer.load("sentencepiece", paths.join(bucket, "tokenizer.model")).encode(text) == (
-        tokenizer.load("sentencepiece", paths.join(local, "tokenizer.model")).encode(text)
-    )
+    assert tokenizer.load("sentencepiece", paths.join(tool_bucket, "tokenizer.model")).encode(
+        text
+    ) == (tokenizer.load("sentencepiece", paths.join(local, "tokenizer.model")).encode(text))

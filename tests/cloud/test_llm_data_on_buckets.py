@@ -50,21 +50,21 @@ def _synthetic(root: str, url: str) -> tuple[dict, list]:
     return {k: v for k, v in summary.items() if k != "shards"}, kept
 
 
-def test_annotate_and_llm_synthetic_on_a_bucket_are_the_local_ones(bucket, tmp_path):
+def test_annotate_and_llm_synthetic_on_a_bucket_are_the_local_ones(tool_bucket, tmp_path):
     local = str(tmp_path / "local")
     # One server for both runs: the labels name its URL.
     with BackgroundServer(test_annotate.scripted_app({})) as url:
-        assert _annotate(bucket, url) == _annotate(local, url)
+        assert _annotate(tool_bucket, url) == _annotate(local, url)
     # In the order the concurrent requests finished.
     labels = sorted(
-        paths.path(paths.join(bucket, "labels", "labels.jsonl")).read_bytes().splitlines()
+        paths.path(paths.join(tool_bucket, "labels", "labels.jsonl")).read_bytes().splitlines()
     )
     assert labels == sorted(
         paths.path(paths.join(local, "labels", "labels.jsonl")).read_bytes().splitlines()
     )
     assert len(labels) == 3  # good 4, good 1, flaky 3
     with BackgroundServer(test_synthetic_llm.scripted_app([])) as url:
-        summary, kept = _synthetic(bucket, url)
+        summary, kept = _synthetic(tool_bucket, url)
         assert (summary, kept) == _synthetic(local, url)
     assert summary["kept"] == len(kept) > 0
-    assert paths.glob(paths.join(paths.cache_path(bucket), "synthetic", "checkpoints"))
+    assert paths.glob(paths.join(paths.cache_path(tool_bucket), "synthetic", "checkpoints"))

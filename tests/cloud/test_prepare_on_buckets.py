@@ -35,12 +35,12 @@ def local(tmp_path_factory) -> tuple[str, dict]:
     return _prepare(str(tmp_path_factory.mktemp("prepare")), QUALITY_MODEL)
 
 
-def test_prepare_on_a_bucket_keeps_the_local_documents(bucket, local):
+def test_prepare_on_a_bucket_keeps_the_local_documents(tool_bucket, local):
     expected_output, expected = local
-    model = paths.join(bucket, "quality", "edu.bin")
+    model = paths.join(tool_bucket, "quality", "edu.bin")
     with open(QUALITY_MODEL, "rb") as f:
         paths.path(model).write_bytes(f.read())
-    output, result = _prepare(bucket, model)
+    output, result = _prepare(tool_bucket, model)
     assert paths.glob(paths.join(output, "work", "logs", "phase2", "completions", "*"))
     for phase in ("phase1", "phase2"):
         assert _documents(output, phase) == _documents(expected_output, phase)
@@ -50,7 +50,9 @@ def test_prepare_on_a_bucket_keeps_the_local_documents(bucket, local):
         result["settings"]["quality_model"]["sha256"]
         == (expected["settings"]["quality_model"]["sha256"])
     )
-    assert [e["path"] for e in result["inputs"]] == [paths.join(bucket, "in", "hand.jsonl.zst")]
+    assert [e["path"] for e in result["inputs"]] == [
+        paths.join(tool_bucket, "in", "hand.jsonl.zst")
+    ]
     assert [e["path"] for e in result["outputs"]["phase1"]] == [
         paths.join(output, "phase1", "00000.jsonl.zst")
     ]
