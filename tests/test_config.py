@@ -1,5 +1,6 @@
 """The configuration: recipes in configs/ validate; a full-size recipe names its data sources but
-leaves their shards to the run, which refuses to start without them in one line naming the key."""
+leaves their shards to the run, which refuses to start without them in one line naming the key;
+each invalid model key is one line naming it; the JSON saved beside checkpoints round-trips."""
 
 from __future__ import annotations
 
@@ -147,4 +148,61 @@ def test_config_validation(overrides, pattern):
         section, name = key.split(".")
         config[section][name] = value
     with raises_one_line(pattern):
+        config_lib.validate(config)
+
+
+# The model section (config/model.py) and the variants.
+
+
+INVALID = [
+    ("hidden_size", 0, "model.hidden_size=0: must be a positive integer"),
+    ("num_layers", -2, "model.num_layers=-2: must be a positive integer"),
+    ("num_heads", 3, "model.num_heads=3: must divide model.hidden_size=128"),
+    ("num_kv_heads", 3, "model.num_kv_heads=3: must divide model.num_heads=4"),
+    ("dtype", "float8", "model.dtype='float8': must be one of"),
+    ("remat", "some", "model.remat='some': must be one of"),
+    ("rope_scaling", "yarn", "model.rope_scaling='yarn': must be one of"),
+    ("sliding_window", -1, "model.sliding_window=-1: must be >= 0"),
+    ("eos_token_id", 40000, "model.eos_token_id=40000: must lie in [0, 32064)"),
+    ("rms_norm_eps", 0.0, "model.rms_norm_eps=0.0: must be positive"),
+    ("original_max_position_embeddings", 1024, "model.original_max_position_embeddings=1024:"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", INVALID, ids=[case[0] for case in INVALID])
+def test_invalid_model_configs(key, value, message):
+    config = base.get_config("tiny")
+    config.model[key] = value
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config)
+    assert str(error.value).startswith(message)
+    assert "\n" not in str(error.value)
+
+
+def test_longrope_factor_lists_of_wrong_length():
+    config = base.get_config("mini_128k")
+    config.model.rope_long_factor = config.model.rope_long_factor[:-1]
+    with pytest.raises(config_lib.ConfigError, match=r"^model\.rope_long_factor=.*needs .* 48"):
+        config_lib.validate(config)
+
+
+def test_unknown_variant():
+    with pytest.raises(config_lib.ConfigError, match=r"^variant='huge': unknown"):
+        base.get_config("huge")
+
+
+def test_config_json_round_trip():
+    config = base.get_config("mini_128k")
+    again = config_lib.from_json(config_lib.to_json(config))
+    assert again.model.rope_long_factor == base.LONGROPE_LONG_FACTOR
+    assert config_lib.to_json(again) == config_lib.to_json(config)
+    with pytest.raises(config_lib.ConfigError, match=r"^model\.num_experts=8: unknown key"):
+        config_lib.from_json('{"model": {"num_experts": 8}}')
+
+
+def test_every_named_variant_is_a_valid_variant_key():
+    assert set(base.MODELS) <= set(config_lib.VARIANTS)
+    config = base.get_config("tiny")
+    config.variant = "huge"
+    with pytest.raises(config_lib.ConfigError, match=r"^variant='huge': unknown; expected one of"):
         config_lib.validate(config)
