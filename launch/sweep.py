@@ -24,7 +24,7 @@ from collections.abc import Callable
 import ml_collections
 
 from phi3_jax import config as config_lib
-from phi3_jax import metrics, model
+from phi3_jax import metrics, model, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,12 +104,9 @@ def run_record(run: dict, config: ml_collections.ConfigDict) -> dict:
 
 
 def write_run_record(workdir: str, record: dict) -> None:
-    """WORKDIR/run.json (local workdirs only: gs:// runs are reported where they are copied)."""
-    if workdir.startswith("gs://"):
-        return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, RUN_FILE), "w") as f:
-        json.dump(record, f, indent=1)
+    """WORKDIR/run.json (local or a bucket's: launch.report reads either)."""
+    paths.makedirs(workdir)
+    paths.path(paths.join(workdir, RUN_FILE)).write_text(json.dumps(record, indent=1))
 
 
 LAUNCHERS: dict[str, Callable[[list[str], list[str]], list[str]]] = {

@@ -1,11 +1,12 @@
 """launch.report on a sweep root in an emulated bucket gives the report of the same runs on local
-disk, and writes its files into the bucket."""
+disk, and writes its files into the bucket; a run the sweep launched there (its run.json) and
+that has not trained yet is listed as unfinished."""
 
 from __future__ import annotations
 
 import pathlib
 
-from launch import report
+from launch import report, sweep
 from phi3_jax import paths
 from tests.experiments.test_report import _results, _write_run
 
@@ -36,3 +37,12 @@ def test_report_of_a_sweep_on_a_bucket_is_the_local_one(gcs, tmp_path):
     assert paths.path(paths.join(remote, report.REPORT_MD)).read_text() == (
         (local / report.REPORT_MD).read_text()
     )
+
+
+def test_a_launched_run_on_a_bucket_is_listed_before_it_trains(gcs):
+    root = paths.join(gcs.create_bucket(), "sweep")
+    sweep.write_run_record(paths.join(root, "raw-seed=0"), {"name": "raw-seed=0", "arm": "raw"})
+    runs = report.build(root)["runs"]
+    assert [(r["name"], r["status"]) for r in runs] == [
+        ("raw-seed=0", "unfinished: no metrics.jsonl")
+    ]
