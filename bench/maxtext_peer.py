@@ -29,7 +29,8 @@ masks, so both count the same FLOPs (an exact windowed kernel would save ~25% of
 checkpoint converter splits them), as MaxText's defaults are (`fused_qkv`, `fused_mlp` false).
 
     python -m bench.maxtext_peer [--peer_rounds=5] [--peer_steps=2] [--peer_aot=v5e-256,v5p-128]
-        [--peer_aot_kernels=dense,fused] [--peer_aot_microbatches=N] [--peer_skip_cpu]
+        [--peer_aot_kernels=dense,fused] [--peer_aot_microbatches=N] [--peer_aot_loss_chunk=N]
+        [--peer_aot_fp32_scores] [--peer_skip_cpu]
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ _AOT_KERNELS = flags.DEFINE_list("peer_aot_kernels", list(KERNELS), "kernel clas
 _AOT_MICROBATCHES = flags.DEFINE_integer(
     "peer_aot_microbatches", 0, "microbatches of every compile (0: the slice's preset's)"
 )
+_AOT_LOSS_CHUNK = flags.DEFINE_integer(
+    "peer_aot_loss_chunk", -1, "train.loss_chunk of every compile (-1: the preset's; 0: off)"
+)
 _AOT_OURS = flags.DEFINE_bool("peer_aot_ours", True, "also compile phi3_jax's side (aot.plan)")
 _AOT_MAXTEXT = flags.DEFINE_bool("peer_aot_maxtext", True, "compile MaxText's side")
 _AOT_FP32 = flags.DEFINE_bool(
@@ -117,10 +121,13 @@ CPU_ARGS = [
 ]
 
 
-def mini_config(slice_name: str, microbatches: int = 0, **model):
-    """Phi-3-mini with the slice's preset, `microbatches` (0: the preset's) and model overrides."""
+def mini_config(slice_name: str, microbatches: int = 0, loss_chunk: int = -1, **model):
+    """Phi-3-mini with the slice's preset, `microbatches` (0: the preset's), `loss_chunk` (-1:
+    the preset's) and model overrides."""
     config = phi3_mini.get_config(f"tpu={slice_name}")
     train = dict(microbatches=microbatches) if microbatches else {}
+    if loss_chunk >= 0:
+        train["loss_chunk"] = loss_chunk
     return config_lib.replace(config, model=model, train=train)
 
 
@@ -145,6 +152,9 @@ def mini_args(config, slice_name: str, attention: str) -> list[str]:
         # MaxText's per-device batch is one microbatch's (global = it x devices x accumulation).
         f"per_device_batch_size={rows_per_chip // t.microbatches}",
         f"gradient_accumulation_steps={t.microbatches}",
+        # Our chunked loss (train.loss_chunk positions of every row at a time) is MaxText's
+        # vocab tiling: the logits in that many parts along batch x sequence.
+        f"num_vocab_tiling={t.seq_len // t.loss_chunk if t.loss_chunk else 1}",
         f"dtype={m.dtype}",
         f"weight_dtype={m.param_dtype}",
         f"remat_policy={m.remat}",
@@ -172,10 +182,14 @@ def ensure_venv(log=print) -> pathlib.Path:
 
 
 def maxtext_env(scratch: pathlib.Path) -> dict[str, str]:
-    """MaxText's environment: CPU jax, libtpu's logs in the scratch dir (not the system temp
-    dir), the repository importable (for the compile driver)."""
+    """MaxText's environment: CPU jax, Mosaic kernels its libtpu accepts, libtpu's logs in the
+    scratch dir (not the system temp dir), the repository importable (for the compile driver)."""
     return os.environ | {
         "JAX_PLATFORMS": "cpu",
+        # MaxText 0.2.5's jax (0.12.0.1) writes a Mosaic `debug_locations` field that the
+        # libtpu it installs with (0.0.52) rejects ("no such field"): its splash kernel then
+        # fails to compile. Not writing the field avoids that.
+        "JAX_MOSAIC_UNZIP_DEBUG_LOCATIONS": "false",
         "TPU_LOG_DIR": str(scratch / "tpu_logs"),
         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
         "PYTHONPATH": str(REPO),
@@ -360,13 +374,18 @@ def format_row(figures: dict) -> str:
 
 
 def aot_rows(
-    slice_name: str, kernel: str, microbatches: int, sides: list[str], compile_maxtext, compile_ours
+    slice_name: str,
+    kernel: str,
+    train: tuple[int, int],
+    sides: list[str],
+    compile_maxtext,
+    compile_ours,
 ) -> dict:
     """The `sides` ("maxtext", "phi3_jax", "phi3_jax_fp32_scores") of one kernel class on one
-    slice at `microbatches` (0: the preset's), each its own row; `compile_maxtext(config,
-    attention)` and `compile_ours(config, topology)` compile one."""
+    slice at `train` = (microbatches, loss_chunk) (`mini_config`'s), each its own row;
+    `compile_maxtext(config, attention)` and `compile_ours(config, topology)` compile one."""
     attention, overrides = KERNELS[kernel]
-    config = mini_config(slice_name, microbatches, **overrides)
+    config = mini_config(slice_name, *train, **overrides)
     topology = tpu.parse_topology(slice_name)
     fp32 = config_lib.replace(config, model=dict(attention_score_dtype="float32"))
     compiles = {
@@ -396,11 +415,13 @@ def aot_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
     sides = [side for side, on in wanted.items() if on]
     figures = {}
     for slice_name in _AOT.value:
-        config = mini_config(slice_name, _AOT_MICROBATCHES.value)
+        train = (_AOT_MICROBATCHES.value, _AOT_LOSS_CHUNK.value)
+        config = mini_config(slice_name, *train)
         chips = tpu.parse_topology(slice_name).chips
         figures[slice_name] = {
             "rows_per_chip": config.train.global_batch_size // chips,
             "microbatches": config.train.microbatches,
+            "loss_chunk": config.train.loss_chunk,
         }
 
         def maxtext_side(config, attention, slice_name=slice_name):
@@ -409,7 +430,7 @@ def aot_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
 
         for kernel in _AOT_KERNELS.value:
             figures[slice_name][kernel] = aot_rows(
-                slice_name, kernel, _AOT_MICROBATCHES.value, sides, maxtext_side, ours_compile
+                slice_name, kernel, train, sides, maxtext_side, ours_compile
             )
     return figures
 

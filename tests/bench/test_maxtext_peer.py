@@ -39,6 +39,7 @@ def test_maxtext_compile_args_are_our_preset(slice_name):
     assert int(args["head_dim"]) == config_lib.head_dim(m)
     assert int(args["vocab_size"]) == m.vocab_size
     assert int(args["max_target_length"]) == config.train.seq_len
+    assert int(args["num_vocab_tiling"]) * config.train.loss_chunk == config.train.seq_len
 
 
 def test_cpu_args_are_the_bench_model():
@@ -84,11 +85,12 @@ def test_a_failing_compile_is_its_rows_error(capsys):
         )
 
     def ours(config, topology):
-        assert (config.model.attention, config.train.microbatches) == ("splash", 1)
+        train = (config.train.microbatches, config.train.loss_chunk)
+        assert (config.model.attention, train) == ("splash", (1, 0))
         return {"total_gib": 5.0, "compiled_flops": 4e14, "compile_s": 1.0}
 
     sides = ["maxtext", "phi3_jax", "phi3_jax_fp32_scores"]  # fp32 rows are dense-only
-    rows = maxtext_peer.aot_rows("v5e-256", "fused", 1, sides, maxtext_fails, ours)
+    rows = maxtext_peer.aot_rows("v5e-256", "fused", (1, 0), sides, maxtext_fails, ours)
     assert set(rows) == {"maxtext_attention", "phi3_jax_model", "maxtext", "phi3_jax"}
     assert rows["maxtext"] == {"error": "RuntimeError: KeyError: 'debug_locations' flash"}
     assert rows["phi3_jax"]["total_gib"] == 5.0
