@@ -1,5 +1,5 @@
 """`python -m launch.ablation configs/ablations/data_quality.py --launcher=local|tpu_vm|slurm
-[--workdir_root=DIR] [--dry_run] [-- LAUNCHER_ARGS]`
+[--workdir_root=DIR|gs://BUCKET/DIR] [--dry_run] [-- LAUNCHER_ARGS]`
 
 An ablation file is a sweep file (its `runs()`, expanded and launched by launch/sweep.py) that also
 names its `ARMS` (each with the `web` shards it trains on), a `CLEAN` set, `CLEAN_FRACTION`,
@@ -26,6 +26,7 @@ import zstandard
 
 from launch import report, sweep
 from phi3_jax import config as config_lib
+from phi3_jax import paths
 from phi3_jax.data.sources import eval_fraction_of
 from phi3_jax.eval import data as eval_data
 
@@ -43,8 +44,8 @@ def read_records(pattern: str) -> list[dict]:
 
 
 def write_records(path: str, records: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as f:
+    paths.makedirs(paths.path(path).parent)
+    with paths.path(path).open("wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as f:
         text = io.TextIOWrapper(f, encoding="utf-8")
         for record in records:
             text.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -65,12 +66,12 @@ def prepare_data(ablation, data_dir: str) -> dict[str, dict]:
             f"CLEAN_FRACTION={ablation.CLEAN_FRACTION}: no document of {ablation.CLEAN} is clean"
         )
     held_out = {r["id"] for r in clean}
-    write_records(os.path.join(data_dir, CLEAN_FILE), clean)
+    write_records(paths.join(data_dir, CLEAN_FILE), clean)
     out = {}
     for arm, spec in ablation.ARMS.items():
         records = read_records(spec["web"])
         kept = [r for r in records if r["id"] not in held_out]
-        write_records(os.path.join(data_dir, f"{arm}.jsonl.zst"), kept)
+        write_records(paths.join(data_dir, f"{arm}.jsonl.zst"), kept)
         out[arm] = {"documents": len(kept), "removed": len(records) - len(kept)}
     return out
 
@@ -87,7 +88,7 @@ def ablation_runs(ablation, data_dir: str) -> list[dict]:
         arm = arm_of(run)
         if arm not in ablation.ARMS:
             raise config_lib.ConfigError(f"{run['config']}: arm {arm!r} is not in ARMS")
-        web = {"data.sources.web.globs": os.path.join(data_dir, f"{arm}.jsonl.zst")}
+        web = {"data.sources.web.globs": paths.join(data_dir, f"{arm}.jsonl.zst")}
         out.append(
             dict(
                 run,
@@ -102,15 +103,15 @@ def ablation_runs(ablation, data_dir: str) -> list[dict]:
 def eval_commands(ablation, workdir: str, data_dir: str) -> list[list[str]]:
     """phi3_jax.eval on a finished run: the clean set's bits per byte, then the benchmarks."""
     base = [sys.executable, "-m", "phi3_jax.eval", f"--workdir={workdir}"]
-    clean = os.path.join(data_dir, CLEAN_FILE)
+    clean = paths.join(data_dir, CLEAN_FILE)
     return [
-        base + [f"--tasks=ppl:{clean}", f"--output={os.path.join(workdir, EVAL_CLEAN)}"],
+        base + [f"--tasks=ppl:{clean}", f"--output={paths.join(workdir, EVAL_CLEAN)}"],
         base
         + [
             f"--tasks={','.join(ablation.TASKS)}",
             f"--limit={ablation.TASK_LIMIT}",
             f"--num_fewshot={ablation.NUM_FEWSHOT}",
-            f"--output={os.path.join(workdir, EVAL_TASKS)}",
+            f"--output={paths.join(workdir, EVAL_TASKS)}",
         ],
     ]
 
@@ -119,11 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = sweep.parse_args(
         __doc__, "a configs/ablations/*.py file", "workdir/ablations", argv
     )
-    if args.workdir_root.startswith("gs://"):
-        print(f"error: --workdir_root={args.workdir_root}: must be a local path", file=sys.stderr)
-        return 2
-    root = sweep.sweep_root(args.file, os.path.abspath(args.workdir_root))
-    data_dir = os.path.join(root, "data")
+    root = sweep.sweep_root(args.file, paths.resolve(args.workdir_root))
+    data_dir = paths.join(root, "data")
     try:
         ablation = sweep.load_module(args.file)
         runs = ablation_runs(ablation, data_dir)
