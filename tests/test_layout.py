@@ -41,8 +41,7 @@ TESTED_IN = {
     "phi3_jax.config.posttrain": "tests/test_config.py",
     "phi3_jax.config.schema": "tests/test_config.py",
     "phi3_jax.config.train": "tests/test_config.py",
-    # The convert CLI beside the HF round trips it runs; Phi-3-small's HF layout beside its model.
-    "phi3_jax.convert": "tests/model/test_hf.py",
+    # Phi-3-small's HF layout, tested beside its model.
     "phi3_jax.model.hf_small": "tests/model/test_small.py",
     # The grain pipeline's batch format, one shard's records, a tokenizer kind and its vocabulary.
     "phi3_jax.data.batch": "tests/data/test_pipeline.py",
@@ -68,8 +67,6 @@ TESTED_IN = {
     "phi3_jax.serve.api": "tests/serve/test_server.py",
     "phi3_jax.serve.engine": "tests/serve/test_server.py",
     "phi3_jax.serve.background": "tests/serve/test_server.py",
-    # A run's state across meshes.
-    "phi3_jax.train.state": "tests/train/test_loop_state.py",
     # The demo SFT/DPO data tool, run end to end (on buckets and local disk alike).
     "phi3_jax.posttrain.demo_data": "tests/cloud/test_data_tools_on_buckets.py",
 }
