@@ -357,9 +357,16 @@ def row(name: str, compile_one) -> dict:
     try:
         figures = compile_one()
     except Exception as e:  # noqa: BLE001 - any failure of one kernel is that row's result
-        figures = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"}
+        figures = {"error": f"{type(e).__name__}: {error_line(str(e))}"}
     print(f"aot {name}: {format_row(figures)}", flush=True)
     return figures
+
+
+def error_line(message: str) -> str:
+    """The line of a failure's message (a compile's output tail) that names the error: the last
+    one with "Error" in it, else the last line."""
+    lines = message.strip().splitlines() or [""]
+    return next((line for line in reversed(lines) if "Error" in line), lines[-1])[:300]
 
 
 def format_row(figures: dict) -> str:

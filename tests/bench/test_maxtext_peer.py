@@ -81,7 +81,8 @@ def test_stopped_process_is_timed_only_while_resumed():
 def test_a_failing_compile_is_its_rows_error(capsys):
     def maxtext_fails(config, attention):
         raise RuntimeError(
-            f"MaxText train_compile failed:\n...\nKeyError: 'debug_locations' {attention}"
+            f"MaxText train_compile failed:\n...\nKeyError: 'debug_locations' {attention}\n"
+            "-:0:0: note: in bytecode version 0"
         )
 
     def ours(config, topology):
