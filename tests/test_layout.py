@@ -43,11 +43,9 @@ TESTED_IN = {
     "phi3_jax.config.train": "tests/test_config.py",
     # Phi-3-small's HF layout, tested beside its model.
     "phi3_jax.model.hf_small": "tests/model/test_small.py",
-    # The grain pipeline's batch format, one shard's records, a tokenizer kind and its vocabulary.
-    "phi3_jax.data.batch": "tests/data/test_pipeline.py",
+    # One shard's records (read by the sources), a tokenizer kind (behind data.tokenizer).
     "phi3_jax.data.shard_records": "tests/data/test_sources.py",
     "phi3_jax.data.sentencepiece_tokenizer": "tests/data/test_tokenizer.py",
-    "phi3_jax.vocab": "tests/data/test_tiktoken_tokenizer.py",
     # The offline prepare pipeline: its CLI and manifest.
     "phi3_jax.data.prepare.__main__": "tests/data/test_prepare.py",
     "phi3_jax.data.prepare.manifest": "tests/data/test_prepare.py",
