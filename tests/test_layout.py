@@ -50,7 +50,7 @@ TESTED_IN = {
     "phi3_jax.data.prepare.__main__": "tests/data/test_prepare.py",
     "phi3_jax.data.prepare.manifest": "tests/data/test_prepare.py",
     # tests/eval/ keeps its names this session (another engineer's area): the reference checks
-    # against lm-eval, the CLI, the multi-process run.
+    # against lm-eval, the CLI, the run that loads a checkpoint.
     "phi3_jax.eval.__main__": "tests/eval/test_cli.py",
     "phi3_jax.eval.data": "tests/eval/test_reference.py",
     "phi3_jax.eval.metrics": "tests/eval/test_reference.py",
@@ -61,12 +61,9 @@ TESTED_IN = {
     # tests/longrope/ keeps its names likewise: the search and its fitness.
     "phi3_jax.longrope.evolution": "tests/longrope/test_search.py",
     "phi3_jax.longrope.factors": "tests/longrope/test_fitness.py",
-    # The server through real clients: its engine, routes and background thread together.
+    # The server through real clients: its engine and routes together.
     "phi3_jax.serve.api": "tests/serve/test_server.py",
     "phi3_jax.serve.engine": "tests/serve/test_server.py",
-    "phi3_jax.serve.background": "tests/serve/test_server.py",
-    # The demo SFT/DPO data tool, run end to end (on buckets and local disk alike).
-    "phi3_jax.posttrain.demo_data": "tests/cloud/test_data_tools_on_buckets.py",
 }
 
 
