@@ -2,7 +2,7 @@
 
   python -m phi3_jax.longrope search --workdir=RUN --target_length=L --data=GLOB[,GLOB]
       [--population=64 --generations=40 --mutations=16 --crossovers=16 --samples=5 --seed=0]
-      [--documents=whole|joined --held_out_fraction=F --skip_rows=0 --original_length=N]
+      [--documents=whole|joined --held_out_fraction=F --rows=R/N --original_length=N]
       [--out=DIR]
 
 A target longer than the original window (default: the model's
@@ -10,7 +10,9 @@ original_max_position_embeddings) searches the long factors; a target within it 
 short factors of a model already extended (LongRoPE's short-window search, seeded with no
 rescaling as well). Fitness is the perplexity of `samples` rows of the target length from the
 held-out documents of --data (`fitness.long_rows`; held out by the run's data.eval_fraction unless
---held_out_fraction says otherwise). Writes to --out (default RUN/longrope/L<target>):
+--held_out_fraction says otherwise): the first `samples` of rows R, R + N, R + 2N, ... (--rows,
+default 0/1), so an evaluation of the result can take the other parts, rows drawn alike from the
+same documents. Writes to --out (default RUN/longrope/L<target>):
 
   generations/GGGG/state.json   the population after each generation (resume: run it again)
   override.json, override.flags the result as config keys (`--flagfile=.../override.flags` on
@@ -65,7 +67,9 @@ def _define_flags() -> None:
     )
     flags.DEFINE_enum("documents", fitness.WHOLE, fitness.DOCUMENT_MODES, "Rows from.")
     flags.DEFINE_integer("samples", 5, "Rows of target_length tokens scored per candidate.")
-    flags.DEFINE_integer("skip_rows", 0, "Leave out the first N rows (kept for evaluation).")
+    flags.DEFINE_string(
+        "rows", "0/1", "R/N: score rows i with i % N == R (the others are left for evaluation)."
+    )
     flags.DEFINE_integer("original_length", None, "Default: original_max_position_embeddings.")
     flags.DEFINE_integer("population", 64, "Candidates per generation.")
     flags.DEFINE_integer("generations", 40, "Generations after the first.")
@@ -127,13 +131,14 @@ def prepare(
     data: list[str],
     *,
     samples: int = 5,
-    skip_rows: int = 0,
+    rows: str = "0/1",
     documents: str = fitness.WHOLE,
     held_out_fraction: float | None = None,
     original_length: int | None = None,
     text_field: str = "text",
 ) -> Problem:
     """Loads the model onto its config's mesh, builds the rows and the compiled fitness."""
+    part = fitness.row_part(rows)
     base = params_checkpoint.init_config(workdir)
     original = original_length or base.model.original_max_position_embeddings
     if base.model.rope_scaling == "longrope" and target_length <= original:
@@ -147,24 +152,25 @@ def prepare(
     fraction = config.data.eval_fraction if held_out_fraction is None else held_out_fraction
     texts = fitness.held_out(read_documents(data, text_field), fraction)
     bos = tokenizer.bos_id if config.data.add_bos else None
-    rows = fitness.long_rows(
+    tokens = fitness.part_rows(
         texts,
         tokenizer.encode,
         target_length,
-        skip_rows + samples,
+        samples,
+        part,
         bos=bos,
         eos=tokenizer.eos_id,
         mode=documents,
-    )[skip_rows:]
-    scorer = fitness.PositionNLL(config, params, rows, mesh, which)
+    )
+    scorer = fitness.PositionNLL(config, params, tokens, mesh, which)
     low, high = factors_lib.bounds(scale)
     info = {
         "data": list(data),
         "held_out_fraction": fraction,
         "documents": documents,
         "held_out_documents": len(texts),
-        "rows": int(rows.shape[0]),
-        "skip_rows": skip_rows,
+        "rows": int(tokens.shape[0]),
+        "row_part": rows,
         "target_length": target_length,
         "original_length": original,
         "extension": scale,
@@ -289,7 +295,7 @@ def main(argv: list[str]) -> None:
             f.target_length,
             f.data,
             samples=f.samples,
-            skip_rows=f.skip_rows,
+            rows=f.rows,
             documents=f.documents,
             held_out_fraction=f.held_out_fraction,
             original_length=f.original_length,

@@ -7,11 +7,12 @@ least `length` tokens (their first `length`), or, where a corpus has too few of 
 documents joined end to end and cut into consecutive rows (one position sequence over several
 documents; the model may attend across their boundaries, as in packed training without
 segment masks). `held_out` keeps the documents the run's pipeline held out of training (the same
-content hash and `data.eval_fraction`).
+content hash and `data.eval_fraction`); `row_part` splits the rows they give into interleaved
+parts (the search's fitness rows and an evaluation's, drawn alike from the same documents).
 
 `PositionNLL` holds the rows on the mesh (batch split over its data axes, padded with rows of
 weight 0 to a multiple of them) and one jitted function params x rows x factors -> the mean
-negative log-likelihood at each position; candidate factor arrays are arguments (traced), so
+negative log-likelihood at each position and of each row; candidate factor arrays are arguments (traced), so
 scoring any number of them compiles once (`compiles` counts).
 """
 
@@ -93,6 +94,31 @@ def long_rows(
     )
 
 
+def row_part(spec: str) -> tuple[int, int]:
+    """(r, n) of "R/N": the rows i with i % n == r of those the documents give. Anything else
+    is a FitnessError naming it."""
+    try:
+        r, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        r, n = -1, 0
+    if not 0 <= r < n:
+        raise FitnessError(f"rows={spec!r}: expected R/N with 0 <= R < N (e.g. 0/2)")
+    return r, n
+
+
+def part_rows(
+    texts: Sequence[str],
+    encode: Callable[[str], Sequence[int]],
+    length: int,
+    count: int,
+    part: tuple[int, int],
+    **kwargs,
+) -> np.ndarray:
+    """The first `count` rows of `part` (`row_part`) of the rows `long_rows(texts, ...)` gives."""
+    r, n = part
+    return long_rows(texts, encode, length, r + n * (count - 1) + 1, **kwargs)[r::n]
+
+
 def extended_config(
     config: ml_collections.ConfigDict, target_length: int, original_length: int
 ) -> ml_collections.ConfigDict:
@@ -117,11 +143,12 @@ def extended_config(
 
 
 def _position_nll(config, params, tokens, weights, rope_factors):
-    """Sum over rows of weight x next-token NLL at each position [length - 1] (float32)."""
+    """(sum over rows of weight x next-token NLL at each position [length - 1], mean NLL of each
+    row [rows]), float32."""
     logits = model.logits(config, params, tokens, rope_factors=rope_factors)
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(nll * weights[:, None], axis=0)
+    return jnp.sum(nll * weights[:, None], axis=0), jnp.mean(nll, axis=1)
 
 
 class PositionNLL:
@@ -168,7 +195,7 @@ class PositionNLL:
         self._fn = jax.jit(
             fn,
             in_shardings=(param_shardings, row_sharding, weight_sharding, replicated, replicated),
-            out_shardings=replicated,
+            out_shardings=(replicated, replicated),
         )
 
     @property
@@ -176,9 +203,9 @@ class PositionNLL:
         """How many programs the scoring function has compiled (1 after any number of calls)."""
         return self._fn._cache_size()
 
-    def __call__(self, candidate: np.ndarray | None = None) -> np.ndarray:
-        """Mean NLL at positions 1 .. length - 1 [length - 1] with `candidate` as the long (or
-        short) factors; None: the config's own."""
+    def _scores(self, candidate: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean NLL by position [length - 1], mean NLL of each row [rows]) with `candidate` as
+        the long (or short) factors; None: the config's own."""
         short, long = self._short, self._long
         if candidate is not None:
             if not self._rescaled:
@@ -190,8 +217,18 @@ class PositionNLL:
                     f"rotary dimension pairs"
                 )
             short, long = (short, candidate) if self.which == "long" else (candidate, long)
-        total = self._fn(self._params, self._tokens, self._weights, short, long)
-        return np.asarray(jax.device_get(total), np.float64) / self.rows.shape[0]
+        total, by_row = self._fn(self._params, self._tokens, self._weights, short, long)
+        total, by_row = (np.asarray(x, np.float64) for x in jax.device_get((total, by_row)))
+        return total / self.rows.shape[0], by_row[: self.rows.shape[0]]
+
+    def __call__(self, candidate: np.ndarray | None = None) -> np.ndarray:
+        """Mean NLL at positions 1 .. length - 1 [length - 1] with `candidate` as the long (or
+        short) factors; None: the config's own."""
+        return self._scores(candidate)[0]
+
+    def row_nll(self, candidate: np.ndarray | None = None) -> np.ndarray:
+        """Mean NLL of each row [rows] (as `__call__` takes `candidate`): paired comparisons."""
+        return self._scores(candidate)[1]
 
     def perplexity(self, candidate: np.ndarray | None = None) -> float:
         """exp of the mean NLL over every predicted position of every row."""

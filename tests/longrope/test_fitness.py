@@ -22,13 +22,13 @@ def _tiny():
     return config
 
 
-def _reference_position_nll(config, params, rows) -> np.ndarray:
+def _reference_nll(config, params, rows) -> np.ndarray:
+    """Next-token NLL [rows, length - 1] in float64."""
     logits = jax.jit(lambda p, t: model.logits(config, p, t))(params, rows)
     logits = np.asarray(logits, np.float64)[:, :-1]
     logp = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1))[..., None]
     logp -= logits.max(-1, keepdims=True)
-    picked = np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
-    return -picked.mean(axis=0)
+    return -np.take_along_axis(logp, rows[:, 1:, None], axis=-1)[..., 0]
 
 
 def test_candidates_share_one_compile_and_match_the_configured_model():
@@ -54,6 +54,7 @@ def test_candidates_share_one_compile_and_match_the_configured_model():
     )
     got = {name: scorer(f) for name, f in seeds.items()}
     got["pi again"] = scorer(seeds["pi"])
+    by_row = {name: scorer.row_nll(f) for name, f in seeds.items()}
     assert scorer.compiles == 1 and len(compiles) == 1
     np.testing.assert_array_equal(got["pi"], got["pi again"])
     assert len({round(float(v.mean()), 6) for v in got.values()}) == 3  # the factors matter
@@ -61,8 +62,10 @@ def test_candidates_share_one_compile_and_match_the_configured_model():
         factors = seeds[name]
         fixed = fitness.extended_config(base, TARGET, ORIGINAL)
         fixed.model.rope_long_factor = tuple(float(f) for f in factors)
-        want = _reference_position_nll(fixed, params, rows)
-        np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=2e-5)
+        want = _reference_nll(fixed, params, rows)
+        np.testing.assert_allclose(got[name], want.mean(axis=0), rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(by_row[name], want.mean(axis=1), rtol=2e-5, atol=2e-5)
+        assert by_row[name].shape == (3,)  # the padding rows left out
         assert scorer.perplexity(factors) == pytest.approx(np.exp(want.mean()), rel=2e-5)
 
 
@@ -79,6 +82,21 @@ def test_long_rows_whole_and_joined():
     )
     with pytest.raises(fitness.FitnessError, match="2 documents of at least 6 tokens; 3 needed"):
         fitness.long_rows(texts, encode, 6, 3, bos=1, eos=2)
+
+
+def test_row_parts_interleave():
+    def encode(text):
+        return [int(w) for w in text.split()]
+
+    texts = [" ".join(str(10 + i) for i in range(20))]
+    every = fitness.long_rows(texts, encode, 3, None, bos=None, eos=2, mode=fitness.JOINED)
+    for part in ("0/2", "1/2", "2/3"):
+        r, n = fitness.row_part(part)
+        got = fitness.part_rows(texts, encode, 3, 2, (r, n), bos=None, eos=2, mode=fitness.JOINED)
+        np.testing.assert_array_equal(got, every[r::n][:2])
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(fitness.FitnessError, match=f"rows='{bad}': expected R/N"):
+            fitness.row_part(bad)
 
 
 def test_held_out_uses_the_pipelines_hash():
