@@ -35,13 +35,15 @@ SHORT = dict(
         max_position_embeddings=SHORT_CONTEXT,
         original_max_position_embeddings=SHORT_CONTEXT,
     ),
-    train=dict(steps=120, global_batch_size=16, seq_len=SHORT_CONTEXT),
+    # 600 steps (about 5 epochs of the training documents): at 120 the model's perplexity did not
+    # depend on position (plain RoPE 45.1 at 1x, 45.3 at 8x), so no rescaling could matter.
+    train=dict(steps=600, global_batch_size=16, seq_len=SHORT_CONTEXT),
     optim=dict(lr=3e-3, warmup_steps=15),
     # Phase 1 only (the web text); the held-out fifth gives the long evaluation rows.
     data=dict(phase2_start_step=10**9, num_workers=1, eval_batches=2, eval_fraction=0.2),
-    log=dict(every_steps=10),
-    eval=dict(every_steps=60),
-    checkpoint=dict(every_steps=60),
+    log=dict(every_steps=50),
+    eval=dict(every_steps=200),
+    checkpoint=dict(every_steps=200),
 )
 EXTEND = dict(
     train=dict(steps=20, global_batch_size=4, seq_len=TARGET_CONTEXT),

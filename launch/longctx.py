@@ -4,14 +4,19 @@
 
 1. `short`: configs/phi3_tiny_longctx.py trained at 128 tokens per row (phase-1 web text, a fifth
    of the documents held out by content hash).
-2. `search`: the factor search to 8x (1024 tokens) on `SEARCH_ROWS` rows of held-out text.
+2. `search`: the factor search to 8x (1024 tokens) on `SEARCH_ROWS` rows of held-out text: the
+   even rows (`SEARCH_PART`) of those the held-out documents give.
 3. The table before any fine-tuning: perplexity at 1x, 2x, 4x and 8x of `EVAL_ROWS` other
-   held-out rows (disjoint from the search's) with plain RoPE, PI, NTK-aware, YaRN and the
-   searched factors, and by position bucket at 8x.
+   held-out rows (the odd ones, `EVAL_PART`: drawn as the search's are, disjoint from them) with
+   plain RoPE, PI, NTK-aware, YaRN and the searched factors, and by position bucket at 8x; the
+   check (searched no worse than the best seed at 8x) with the paired per-row differences.
 4. `extend`: configs/phi3_tiny_longctx.py:extend from the short run's params
    (checkpoint.init_from, checkpoint.extend_context) with the searched factors (the search's
    override.flags) on rows of 1024 tokens, then the same table for it.
-5. Passkey retrieval of both models at 256, 512 and 1024 tokens (eval.longctx) as grids.
+5. `passkey`: the extension run's model trained further on passkey documents alone (the task's
+   prompt with other keys, depths and lengths), which shows what retrieval the pipeline and the
+   task measure once the model has seen the format.
+6. Passkey retrieval of the three models at 256, 512 and 1024 tokens (eval.longctx) as grids.
 
 The corpus's documents are short (few exceed 1024 tokens), so the long rows are documents joined
 end to end (`fitness.long_rows` JOINED): the held-out ones for evaluation and search, the training
@@ -35,6 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import phi3_tiny_longctx as recipe
+from launch import longctx_report as report_lib
 from phi3_jax import config as config_lib
 from phi3_jax import paths, sharding
 from phi3_jax.checkpoint import params as params_checkpoint
@@ -46,12 +52,16 @@ from phi3_jax.longrope import evolution, fitness
 from phi3_jax.train import restore
 
 DATA = ["data/web/phase1/*.jsonl.zst"]
-SEARCH_ROWS = 4
-EVAL_ROWS = 8
+# The held-out documents give 62 rows of 1024 tokens: the even ones score the search, the odd
+# ones the table.
+SEARCH_ROWS = EVAL_ROWS = 30
+SEARCH_PART, EVAL_PART = "0/2", "1/2"
 LENGTHS = tuple(recipe.SHORT_CONTEXT * k for k in (1, 2, 4, 8))
-SETTINGS = evolution.Settings(population=12, generations=6, mutations=4, crossovers=4)
+SETTINGS = evolution.Settings(population=32, generations=16, mutations=8, crossovers=8)
 PASSKEY = "passkey:256,512,1024"
-PASSKEY_TRIALS = 1
+PASSKEY_TRIALS = 2
+# The passkey run: the extension run's model trained further on passkey documents alone.
+PASSKEY_DOCS, PASSKEY_SEED, PASSKEY_SHORTEST = 3000, 1, 160
 METHODS = ("plain RoPE", "PI", "NTK-aware", "YaRN", "LongRoPE search")
 SEED_OF = {"PI": "pi", "NTK-aware": "ntk", "YaRN": "yarn"}
 BUCKETS = 8
@@ -89,25 +99,27 @@ def long_training_shard(path: str, config, tokens_per_doc: int) -> int:
 
 
 def eval_rows(tokenizer, config) -> np.ndarray:
-    """EVAL_ROWS rows of the target length after the search's (same held-out documents)."""
+    """EVAL_ROWS rows of the target length, EVAL_PART of the held-out rows (the search has
+    SEARCH_PART of the same ones)."""
     texts = fitness.held_out(cli.read_documents(DATA), config.data.eval_fraction)
     bos = tokenizer.bos_id if config.data.add_bos else None
-    rows = fitness.long_rows(
+    return fitness.part_rows(
         texts,
         tokenizer.encode,
         LENGTHS[-1],
-        SEARCH_ROWS + EVAL_ROWS,
+        EVAL_ROWS,
+        fitness.row_part(EVAL_PART),
         bos=bos,
         eos=tokenizer.eos_id,
         mode=fitness.JOINED,
     )
-    return rows[SEARCH_ROWS:]
 
 
 def table(params, rows: np.ndarray, candidates: dict, mesh) -> dict:
-    """{method: {"ppl": {length: ppl}, "buckets": [(first, last, ppl)] at the longest}}: the
-    same tokens cut into rows of each length; `candidates` maps a method to (its config, its long
-    factors or None for the config's own). One compile per config and length."""
+    """{method: {"ppl": {length: ppl}, "buckets": [(first, last, ppl)] and "row_nll" (mean NLL
+    of each row) at the longest}}: the same tokens cut into rows of each length; `candidates`
+    maps a method to (its config, its long factors or None for the config's own). One compile
+    per config and length."""
     out = {name: {"ppl": {}} for name in candidates}
     for length in LENGTHS:
         cut = rows.reshape(-1, length)
@@ -119,7 +131,33 @@ def table(params, rows: np.ndarray, candidates: dict, mesh) -> dict:
             out[name]["ppl"][length] = math.exp(float(np.mean(nll)))
             if length == LENGTHS[-1]:
                 out[name]["buckets"] = fitness.bucket_perplexity(nll, BUCKETS)
+                out[name]["row_nll"] = scorers[id(config)].row_nll(factors).tolist()
     return out
+
+
+def check(before: dict, searched: str, seeds: list[str]) -> dict:
+    """The issue's check at 8x on the table's rows: the searched factors' perplexity against
+    each seed's, with the mean per-row NLL difference (searched - seed; below 0: searched
+    better) and its standard error over the rows (the rows are shared, so the difference is
+    paired)."""
+    longest = LENGTHS[-1]
+    ours = np.asarray(before[searched]["row_nll"])
+    against = {}
+    for seed in seeds:
+        delta = ours - np.asarray(before[seed]["row_nll"])
+        against[seed] = {
+            "ppl": before[seed]["ppl"][longest],
+            "delta_nll": float(delta.mean()),
+            "se": float(delta.std(ddof=1) / math.sqrt(delta.size)),
+        }
+    best = min(against, key=lambda k: against[k]["ppl"])
+    return {
+        "searched_ppl": before[searched]["ppl"][longest],
+        "best_seed": best,
+        "holds": before[searched]["ppl"][longest] <= against[best]["ppl"],
+        "against": against,
+        "rows": int(ours.size),
+    }
 
 
 def with_long_factors(config, factors):
@@ -133,81 +171,24 @@ def passkey(config, params, tokenizer, mesh) -> dict:
     return result.metrics
 
 
-def plot_lengths(path: str, before: dict, after: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, row in before.items():
-        ax.plot(LENGTHS, [row["ppl"][n] for n in LENGTHS], marker="o", label=f"{name} (before)")
-    for name, row in after.items():
-        ax.plot(LENGTHS, [row["ppl"][n] for n in LENGTHS], marker="s", ls="--", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(LENGTHS, [f"{n}\n({n // LENGTHS[0]}x)" for n in LENGTHS])
-    ax.set_xlabel("tokens per row (trained at 128)")
-    ax.set_ylabel("held-out perplexity")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def markdown(before: dict, after: dict, search: dict, facts: dict) -> str:
-    lengths = " | ".join(f"{n} ({n // LENGTHS[0]}x)" for n in LENGTHS)
-    lines = [
-        "# LongRoPE on the tiny model: factor search, extension run, long-context evaluation",
-        "",
-        "Written by `make longctx` (`python -m launch.longctx`); every number below is",
-        "from that run. " + facts["how"],
-        "",
-        f"## Held-out perplexity by row length ({facts['eval_tokens']} tokens at every length)",
-        "",
-        f"| method | {lengths} |",
-        "|---|" + "---:|" * len(LENGTHS),
-    ]
-    for rows in (before, after):
-        for name, row in rows.items():
-            cells = " | ".join(f"{row['ppl'][n]:.3f}" for n in LENGTHS)
-            lines.append(f"| {name} | {cells} |")
-    lines += [
-        "",
-        "## Perplexity by position at 8x (before fine-tuning; the extension run last)",
-        "",
-    ]
-    first = next(iter(before.values()))["buckets"]
-    lines.append("| method | " + " | ".join(f"{a}-{b}" for a, b, _ in first) + " |")
-    lines.append("|---|" + "---:|" * len(first))
-    for rows in (before, after):
-        for name, row in rows.items():
-            lines.append(f"| {name} | " + " | ".join(f"{p:.2f}" for *_, p in row["buckets"]) + " |")
-    seeds = ", ".join(f"{k} {v:.4f}" for k, v in search["seed_ppl"].items())
-    lines += [
-        "",
-        "## The search",
-        "",
-        f"On its own {SEARCH_ROWS} rows of {LENGTHS[-1]} tokens: best {search['best_ppl']:.4f} "
-        f"after {search['generation']} generations ({search['scored']} candidates scored, "
-        f"{search['compiles']} compile); the seeds: {seeds}. Settings: population "
-        f"{SETTINGS.population}, mutations {SETTINGS.mutations}, crossovers "
-        f"{SETTINGS.crossovers}, seed {SETTINGS.seed}; fitness: perplexity of the rows.",
-        "",
-        "Searched long factors (one per rotary dimension pair, fastest first): "
-        + ", ".join(f"{f:g}" for f in search["best_factors"]),
-        "",
-        "![best perplexity per generation](search.png)",
-        "![perplexity by row length](ppl.png)",
-        "",
-        "## Passkey retrieval (greedy answer; one key per cell)",
-        "",
-    ]
-    for name, metrics in facts["passkey"].items():
-        lines.append(f"- {name}: accuracy {metrics['acc']:.2f} over every cell")
-    lines += ["", "![passkey, before](passkey_before.png) ![passkey, after](passkey_after.png)"]
-    lines += ["", f"Wall time: {facts['minutes']:.1f} minutes on this machine.", ""]
-    return "\n".join(lines)
+def passkey_training_shard(path: str, config, count: int) -> int:
+    """`count` passkey documents unlike the task's prompts only in their draw (`PASSKEY_SEED`):
+    the key at a uniform depth, filled to a uniform length the rows hold, then " KEY."; one
+    jsonl shard; how many."""
+    if not os.path.exists(path):
+        tokenizer = load_tokenizer(config)
+        rng = np.random.default_rng(PASSKEY_SEED)
+        docs = []
+        for _ in range(count):
+            key = int(rng.integers(10_000, 100_000))
+            length = int(rng.integers(PASSKEY_SHORTEST, LENGTHS[-1] - longctx.ANSWER_TOKENS))
+            prompt, _ = longctx.fit_fillers(tokenizer.encode, length, float(rng.random()), key)
+            docs.append(prompt + f" {key}.")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+        os.replace(path + ".tmp", path)
+    return sum(1 for _ in open(path))
 
 
 def main(argv: list[str]) -> None:
@@ -218,7 +199,7 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     work, report = flags.FLAGS.workdir, flags.FLAGS.report
     short_dir, search_dir = paths.join(work, "short"), paths.join(work, "search")
-    extend_dir = paths.join(work, "extend")
+    extend_dir, passkey_dir = paths.join(work, "extend"), paths.join(work, "passkey")
     f = flags.FLAGS
     steps = [f"--config.train.steps={f.short_steps}"] if f.short_steps else []
     train("", short_dir, steps)
@@ -228,6 +209,7 @@ def main(argv: list[str]) -> None:
         LENGTHS[-1],
         DATA,
         samples=SEARCH_ROWS,
+        rows=SEARCH_PART,
         documents=fitness.JOINED,
     )
     settings = dataclasses.replace(SETTINGS, generations=f.generations)
@@ -244,61 +226,93 @@ def main(argv: list[str]) -> None:
         candidates[name] = (problem.config, problem.seeds[seed])
     candidates["LongRoPE search"] = (problem.config, searched)
     before = table(params, rows, candidates, mesh)
-    print(json.dumps({k: v["ppl"] for k, v in before.items()}), flush=True)
+    verdict = check(before, "LongRoPE search", list(SEED_OF))
+    print(json.dumps({k: v["ppl"] for k, v in before.items()} | {"check": verdict}), flush=True)
 
     shard = paths.join(work, "long_train", "joined.jsonl")
     count = long_training_shard(shard, short_config, LENGTHS[-1] + 1)
+    extension = [
+        f"--flagfile={paths.join(search_dir, cli.OVERRIDE_FLAGS)}",
+        # The searched factors and the 8x context replace those saved with the params.
+        "--config.checkpoint.extend_context=True",
+        "--config.data.sources.web.format=jsonl",
+    ]
+    extend_steps = [f"--config.train.steps={f.extend_steps}"] if f.extend_steps else []
     train(
         "extend",
         extend_dir,
-        [
-            f"--flagfile={paths.join(search_dir, cli.OVERRIDE_FLAGS)}",
-            f"--config.checkpoint.init_from={short_dir}",
-            # The searched factors and the 8x context replace those saved with the params.
-            "--config.checkpoint.extend_context=True",
-            f"--config.data.sources.web.globs={shard}",
-            "--config.data.sources.web.format=jsonl",
-        ]
-        + ([f"--config.train.steps={f.extend_steps}"] if f.extend_steps else []),
+        extension
+        + [f"--config.checkpoint.init_from={short_dir}", f"--config.data.sources.web.globs={shard}"]
+        + extend_steps,
     )
     extend_config = params_checkpoint.init_config(extend_dir)
     extended = restore.restore_sharded_params(extend_dir, extend_config, mesh)
     name = f"LongRoPE search + {extend_config.train.steps} steps at {LENGTHS[-1]}"
     after = table(extended, rows, {name: (extend_config, None)}, mesh)
 
+    passkey_shard = paths.join(work, "passkey_train", "passkey.jsonl")
+    passkey_docs = passkey_training_shard(passkey_shard, short_config, PASSKEY_DOCS)
+    train(
+        "extend",
+        passkey_dir,
+        extension
+        + [
+            f"--config.checkpoint.init_from={extend_dir}",
+            f"--config.data.sources.web.globs={passkey_shard}",
+            f"--config.train.steps={f.passkey_steps}",
+            f"--config.eval.every_steps={f.passkey_steps}",
+            f"--config.checkpoint.every_steps={f.passkey_steps}",
+        ],
+    )
+    passkey_config = params_checkpoint.init_config(passkey_dir)
+    passkey_params = restore.restore_sharded_params(passkey_dir, passkey_config, mesh)
+    passkey_name = f"{name} + {f.passkey_steps} steps of passkey documents"
     passkeys = {
         "searched factors, before fine-tuning": passkey(
             with_long_factors(problem.config, searched), params, tokenizer, mesh
         ),
         name: passkey(extend_config, extended, tokenizer, mesh),
+        passkey_name: passkey(passkey_config, passkey_params, tokenizer, mesh),
     }
+    plots = list(zip(passkeys, ("before", "after", "passkey_run"), strict=True))
     os.makedirs(report, exist_ok=True)
     shutil.copy(paths.join(search_dir, cli.PLOT_FILE), os.path.join(report, "search.png"))
-    plot_lengths(os.path.join(report, "ppl.png"), before, after)
-    for (title, metrics), file in zip(passkeys.items(), ("before", "after"), strict=True):
-        longctx.plot_grid(metrics, os.path.join(report, f"passkey_{file}.png"), title=title)
+    report_lib.plot_lengths(os.path.join(report, "ppl.png"), before, after)
+    for title, file in plots:
+        longctx.plot_grid(passkeys[title], os.path.join(report, f"passkey_{file}.png"), title)
     facts = {
         "how": (
             f"The short run trained {short_config.train.steps} steps of "
             f"{short_config.train.global_batch_size} x {recipe.SHORT_CONTEXT} tokens; the rows "
             f"below are held-out web documents (content hash < {short_config.data.eval_fraction}, "
-            f"never trained on) joined end to end, {EVAL_ROWS} rows of {LENGTHS[-1]} tokens cut "
-            f"into rows of each length, disjoint from the search's {SEARCH_ROWS} rows. All "
-            f"rescaled rows use the same LongRoPE cos/sin magnitude "
-            f"(sqrt(1 + ln 8 / ln 128)); below 128 tokens the short factors (ones) apply, so "
-            f"PI, NTK-aware, YaRN and the search agree at 1x. The extension run trained on "
-            f"{count} documents of at least {LENGTHS[-1] + 1} tokens joined from the training "
-            f"documents."
+            f"never trained on) joined end to end and cut into rows of {LENGTHS[-1]} tokens: "
+            f"{EVAL_ROWS} of the odd rows ({EVAL_PART}), cut into rows of each length, while the "
+            f"search scored {SEARCH_ROWS} of the even ones ({SEARCH_PART}). All rescaled rows use "
+            f"the same LongRoPE cos/sin magnitude (sqrt(1 + ln 8 / ln 128)); below 128 tokens "
+            f"the short factors (ones) apply, so PI, NTK-aware, YaRN and the search agree at 1x. "
+            f"The extension run trained on {count} documents of at least {LENGTHS[-1] + 1} "
+            f"tokens joined from the training documents; the passkey run, from its params, on "
+            f"{passkey_docs} passkey documents (the task's prompt, another draw of keys, depths "
+            f"and lengths, then the key)."
         ),
         "eval_tokens": int(rows.size),
         "passkey": passkeys,
+        "plots": plots,
+        "settings": settings,
+        "passkey_trials": PASSKEY_TRIALS,
         "minutes": (time.perf_counter() - start) / 60,
     }
-    results = {"before": before, "after": after, "search": search, "passkey": passkeys}
+    results = {
+        "before": before,
+        "after": after,
+        "check": verdict,
+        "search": search,
+        "passkey": passkeys,
+    }
     with open(os.path.join(report, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(report, "REPORT.md"), "w") as f:
-        f.write(markdown(before, after, search, facts))
+        f.write(report_lib.markdown(before, after, search, verdict, facts))
     print(f"wrote {report}/REPORT.md ({facts['minutes']:.1f} minutes)")
 
 
@@ -309,4 +323,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("short_steps", 0, "Steps of the short-context run.")
     flags.DEFINE_integer("extend_steps", 0, "Steps of the extension run.")
     flags.DEFINE_integer("generations", SETTINGS.generations, "Generations of the search.")
+    flags.DEFINE_integer("passkey_steps", 200, "Steps of the passkey run.")
     app.run(main)

@@ -4,7 +4,11 @@
   of filler text (the prompt of Mohtashami & Jaggi 2023, arXiv 2305.16300, which LongRoPE and
   LongLoRA use), each prompt filled to L tokens; the answer is the model's greedy continuation of
   "The pass key is", right when its first number is the key. L defaults to 1/8, 1/4, 1/2 and all
-  of the context window. Metrics: `acc` over every prompt and `acc@L/DEPTH` per cell.
+  of the context window. Metrics: `acc` over every prompt and `acc@L/DEPTH` per cell; and, graded
+  where greedy answers are all wrong, `choice_acc` (`choice_acc@L/DEPTH`): how often the key's
+  log-likelihood as the continuation (" KEY.") beats that of `CHOICES - 1` other random keys
+  (chance: 1 / CHOICES), so a model that does not retrieve scores about chance, and one that
+  retrieves but answers in another format still scores above it.
 - `ppl_positions:PATH` (`ppl_positions_joined:PATH`): rows of the context window's length from
   the texts of PATH (jsonl/parquet, `text` field): whole documents at least that long (or the
   documents joined and cut, `fitness.long_rows`), scored once; metrics `ppl` over all positions
@@ -49,6 +53,8 @@ FILLER = (
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 ANSWER_TOKENS = 8
+# The key and this many less one other keys, scored as continuations (`choice_acc`).
+CHOICES = 10
 # The default grid's shortest prompt (the prompt without filler is about 70 tokens).
 MIN_DEFAULT_LENGTH = 128
 
@@ -105,6 +111,31 @@ def first_number(text: str) -> int | None:
     return int(match.group()) if match else None
 
 
+def _random_key(rng: np.random.Generator) -> int:
+    return int(rng.integers(10_000, 100_000))
+
+
+def other_keys(rng: np.random.Generator, key: int, count: int) -> list[int]:
+    """`count` distinct random keys, none of them `key`."""
+    out: list[int] = []
+    while len(out) < count:
+        other = _random_key(rng)
+        if other != key and other not in out:
+            out.append(other)
+    return out
+
+
+def choice_wins(scorer: Scorer, prompts: list[str], choices: list[list[int]]) -> list[float]:
+    """1 where the first of a prompt's keys is the likeliest continuation " KEY." of it (a tie
+    is a loss), else 0."""
+    pairs = [
+        (prompt, f" {key}.") for prompt, keys in zip(prompts, choices, strict=True) for key in keys
+    ]
+    loglik = np.asarray([ll for ll, *_ in scorer.loglikelihood(pairs, "passkey choices")])
+    loglik = loglik.reshape(len(prompts), -1)
+    return [float(np.all(row[0] > row[1:])) for row in loglik]
+
+
 def run_passkey(scorer: Scorer, name: str, limit: int | None, log_samples: bool):
     """(metrics, settings, samples) of passkey retrieval; `limit` caps the trials per cell."""
     trials = min(TRIALS, limit) if limit else TRIALS
@@ -113,30 +144,50 @@ def run_passkey(scorer: Scorer, name: str, limit: int | None, log_samples: bool)
     for length in passkey_lengths(name, scorer.max_length):
         for depth in DEPTHS:
             for _ in range(trials):
-                key = int(rng.integers(10_000, 100_000))
+                key = _random_key(rng)
                 room = length - ANSWER_TOKENS
                 prompt, tokens = fit_fillers(scorer.encode, room, depth, key)
                 cells.append((length, depth, key, prompt, tokens))
     outputs = scorer.generate([(c[3], ("\n", "."), ANSWER_TOKENS) for c in cells])
+    # Drawn after the prompts, so the prompts (and `acc`) are those of a run without choices.
+    choices = [[c[2], *other_keys(rng, c[2], CHOICES - 1)] for c in cells]
+    wins = choice_wins(scorer, [c[3] for c in cells], choices)
     right: dict[str, list[float]] = {}
+    picked: dict[str, list[float]] = {}
     samples = []
-    for (length, depth, key, _, tokens), text in zip(cells, outputs, strict=True):
+    for (length, depth, key, _, tokens), text, win in zip(cells, outputs, wins, strict=True):
         hit = float(first_number(text) == key)
         right.setdefault(f"acc@{length}/{depth:g}", []).append(hit)
+        picked.setdefault(f"choice_acc@{length}/{depth:g}", []).append(win)
         if log_samples:
             samples.append(
-                {"length": length, "depth": depth, "key": key, "tokens": tokens, "answer": text}
+                {
+                    "length": length,
+                    "depth": depth,
+                    "key": key,
+                    "tokens": tokens,
+                    "answer": text,
+                    "choice_right": win,
+                }
             )
-    metrics = {"acc": float(np.mean([h for v in right.values() for h in v]))}
-    metrics |= {k: float(np.mean(v)) for k, v in right.items()}
+    metrics = {
+        "acc": float(np.mean(_flat(right))),
+        "choice_acc": float(np.mean(_flat(picked))),
+    }
+    metrics |= {k: float(np.mean(v)) for k, v in (right | picked).items()}
     settings = {
         "kind": "passkey",
         "documents": len(cells),
         "lengths": passkey_lengths(name, scorer.max_length),
         "depths": list(DEPTHS),
         "trials": trials,
+        "choices": CHOICES,
     }
     return metrics, settings, samples
+
+
+def _flat(by_cell: dict[str, list[float]]) -> list[float]:
+    return [h for v in by_cell.values() for h in v]
 
 
 def run_positions(scorer: Scorer, name: str, limit: int | None, log_samples: bool):
@@ -172,11 +223,14 @@ def run(scorer: Scorer, name: str, *, limit: int | None = None, log_samples: boo
     return metrics, settings | {"seconds": round(time.perf_counter() - start, 3)}, samples
 
 
-def passkey_grid(metrics: dict[str, float]) -> tuple[list[int], list[float], np.ndarray]:
-    """(lengths, depths, accuracy [depth, length]) from a passkey task's `acc@L/DEPTH` metrics."""
+def passkey_grid(
+    metrics: dict[str, float], metric: str = "acc"
+) -> tuple[list[int], list[float], np.ndarray]:
+    """(lengths, depths, accuracy [depth, length]) from a passkey task's `METRIC@L/DEPTH`
+    metrics (`acc` or `choice_acc`)."""
     cells = {}
     for key, value in metrics.items():
-        match = re.fullmatch(r"acc@(\d+)/([\d.]+)", key)
+        match = re.fullmatch(re.escape(metric) + r"@(\d+)/([\d.]+)", key)
         if match:
             cells[(int(match.group(1)), float(match.group(2)))] = value
     lengths = sorted({k[0] for k in cells})
@@ -187,16 +241,18 @@ def passkey_grid(metrics: dict[str, float]) -> tuple[list[int], list[float], np.
     return lengths, depths, grid
 
 
-def plot_grid(metrics: dict[str, float], path: str, title: str = "passkey retrieval") -> None:
-    """The passkey accuracy as a depth x length heat map with each cell's value written in."""
+def plot_grid(
+    metrics: dict[str, float], path: str, title: str = "passkey retrieval", metric: str = "acc"
+) -> None:
+    """The passkey accuracy (`metric`) as a depth x length heat map, each cell's value in it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lengths, depths, grid = passkey_grid(metrics)
+    lengths, depths, grid = passkey_grid(metrics, metric)
     if not lengths:
-        raise tasks.TaskError("no passkey metrics (acc@LENGTH/DEPTH) to plot")
+        raise tasks.TaskError(f"no passkey metrics ({metric}@LENGTH/DEPTH) to plot")
     fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2, 0.6 * len(depths) + 1.5))
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
@@ -205,7 +261,7 @@ def plot_grid(metrics: dict[str, float], path: str, title: str = "passkey retrie
     ax.set_ylabel("depth of the key")
     for (i, j), value in np.ndenumerate(grid):
         ax.text(j, i, f"{value:.2f}", ha="center", va="center")
-    fig.colorbar(image, ax=ax, label="accuracy")
+    fig.colorbar(image, ax=ax, label=metric)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -18,11 +18,16 @@ from phi3_jax.eval.scorer import Scorer
 from phi3_jax.longrope import fitness
 
 
-@pytest.fixture(scope="module")
-def tiny_scorer():
+def _tiny_config():
     config = config_lib.default_config()  # vocab 512: the 416-rank tiktoken tokenizer fits
     config.model.max_position_embeddings = config.model.original_max_position_embeddings = 512
     config.data.tokenizer.update(kind="tiktoken", path="data/tokenizer_small.tiktoken")
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer():
+    config = _tiny_config()
     params = jax.jit(lambda key: model.init_params(config, key))(jax.random.key(0))
     return Scorer(config, params, load_tokenizer(config), add_bos=True, log=None)
 
@@ -45,15 +50,22 @@ def test_passkey_prompts_fill_their_length(tiny_scorer):
 
 
 class _Oracle(Scorer):
-    """Answers with the key written in the prompt (or, `wrong`, with another number)."""
+    """Answers with the key written in the prompt and finds it the likeliest continuation (or,
+    `wrong`, answers another number and finds the key the least likely)."""
 
     wrong = False
 
+    @staticmethod
+    def _key(context: str) -> int:
+        return longctx.first_number(context.split("The pass key is")[1])
+
     def generate(self, requests):
-        keys = [
-            longctx.first_number(context.split("The pass key is")[1]) for context, *_ in requests
-        ]
+        keys = [self._key(context) for context, *_ in requests]
         return [f" {k + 1 if self.wrong else k}. The" for k in keys]
+
+    def loglikelihood(self, pairs, desc=""):
+        right = [longctx.first_number(cont) == self._key(context) for context, cont in pairs]
+        return [(-1.0 if r != self.wrong else -2.0, False, 3) for r in right]
 
 
 def test_passkey_scores_the_greedy_answer(tiny_scorer):
@@ -64,12 +76,30 @@ def test_passkey_scores_the_greedy_answer(tiny_scorer):
     assert cells == {f"acc@{n}/{d:g}" for n in (256, 512) for d in longctx.DEPTHS}
     for sample in result.samples:  # a random model answers anything; scored as it answered
         right = longctx.first_number(sample["answer"]) == sample["key"]
-        assert result.metrics[f"acc@{sample['length']}/{sample['depth']:g}"] == float(right)
+        cell = f"{sample['length']}/{sample['depth']:g}"
+        assert result.metrics[f"acc@{cell}"] == float(right)
+        assert result.metrics[f"choice_acc@{cell}"] == sample["choice_right"]
         assert sample["tokens"] <= sample["length"] - longctx.ANSWER_TOKENS
     oracle = _Oracle(tiny_scorer.config, tiny_scorer.params, tiny_scorer.tokenizer, log=None)
-    assert longctx.run(oracle, "passkey:256")[0]["acc"] == 1.0
+    metrics = longctx.run(oracle, "passkey:256")[0]
+    assert metrics["acc"] == metrics["choice_acc"] == 1.0
     oracle.wrong = True
-    assert longctx.run(oracle, "passkey:256")[0]["acc"] == 0.0
+    metrics = longctx.run(oracle, "passkey:256")[0]
+    assert metrics["acc"] == metrics["choice_acc"] == 0.0
+
+
+def test_passkey_choices_and_digits():
+    # The keys a prompt is scored against: the right one first, then distinct others.
+    rng = np.random.default_rng(0)
+    keys = longctx.other_keys(rng, 12345, longctx.CHOICES - 1)
+    assert len(set(keys)) == longctx.CHOICES - 1 and 12345 not in keys
+    assert all(10_000 <= k < 100_000 for k in keys)
+    # The byte-level tokenizer writes a key digit by digit and reads it back whole, so a greedy
+    # answer holding the key's ids is scored right.
+    tokenizer = load_tokenizer(_tiny_config())
+    ids = tokenizer.encode(" The pass key is 40312.")
+    assert tokenizer.decode(ids) == " The pass key is 40312."
+    assert longctx.first_number(tokenizer.decode(ids[-6:])) == 40312
 
 
 def test_position_buckets_agree_with_the_scorer(tiny_scorer, tmp_path):
@@ -102,3 +132,5 @@ def test_grid_plot(tmp_path):
     np.testing.assert_array_equal(grid, [[1.0, 0.5], [0.0, 0.5]])
     longctx.plot_grid(metrics, str(tmp_path / "grid.png"))
     assert (tmp_path / "grid.png").stat().st_size > 1000
+    choice = {"choice_acc@128/0": 0.25, **metrics}
+    assert longctx.passkey_grid(choice, "choice_acc")[2].tolist() == [[0.25]]
