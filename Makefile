@@ -100,8 +100,9 @@ chat: $(STAMP)
 		--max_new_tokens=48
 
 # LongRoPE end to end (README "Long context"): a tiny model trained at 128 tokens, the factor search
-# to 8x, a short extension run, perplexity at 1x-8x against PI/NTK/YaRN and passkey grids; the
-# report and plots go to docs/longctx/ (re-running skips the steps already done in LONGCTX_DIR).
+# to 8x, a short extension run and a passkey run, perplexity at 1x-8x against PI/NTK/YaRN and
+# passkey grids; the report and plots go to docs/longctx/ (re-running skips the steps already done
+# in LONGCTX_DIR).
 LONGCTX_DIR ?= workdir/longctx
 longctx: $(STAMP)
 	$(PY) -m launch.longctx --workdir=$(LONGCTX_DIR) --report=docs/longctx

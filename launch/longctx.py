@@ -171,6 +171,28 @@ def passkey(config, params, tokenizer, mesh) -> dict:
     return result.metrics
 
 
+def key_digit_nll(config, params, tokenizer, mesh, trials: int = 10) -> dict[str, float]:
+    """Mean NLL of a key's digits where a passkey document has them: the needle's first mention
+    (unpredictable: ln 10 = 2.30 a digit), its second a few tokens later, and the answer after
+    the question; 1024 tokens, the key at random depths. A model that copies the key scores far
+    below ln 10 at the second mention or the answer."""
+    scorer = Scorer(config, params, tokenizer, add_bos=config.data.add_bos, mesh=mesh, log=None)
+    rng = np.random.default_rng(PASSKEY_SEED + 1)
+    pairs = []
+    for _ in range(trials):
+        key = int(rng.integers(10_000, 100_000))
+        room = LENGTHS[-1] - longctx.ANSWER_TOKENS
+        prompt, _ = longctx.fit_fillers(scorer.encode, room, float(rng.random()), key)
+        ids = scorer.encode(prompt + f" {key}.")
+        at = [i for i in range(len(ids) - 4) if tokenizer.decode(ids[i : i + 5]) == str(key)]
+        if len(at) != 3:
+            raise ValueError(f"key {key}: its five digit ids found at {at}, not at 3 places")
+        pairs += [(ids[:i], ids[i : i + 5]) for i in at]
+    loglik = np.asarray([ll for ll, *_ in scorer.loglikelihood_ids(pairs)]).reshape(trials, 3)
+    names = ("first mention", "second mention", "answer")
+    return {name: float(-loglik[:, k].mean() / 5) for k, name in enumerate(names)}
+
+
 def passkey_training_shard(path: str, config, count: int) -> int:
     """`count` passkey documents unlike the task's prompts only in their draw (`PASSKEY_SEED`):
     the key at a uniform depth, filled to a uniform length the rows hold, then " KEY."; one
@@ -274,6 +296,13 @@ def main(argv: list[str]) -> None:
         name: passkey(extend_config, extended, tokenizer, mesh),
         passkey_name: passkey(passkey_config, passkey_params, tokenizer, mesh),
     }
+    digits = {
+        name: key_digit_nll(config, model_params, tokenizer, mesh)
+        for name, (config, model_params) in {
+            name: (extend_config, extended),
+            passkey_name: (passkey_config, passkey_params),
+        }.items()
+    }
     plots = list(zip(passkeys, ("before", "after", "passkey_run"), strict=True))
     os.makedirs(report, exist_ok=True)
     shutil.copy(paths.join(search_dir, cli.PLOT_FILE), os.path.join(report, "search.png"))
@@ -297,6 +326,7 @@ def main(argv: list[str]) -> None:
         ),
         "eval_tokens": int(rows.size),
         "passkey": passkeys,
+        "key_digit_nll": digits,
         "plots": plots,
         "settings": settings,
         "passkey_trials": PASSKEY_TRIALS,
@@ -308,6 +338,7 @@ def main(argv: list[str]) -> None:
         "check": verdict,
         "search": search,
         "passkey": passkeys,
+        "key_digit_nll": digits,
     }
     with open(os.path.join(report, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -116,6 +116,21 @@ def markdown(before: dict, after: dict, search: dict, verdict: dict, facts: dict
     ]
     for name, metrics in facts["passkey"].items():
         lines.append(f"| {name} | {metrics['acc']:.2f} | {metrics['choice_acc']:.2f} |")
+    lines += [
+        "",
+        "Mean NLL of the key's five digits (nats a digit; ln 10 = 2.30 is no better than "
+        "chance) where a passkey document of 1024 tokens has them:",
+        "",
+        "| model | first mention | second mention (a few tokens on) | answer |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, nll in facts["key_digit_nll"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in nll.values()) + " |")
     lines += [""] + [f"![passkey, {name}](passkey_{file}.png)" for name, file in facts["plots"]]
-    lines += ["", f"Wall time: {facts['minutes']:.1f} minutes on this machine.", ""]
+    lines += [
+        "",
+        f"Wall time of the invocation that wrote this: {facts['minutes']:.1f} minutes (it skips "
+        "the runs and search generations an earlier one finished).",
+        "",
+    ]
     return "\n".join(lines)

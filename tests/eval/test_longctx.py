@@ -94,11 +94,12 @@ def test_passkey_choices_and_digits():
     keys = longctx.other_keys(rng, 12345, longctx.CHOICES - 1)
     assert len(set(keys)) == longctx.CHOICES - 1 and 12345 not in keys
     assert all(10_000 <= k < 100_000 for k in keys)
-    # The byte-level tokenizer writes a key digit by digit and reads it back whole, so a greedy
-    # answer holding the key's ids is scored right.
+    # The byte-level tokenizer writes a key one id a digit and decodes it back whole, so a
+    # greedy answer holding the key's ids is scored right.
     tokenizer = load_tokenizer(_tiny_config())
     ids = tokenizer.encode(" The pass key is 40312.")
     assert tokenizer.decode(ids) == " The pass key is 40312."
+    assert [tokenizer.decode([i]) for i in ids[-6:-1]] == list("40312")  # a digit an id
     assert longctx.first_number(tokenizer.decode(ids[-6:])) == 40312
 
 
