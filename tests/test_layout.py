@@ -43,8 +43,7 @@ TESTED_IN = {
     "phi3_jax.config.train": "tests/test_config.py",
     # Phi-3-small's HF layout, tested beside its model.
     "phi3_jax.model.hf_small": "tests/model/test_small.py",
-    # One shard's records (read by the sources), a tokenizer kind (behind data.tokenizer).
-    "phi3_jax.data.shard_records": "tests/data/test_sources.py",
+    # A tokenizer kind, tested behind data.tokenizer's interface.
     "phi3_jax.data.sentencepiece_tokenizer": "tests/data/test_tokenizer.py",
     # The offline prepare pipeline: its CLI and manifest.
     "phi3_jax.data.prepare.__main__": "tests/data/test_prepare.py",
