@@ -4,11 +4,23 @@ Where torch is absent (Python 3.12: see the README's install section) the test c
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import transformers
+from safetensors.numpy import load_file
 
 from configs import base
+
+
+def tensors_of(directory) -> dict[str, np.ndarray]:
+    """Every tensor of a Hugging Face directory's safetensors files, by name."""
+    tensors = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(directory, name)))
+    return tensors
 
 
 def random_hf_model(seed: int = 0, **overrides) -> transformers.Phi3ForCausalLM:

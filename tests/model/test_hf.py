@@ -11,20 +11,11 @@ import pytest
 import torch
 import transformers
 from cli_fixtures import run_module
-from hf_fixtures import hf_logits, random_hf_model, random_tokens
-from safetensors.numpy import load_file
+from hf_fixtures import hf_logits, random_hf_model, random_tokens, tensors_of
 
 from phi3_jax import config as config_lib
 from phi3_jax import model as phi3
 from phi3_jax.model import hf
-
-
-def tensors_of(directory) -> dict[str, np.ndarray]:
-    tensors = {}
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(directory, name)))
-    return tensors
 
 
 @pytest.fixture(scope="module")

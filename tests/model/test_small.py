@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cli_fixtures import REPO, run_module
-from safetensors.numpy import load_file, save_file
+from hf_fixtures import tensors_of
+from safetensors.numpy import save_file
 
 from configs import phi3_small
 from phi3_jax import config as config_lib
@@ -189,14 +190,6 @@ def test_summary_cli():
 
 # ----------------------------------------------------------------------------------------------
 # HF layout
-
-
-def tensors_of(directory) -> dict[str, np.ndarray]:
-    tensors = {}
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(directory, name)))
-    return tensors
 
 
 @pytest.fixture(scope="module")
