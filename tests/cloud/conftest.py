@@ -22,6 +22,13 @@ def s3():
         yield emulator
 
 
+@pytest.fixture(autouse=True)
+def _bucket_cache(tmp_path, monkeypatch):
+    """Mirrors of bucket files (tokenizers, quality models) and local state kept for a bucket's
+    path (paths.cache_path) go under the test's tmp_path, not ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def _new_bucket(request) -> str:
     emulator = request.getfixturevalue({"gs": "gcs", "s3": "s3"}[request.param])
     return emulator.create_bucket()

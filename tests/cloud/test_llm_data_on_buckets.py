@@ -5,8 +5,6 @@ the local cache of the bucket's path)."""
 
 from __future__ import annotations
 
-import pytest
-
 from phi3_jax import paths
 from phi3_jax.data import annotate, synthetic_llm
 from phi3_jax.data.readers import iter_documents
@@ -16,11 +14,6 @@ from tests.data import test_annotate, test_synthetic_llm
 
 KINDS = ["good 4", "good 1", "flaky 3", "rambling 0", "garbage 0"]
 TOPICS = "good\ndup\nshort\nright\n"
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def _annotate(root: str, url: str) -> dict:
