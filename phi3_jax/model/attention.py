@@ -399,6 +399,10 @@ def attend(
     `decoding`, k and v then the cache) `decoding_mask` built: decoding runs einsum, training
     the configured kernel as the backend allows (`resolve`)."""
     impl = "einsum" if decoding else resolve(model.attention, model.dtype, target_platform())
+    if impl == "splash" and q.shape[1] % SPLASH_BLOCKS[-1]:
+        # Splash tiles rows in blocks of 128 (training rows are, by validation); a row that is
+        # not (model init's one-token row, a scoring batch) takes the XLA kernel, same mask input.
+        impl = "xla"
     scale = config_lib.head_dim(model) ** -0.5
     window = model.sliding_window
     if impl == "einsum":

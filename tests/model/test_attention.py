@@ -230,6 +230,24 @@ def test_splash_flops_are_counted_over_its_grid_and_devices():
     assert flops.jaxpr_matmul_flops(jaxpr, loop_trips=False) == 0
 
 
+@pytest.mark.parametrize(
+    "length, kernel", [(1, "dot_product_attention"), (256, "splash_attention")]
+)
+def test_splash_takes_rows_it_tiles_and_xla_the_others(length, kernel, monkeypatch):
+    # On a TPU mesh; model init traces one-token rows, which splash cannot tile.
+    model = config.default_config().model
+    model.update(attention="splash", dtype="bfloat16")
+    called = []
+    monkeypatch.setattr(attention, kernel, lambda q, *a, **k: called.append(kernel) or q)
+    q = jax.ShapeDtypeStruct((4, length, HEADS, HEAD_DIM), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((4, length, HEADS, HEAD_DIM), jnp.bfloat16)
+    segments = jax.ShapeDtypeStruct((4, length), jnp.int32)
+    tpu_mesh = split_mesh(tpu.topology_devices(tpu.parse_topology("v5e-8")))
+    with jax.sharding.use_abstract_mesh(tpu_mesh.abstract_mesh):
+        jax.eval_shape(lambda *x: attention.attend(model, *x, decoding=False), q, kv, kv, segments)
+    assert called == [kernel]
+
+
 def test_the_target_platform_is_the_meshs():
     assert attention.target_platform() == "cpu"
     tpu_mesh = split_mesh(tpu.topology_devices(tpu.parse_topology("v5e-8")))
