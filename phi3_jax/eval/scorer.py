@@ -7,8 +7,11 @@ EOS); with `add_bos` every context starts with BOS. A request longer than the co
 keeps its last `max_length + 1` ids (left truncation, as lm-eval does) and is counted.
 
 Requests are tokenized once, sorted by length and cut into batches of a few padded shapes
-(lengths rounded up to powers of two, rows filling a token budget), so a task compiles a handful
-of times. The params stay where they are (a run's mesh or one device). Given the mesh, each
+(lengths rounded up to powers of two or one and a half times one, rows filling a token budget),
+so a task compiles a handful of times. Only each row's last positions, as many as the call's
+longest continuation (rounded up to a power of two), go through the lm_head, and a
+log-probability is the target's logit minus the logsumexp: the context's positions are never
+projected onto the vocabulary and no normalised copy of the scores is made. The params stay where they are (a run's mesh or one device). Given the mesh, each
 batch is a global array split by rows over its batch axes and the scores come back replicated,
 so several processes that build the same batches (`multihost`) score them together.
 """
@@ -48,14 +51,36 @@ def padded_length(n: int, max_length: int) -> int:
     return min(generate_lib.power_of_two_at_least(n, MIN_LENGTH), max_length)
 
 
-def _token_logprobs(config, params, tokens, targets, mask):
-    """Per row: the summed log-probability of the masked targets and whether each masked target
-    is the argmax (lm-eval's is_greedy)."""
-    logits = model.logits(config, params, tokens)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+def row_length(n: int, max_length: int) -> int:
+    """A scoring row's padded length: n rounded up to MIN_LENGTH x 1, 1.5, 2, 3, 4, 6, 8, ...
+    (powers of two and one and a half times them: at most a third of a row is padding, two
+    shapes per octave), at most max_length."""
+    bucket = padded_length(n, max_length)
+    three_quarters = 3 * bucket // 4
+    return three_quarters if bucket > MIN_LENGTH and three_quarters >= n else bucket
+
+
+def _scored_logits(config, params, tokens, positions):
+    """float32 logits [batch, window, vocab] at `positions` [batch, window] of each row only:
+    the final hidden states there go through the lm_head (the context's positions need none);
+    an architecture without that split projects every position, then picks."""
+    if model.architectures.of(config).hidden_decoder is None:
+        every = model.logits(config, params, tokens)
+        return jnp.take_along_axis(every, positions[..., None], axis=1)
+    hidden = model.hidden_states(config, params, tokens)
+    picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+    return model.lm_head_logits(config, params, picked)
+
+
+def _token_logprobs(config, params, tokens, positions, targets, mask):
+    """Per row: the log-probability of each target at `positions` [batch, window] and whether
+    each masked target is the argmax (lm-eval's is_greedy). The log-probability is logit minus
+    logsumexp: no normalised copy of the vocabulary's scores."""
+    logits = _scored_logits(config, params, tokens, positions)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = picked - jax.nn.logsumexp(logits, axis=-1)
     greedy = jnp.argmax(logits, axis=-1) == targets
-    return jnp.sum(picked * mask, axis=-1), jnp.all(greedy | (mask == 0), axis=-1)
+    return logp, jnp.all(greedy | (mask == 0), axis=-1)
 
 
 class Scorer:
@@ -158,27 +183,39 @@ class Scorer:
         return [(ll, greedy, n) for (ll, greedy), (_, _, n) in zip(out, rows, strict=True)]
 
     def _score_rows(self, rows: list[tuple[list[int], list[int], int]], desc: str):
-        """(summed logprob, greedy) of the last n targets of each (inputs, targets, n) row."""
+        """(summed logprob, greedy) of the last n targets of each (inputs, targets, n) row.
+
+        Only a window of each row's last positions is projected onto the vocabulary: the power
+        of two at least as long as the longest continuation of the call (at most the row)."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list = [None] * len(rows)
+        longest = max((n for _, _, n in rows), default=1)
+        window_max = generate_lib.power_of_two_at_least(longest, 1)
         progress = _Progress(desc, len(rows), self.log, self.progress_every_s)
         start = 0
         while start < len(order):
-            length = padded_length(len(rows[order[start]][0]), self.max_length)
+            length = row_length(len(rows[order[start]][0]), self.max_length)
+            window = min(window_max, length)
             batch = -(-max(1, self.batch_tokens // length) // self._split) * self._split
             chunk = order[start : start + batch]
             tokens = np.zeros((batch, length), np.int32)
-            targets = np.zeros((batch, length), np.int32)
-            mask = np.zeros((batch, length), np.float32)
+            positions = np.zeros((batch, window), np.int32)
+            targets = np.zeros((batch, window), np.int32)
+            mask = np.zeros((batch, window), np.float32)
             for r, i in enumerate(chunk):
                 inputs, outs, n = rows[i]
                 tokens[r, : len(inputs)] = inputs
-                targets[r, : len(outs)] = outs
-                mask[r, len(outs) - n : len(outs)] = 1.0
-            self.counters.shapes.add((batch, length))
+                # The window ends at the row's last target; its last n positions are scored.
+                positions[r] = np.maximum(np.arange(len(outs) - window, len(outs)), 0)
+                targets[r] = np.asarray(outs, np.int32)[positions[r]]
+                mask[r, window - n :] = 1.0
+            self.counters.shapes.add((batch, length, window))
+            arrays = (tokens, positions, targets, mask)
             if self._rows is not None:
-                tokens, targets, mask = jax.device_put((tokens, targets, mask), self._rows)
-            ll, greedy = jax.device_get(self._score(self.params, tokens, targets, mask))
+                arrays = jax.device_put(arrays, self._rows)
+            logp, greedy = jax.device_get(self._score(self.params, *arrays))
+            # Summed in float64: a long continuation's sum keeps its float32 terms' precision.
+            ll = np.sum(np.where(mask > 0, logp.astype(np.float64), 0.0), axis=-1)
             for r, i in enumerate(chunk):
                 results[i] = (float(ll[r]), bool(greedy[r]))
             start += len(chunk)
