@@ -276,6 +276,17 @@ def pretraining(
     return config
 
 
+def tpu_preset(fsdp: int, microbatches: int) -> dict:
+    """A TPU hardware preset: FSDP over `fsdp` chips, full remat, splash attention (no [q, k]
+    score matrix, so a chip can take all its rows in one microbatch) and the loss 1024 positions
+    at a time (one chunk's fp32 logits)."""
+    return dict(
+        mesh=dict(data=1, fsdp=fsdp, tensor=1),
+        model=dict(remat="full", attention="splash"),
+        train=dict(microbatches=microbatches, loss_chunk=1024),
+    )
+
+
 def with_preset(
     config: ml_collections.ConfigDict, arg: str | None, presets: dict[str, dict]
 ) -> ml_collections.ConfigDict:

@@ -3,24 +3,15 @@ preset (mesh, remat, microbatches), checked with `python -m phi3_jax.aot`."""
 
 from configs import base
 
-
 # Per-chip rows: 1024 rows of 4096 tokens over the devices, split into microbatches; full remat
-# keeps only each block's input. On TPU the splash kernel never holds a [q, k] score matrix (dense
-# attention keeps [rows, heads, 4096, 4096] per layer, which capped rows per chip per microbatch)
-# and the chunked loss one 1024-position chunk's fp32 logits, so a chip takes all its rows in one
-# microbatch (v5e-256: 6.49 GiB of 16 at 4 rows, v5p-128: 34.33 of 95 at 16; `phi3_jax.aot`).
-def _tpu(fsdp: int, microbatches: int) -> dict:
-    """A TPU preset: FSDP over `fsdp` chips, full remat, splash attention, the chunked loss."""
-    return dict(
-        mesh=dict(data=1, fsdp=fsdp, tensor=1),
-        model=dict(remat="full", attention="splash"),
-        train=dict(microbatches=microbatches, loss_chunk=1024),
-    )
-
-
+# keeps only each block's input. On TPU (`base.tpu_preset`) the splash kernel never holds a [q, k]
+# score matrix (dense attention keeps [rows, heads, 4096, 4096] per layer, which capped rows per
+# chip per microbatch) and the chunked loss one 1024-position chunk's logits, so a chip takes all
+# its rows in one microbatch (v5e-256: 6.49 GiB of 16 at 4 rows, v5p-128: 34.33 of 95 at 16;
+# `python -m phi3_jax.aot`).
 PRESETS = {
-    "tpu=v5e-256": _tpu(fsdp=256, microbatches=1),
-    "tpu=v5p-128": _tpu(fsdp=64, microbatches=1),
+    "tpu=v5e-256": base.tpu_preset(fsdp=256, microbatches=1),
+    "tpu=v5p-128": base.tpu_preset(fsdp=64, microbatches=1),
     # Not recompiled with splash: dense attention, 2 rows per chip per microbatch.
     "tpu=v4-128": dict(
         mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
