@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from phi3_jax import config as config_lib
 from phi3_jax import paths
-from phi3_jax.checkpoint import quiet
+from phi3_jax.checkpoint import quiet, s3
 from phi3_jax.checkpoint.checksums import array_checksums, verify_checksums
 
 # Train checkpoints: an orbax CheckpointManager in WORKDIR/checkpoints, one directory per step
@@ -89,18 +89,23 @@ class NotRestorableHereError(config_lib.ConfigError):
 
 
 def orbax_path(path: str) -> str:
-    """`path` (absolute, or a gs:// URL) for orbax, which reads and writes local and gs:// paths
-    only: an s3:// path is a ValueError naming it. orbax-checkpoint 0.12.8 builds the tensorstore
-    spec of every array in `_src/serialization/tensorstore_utils.py` (`build_kvstore_tspec`):
-    the gcs driver for gs:// (`_use_gcs_driver`), else the file driver, which refuses s3://B/P as
-    a relative path; its handlers take no spec of ours (README, "Runs on buckets")."""
+    """`path` (absolute, or a gs:// or s3:// URL) for orbax. orbax-checkpoint writes arrays on
+    local paths and gs:// only; for an s3:// path this installs `checkpoint.s3`, which gives its
+    arrays tensorstore's s3 driver (a ValueError naming the path if orbax is not the version
+    the adapter was written for)."""
     resolved = paths.resolve(path)
     if resolved.startswith("s3://"):
-        raise ValueError(
-            f"{path}: orbax-checkpoint {ocp.__version__} reads and writes checkpoints on local "
-            "paths and gs:// only, not s3:// (use gs://, or a local or mounted directory)"
-        )
+        try:
+            s3.install()
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     return resolved
+
+
+def _atomicity(directory: str) -> ocp.options.AtomicityOptions | None:
+    """How a step is marked complete: on s3:// by its commit file (`s3.ATOMICITY`), elsewhere
+    orbax's default (a renamed temporary directory locally, the commit file on gs://)."""
+    return s3.ATOMICITY if directory.startswith("s3://") else None
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -109,14 +114,14 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
     From here on, what a failed save's aborted writes print is silenced (`quiet`), so the
     failure's one line (`save_error`) is all a full disk shows."""
     quiet.quiet_aborted_writes()
+    directory = paths.join(orbax_path(workdir), CHECKPOINTS_DIR)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.checkpoint.max_to_keep,
         enable_async_checkpointing=config.checkpoint.async_save,
         create=True,
+        atomicity_options=_atomicity(directory),
     )
-    return ocp.CheckpointManager(
-        paths.join(orbax_path(workdir), CHECKPOINTS_DIR), item_names=ITEMS, options=options
-    )
+    return ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
 
 
 def save(
@@ -192,8 +197,8 @@ def finished_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> 
 
 def incomplete_steps(manager: ocp.CheckpointManager) -> list[str]:
     """Directories of saves that never completed (the process died while writing them): locally
-    orbax's temporary STEP<suffix> directories, on GCS (written in place) the STEP directories
-    without orbax's commit file."""
+    orbax's temporary STEP<suffix> directories, on a bucket (written in place) the STEP
+    directories without orbax's commit file."""
     if not manager.directory.is_dir():  # a bucket has no empty directories: none saved yet
         return []
     if not paths.is_remote(manager.directory):
@@ -338,9 +343,8 @@ def open_run(workdir: str, step: int | None):
     directory = paths.join(orbax_path(workdir), CHECKPOINTS_DIR)
     if not paths.path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: not found (not a training run's workdir?)")
-    manager = ocp.CheckpointManager(
-        directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True)
-    )
+    options = ocp.CheckpointManagerOptions(read_only=True, atomicity_options=_atomicity(directory))
+    manager = ocp.CheckpointManager(directory, item_names=ITEMS, options=options)
     steps = sorted(manager.all_steps())
     if not steps:
         raise FileNotFoundError(f"{directory}: no checkpoint")

@@ -47,7 +47,8 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 @contextlib.contextmanager
 def _readable(path: str) -> Iterator[str]:
     """`path` where orbax reads it: itself (local or gs://), or an s3:// checkpoint's temporary
-    local copy (orbax reads no s3://: `checkpoint.orbax_path`)."""
+    local copy (read as it was written, whole, from local disk; a run's checkpoints are read on
+    s3:// in place, through `checkpoint.s3`)."""
     if paths.resolve(path).startswith("s3://"):
         with paths.local_directory(path) as local:
             yield local

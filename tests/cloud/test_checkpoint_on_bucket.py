@@ -1,6 +1,7 @@
 """A run's checkpoints on an emulated gs:// bucket: the emulator stopped in the middle of a save is
-a one-line SaveError, and the checkpoint before it restores once the bucket is back; an s3://
-workdir is refused in one line (orbax-checkpoint writes gs:// and local paths only). A params
+a one-line SaveError, and the checkpoint before it restores once the bucket is back; on s3://
+(orbax's arrays through `checkpoint.s3`) a checkpoint restores and a step without its commit file
+is ignored. A params
 checkpoint, written by orbax on local disk and uploaded, restores from either bucket."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
@@ -71,10 +73,50 @@ def test_emulator_stopped_mid_save_is_one_line_and_keeps_the_previous(gcs, short
         np.testing.assert_array_equal(_host(a), _host(b))
 
 
-def test_s3_workdir_is_refused_in_one_line(s3):
+def test_s3_run_checkpoints_restore_and_an_uncommitted_step_is_ignored(s3):
+    """A run's checkpoints on s3:// (orbax's arrays through tensorstore's s3 driver): the state
+    restores bitwise; a step whose commit file is missing (a kill before orbax wrote it last) is
+    not a step, and the one before restores."""
+    config = small_config()
+    workdir = paths.join(s3.create_bucket(), "run")
+    # A small state of a train state's kinds (a float tree, a bf16 array, a PRNG key, an int
+    # step): a model's init would cost seconds of compilation and checks nothing more here.
+    state = {
+        "params": {"w": jnp.linspace(-1.0, 1.0, 96).reshape(8, 12), "b": jnp.ones(5, jnp.bfloat16)},
+        "rng": jax.random.key(7),
+        "step": jnp.asarray(2, jnp.int32),
+    }
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    manager = checkpoint.make_manager(workdir, config)
+    for step in (1, 2):
+        assert checkpoint.save(manager, step, state, _iterator(), config, "tok")
+        assert checkpoint.finished_save_failed(manager, wait=True) is None
+    manager.close()
+    step_2 = paths.join(workdir, checkpoint.CHECKPOINTS_DIR, "2")
+    # The arrays are tensorstore's objects in the bucket, not files under some local s3:/ path.
+    assert paths.glob(paths.join(step_2, "state", "ocdbt.process_0", "d", "*"))
+    paths.path(paths.join(step_2, "commit_success.txt")).unlink()
+
+    manager = checkpoint.make_manager(workdir, config)
+    assert manager.all_steps() == [1]
+    lines = []
+    restored = checkpoint.restore_latest(
+        manager, abstract, _iterator(), config, "tok", lines.append
+    )
+    manager.close()
+    assert lines == ["checkpoint: ignoring 2, a save that never completed"]
+    assert restored is not None and restored[1] == 1
+    for a, b in zip(jax.tree.leaves(restored[0]), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(_host(a), _host(b))
+
+
+def test_s3_adapter_refuses_another_orbax_version_in_one_line(s3, monkeypatch):
+    monkeypatch.setattr(checkpoint.ocp, "__version__", "0.99.0")
     workdir = paths.join(s3.create_bucket(), "run")
     with pytest.raises(
-        loop.WorkdirError, match=r"^--workdir=s3://.*: orbax-checkpoint .* not s3://"
+        loop.WorkdirError,
+        match=r"^--workdir=s3://\S+: phi3_jax.checkpoint.s3 adapts orbax-checkpoint 0.12.8, "
+        r"this is 0.99.0; ",
     ):
         loop.prepare_workdir(workdir)
 

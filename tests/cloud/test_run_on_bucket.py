@@ -1,5 +1,5 @@
-"""A training run whose --workdir is an emulated gs:// bucket, through the CLI: SIGKILLed after a
-checkpoint, resumed, it ends bitwise equal to the same run made straight on local disk; then
+"""A training run whose --workdir is an emulated gs:// or s3:// bucket, through the CLI: SIGKILLed
+after a checkpoint, resumed, it ends bitwise equal to the same run made straight on local disk; then
 `plot`, `generate`, `eval` and `convert` read it from the bucket.
 
 The runs are tests/train/test_loop.py's (its model, overrides and helpers).
@@ -55,10 +55,10 @@ def straight(tmp_path_factory):
     return workdir
 
 
-@pytest.fixture(scope="module")
-def bucket_run(gcs, straight):
-    """The run on the bucket, SIGKILLed once its middle checkpoint is committed, then resumed."""
-    workdir = paths.join(gcs.create_bucket(), "run")
+def _killed_and_resumed(emulator) -> str:
+    """A run on a new bucket of `emulator`, SIGKILLed once its middle checkpoint is committed,
+    then resumed; its workdir."""
+    workdir = paths.join(emulator.create_bucket(), "run")
     middle = cli.STEPS // 2
     committed = paths.path(
         paths.join(workdir, checkpoint.CHECKPOINTS_DIR, str(middle), "commit_success.txt")
@@ -74,9 +74,12 @@ def bucket_run(gcs, straight):
         time.sleep(0.05)
     process.kill()
     process.wait()
+    # Both buckets mark a complete step by its commit file (orbax's default on gs://).
     manager = ocp.CheckpointManager(
         paths.join(workdir, checkpoint.CHECKPOINTS_DIR),
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        options=ocp.CheckpointManagerOptions(
+            read_only=True, atomicity_options=checkpoint.s3.ATOMICITY
+        ),
     )
     assert manager.all_steps() == [middle]
     resumed = _run(workdir)
@@ -84,7 +87,21 @@ def bucket_run(gcs, straight):
     return workdir
 
 
-def test_killed_and_resumed_on_the_bucket_equals_the_local_straight_run(bucket_run, straight):
+@pytest.fixture(scope="module")
+def bucket_run(gcs, straight):
+    """The run on the gs:// bucket, killed after its middle checkpoint and resumed."""
+    return _killed_and_resumed(gcs)
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3, straight):
+    """The same on the s3:// bucket (orbax's arrays through `checkpoint.s3`)."""
+    return _killed_and_resumed(s3)
+
+
+@pytest.mark.parametrize("run", ["bucket_run", "s3_run"])
+def test_killed_and_resumed_on_the_bucket_equals_the_local_straight_run(request, run, straight):
+    bucket_run = request.getfixturevalue(run)
     expected, got = cli.losses(straight), cli.losses(bucket_run)
     for step in range(cli.STEPS // 2 + 1, cli.STEPS + 1):
         assert got[step] == expected[step], step  # bitwise: exact float equality
