@@ -7,15 +7,12 @@ from configs import base
 # keeps only each block's input. On TPU (`base.tpu_preset`) the splash kernel never holds a [q, k]
 # score matrix (dense attention keeps [rows, heads, 4096, 4096] per layer, which capped rows per
 # chip per microbatch) and the chunked loss one 1024-position chunk's logits, so a chip takes all
-# its rows in one microbatch (v5e-256: 6.49 GiB of 16 at 4 rows, v5p-128: 34.33 of 95 at 16;
-# `python -m phi3_jax.aot`).
+# its rows in one microbatch (v5e-256: 6.49 GiB of 16 at 4 rows, v5p-128: 34.33 of 95 at 16) or
+# two (v4-128: 18.62 of 32 at 8; `python -m phi3_jax.aot`).
 PRESETS = {
     "tpu=v5e-256": base.tpu_preset(fsdp=256, microbatches=1),
     "tpu=v5p-128": base.tpu_preset(fsdp=64, microbatches=1),
-    # Not recompiled with splash: dense attention, 2 rows per chip per microbatch.
-    "tpu=v4-128": dict(
-        mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
-    ),
+    "tpu=v4-128": base.tpu_preset(fsdp=64, microbatches=2),
     # 8 nodes of 8 H100-80G: FSDP over all 64 GPUs, 2 rows per GPU per microbatch.
     "gpu=h100x64": dict(
         mesh=dict(data=1, fsdp=64, tensor=1), model=dict(remat="full"), train=dict(microbatches=8)
