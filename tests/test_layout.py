@@ -41,6 +41,8 @@ TESTED_IN = {
     "phi3_jax.config.posttrain": "tests/test_config.py",
     "phi3_jax.config.schema": "tests/test_config.py",
     "phi3_jax.config.train": "tests/test_config.py",
+    # The splash kernel, tested with the other kernels against the plain einsum path.
+    "phi3_jax.model.splash": "tests/model/test_attention.py",
     # Phi-3-small's HF layout, tested beside its model.
     "phi3_jax.model.hf_small": "tests/model/test_small.py",
     # A tokenizer kind, tested behind data.tokenizer's interface.

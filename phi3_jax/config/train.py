@@ -159,7 +159,7 @@ def _validate_chunks(
     chunk = model.attention_chunk
     if model.attention == "chunked" and seq_len > chunk and seq_len % chunk:
         fail("model.attention_chunk", chunk, f"must divide {what}")
-    # Splash tiles a row in blocks of at least 128 tokens (model/attention.py, SPLASH_BLOCKS).
+    # Splash tiles a row in blocks of at least 128 tokens (model/splash.py, BLOCKS).
     if model.attention == "splash" and seq_len % 128:
         fail(
             "model.attention",

@@ -12,7 +12,8 @@ within the query's segment (0 = padding):
            with it; see `blocksparse` for their training kernel)
   xla      `jax.nn.dot_product_attention`, XLA implementation
   cudnn    `jax.nn.dot_product_attention`, cuDNN's fused kernel (GPU, bf16/fp16)
-  splash   the Pallas splash attention kernel with segment ids (TPU)
+  splash   the Pallas splash attention kernel with segment ids (TPU), in `shard_map` on a
+           mesh (`model.splash`)
   chunked  online softmax over key chunks with a flash-style backward: never forms the [q, k]
            score matrix, only [q, chunk] blocks, on any backend
 
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from phi3_jax import config as config_lib
+from phi3_jax.model import splash
 
 Array = jax.Array
 
@@ -40,8 +42,6 @@ _LOG = logging.getLogger(__name__)
 _MASKED = jnp.finfo(jnp.float32).min
 # Logical names of k/v gathered whole along the sequence (sequence parallelism keeps q sharded).
 _GATHERED_KV = ("batch", None, "kv_heads", None)
-_SHARDED_KV = ("batch", "length", "kv_heads", None)
-_SHARDED_Q = ("batch", "length", "heads", None)
 
 
 def causal_mask(query_index: Array, key_index: Array, sliding_window: int) -> Array:
@@ -90,15 +90,6 @@ def select(requested: str, platform: str, dtype: str, splash_available: bool) ->
     return requested, ""
 
 
-@functools.cache
-def _splash_available() -> bool:
-    try:
-        from jax.experimental.pallas.ops.tpu import splash_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def target_platform() -> str:
     """The platform being compiled for: the active mesh's devices' (a TPU slice compiled ahead
     of time on a CPU host is "tpu"), else the default backend's."""
@@ -109,7 +100,7 @@ def target_platform() -> str:
 @functools.cache
 def resolve(requested: str, dtype: str, platform: str) -> str:
     """`select` for `platform`; logs a fallback once per (request, dtype, platform)."""
-    chosen, why = select(requested, platform, dtype, _splash_available())
+    chosen, why = select(requested, platform, dtype, splash.available())
     if why:
         _LOG.warning("model.attention=%s: %s; using %s instead", requested, why, chosen)
     return chosen
@@ -180,97 +171,6 @@ def dot_product_attention(
         local_window_size=(window - 1, 0) if window else None,
         implementation=impl,
     )
-
-
-# Splash's tile edge: the largest of these that divides the row length (validation requires
-# one). 512 is MaxText's default block; 128 is the TPU's lane width, the smallest tile.
-SPLASH_BLOCKS = (512, 256, 128)
-
-
-def splash_block(length: int) -> int:
-    """The splash kernel's q and kv block size for rows of `length` tokens."""
-    return next(block for block in SPLASH_BLOCKS if length % block == 0)
-
-
-def splash_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    segment_ids: Array,
-    scale: float,
-    window: int,
-    interpret: bool = False,
-) -> Array:
-    """Pallas splash attention on one device's rows (TPU; `interpret=True` runs it anywhere,
-    slowly, for tests). The kernel takes grouped kv heads itself; the scale is folded into q."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_kernel as kernels,
-    )
-    from jax.experimental.pallas.ops.tpu.splash_attention import (
-        splash_attention_mask as masks,
-    )
-
-    heads, length = q.shape[2], q.shape[1]
-    shape = (length, length)
-    head_mask = masks.LocalMask(shape, (window - 1, 0), 0) if window else masks.CausalMask(shape)
-    block = splash_block(length)
-    kernel = kernels.make_splash_mha_single_device(
-        masks.MultiHeadMask([head_mask] * heads),
-        block_sizes=kernels.BlockSizes(
-            block_q=block,
-            block_kv=block,
-            block_kv_compute=block,
-            block_q_dkv=block,
-            block_kv_dkv=block,
-            block_kv_dkv_compute=block,
-            block_q_dq=block,
-            block_kv_dq=block,
-        ),
-        interpret=interpret,
-    )
-
-    def one_row(q, k, v, segments):  # q [heads, l, d]; k, v [kv_heads, l, d]
-        return kernel(q, k, v, segment_ids=kernels.SegmentIds(q=segments, kv=segments))
-
-    q = (q * jnp.asarray(scale, q.dtype)).transpose(0, 2, 1, 3)
-    out = jax.vmap(one_row)(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), segment_ids)
-    return out.transpose(0, 2, 1, 3)
-
-
-def sharded_splash_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    segment_ids: Array,
-    scale: float,
-    window: int,
-    interpret: bool = False,
-) -> Array:
-    """`splash_attention` on every device's own rows and heads of the active mesh (`shard_map`
-    with the logical rules' placement of q, k, v and the segment ids); one device, or no mesh,
-    runs it directly.
-
-    A Pallas kernel is opaque to GSPMD, which would gather its operands whole onto every device;
-    inside `shard_map` each device runs it on its shard. Rows split over the batch axes and heads
-    over the tensor axis need no communication (a query head's kv head, h // group, stays on its
-    device when kv heads split as heads do); a split sequence would (ring attention), so splash
-    refuses mesh.sequence > 1 at validation.
-    """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return splash_attention(q, k, v, segment_ids, scale, window, interpret)
-    q_spec = nn.logical_to_mesh_axes(_SHARDED_Q)
-    kv_spec = nn.logical_to_mesh_axes(_SHARDED_KV)
-    segment_spec = nn.logical_to_mesh_axes(_SHARDED_KV[:2])
-    kernel = functools.partial(splash_attention, scale=scale, window=window, interpret=interpret)
-    # check_vma=False: Pallas calls carry no varying-manual-axes annotations.
-    return jax.shard_map(
-        kernel,
-        mesh=mesh,
-        in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
-        out_specs=q_spec,
-        check_vma=False,
-    )(q, k, v, segment_ids)
 
 
 def strided_chunks(x: Array, chunks: int) -> Array:
@@ -370,7 +270,7 @@ def _chunked_bwd(scale, window, chunk, residuals, d_out):
         d_q = d_q + jnp.einsum("bkgqc,bckd->bqkgd", d_scores, k_chunk.astype(jnp.float32))
         d_k = jnp.einsum("bkgqc,bqkgd->bckd", d_scores, q.astype(jnp.float32))
         # Each device's partial sums go to the devices that own those keys (reduce-scatter).
-        return d_q, tuple(nn.with_logical_constraint(g, _SHARDED_KV) for g in (d_k, d_v))
+        return d_q, tuple(nn.with_logical_constraint(g, splash.KV_AXES) for g in (d_k, d_v))
 
     xs = _key_chunks(k, v, segment_ids, q.shape[1] // chunk)
     d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros(q.shape, jnp.float32), xs)
@@ -399,7 +299,7 @@ def attend(
     `decoding`, k and v then the cache) `decoding_mask` built: decoding runs einsum, training
     the configured kernel as the backend allows (`resolve`)."""
     impl = "einsum" if decoding else resolve(model.attention, model.dtype, target_platform())
-    if impl == "splash" and q.shape[1] % SPLASH_BLOCKS[-1]:
+    if impl == "splash" and q.shape[1] % splash.BLOCKS[-1]:
         # Splash tiles rows in blocks of 128 (training rows are, by validation); a row that is
         # not (model init's one-token row, a scoring batch) takes the XLA kernel, same mask input.
         impl = "xla"
@@ -410,5 +310,5 @@ def attend(
     if impl in ("xla", "cudnn"):
         return dot_product_attention(q, k, v, mask, scale, window, impl)
     if impl == "splash":
-        return sharded_splash_attention(q, k, v, mask, scale, window)
+        return splash.sharded_splash_attention(q, k, v, mask, scale, window)
     return chunked_attention(q, k, v, mask, scale, window, model.attention_chunk)

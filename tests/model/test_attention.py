@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from phi3_jax import config, flops, sharding, tpu
-from phi3_jax.model import attention
+from phi3_jax.model import attention, splash
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 128, 4, 2, 16
 SCALE = HEAD_DIM**-0.5
@@ -44,9 +44,7 @@ def kernel(impl: str, window: int):
     if impl == "xla":
         return lambda q, k, v, s: attention.dot_product_attention(q, k, v, s, SCALE, window, "xla")
     if impl == "splash":  # The TPU kernel, interpreted on the CPU.
-        return lambda q, k, v, s: attention.splash_attention(
-            q, k, v, s, SCALE, window, interpret=True
-        )
+        return lambda q, k, v, s: splash.splash_attention(q, k, v, s, SCALE, window, interpret=True)
     return lambda q, k, v, s: attention.chunked_attention(q, k, v, s, SCALE, window, chunk=32)
 
 
@@ -195,7 +193,7 @@ def test_splash_in_shard_map_equals_plain_attention(window):
     q, k, v, segment_ids = four_rows()
     mesh = split_mesh()
     sharded = placed(
-        lambda q, k, v, s: attention.sharded_splash_attention(
+        lambda q, k, v, s: splash.sharded_splash_attention(
             q, k, v, s, SCALE, window, interpret=True
         ),
         mesh,
@@ -221,7 +219,7 @@ def test_splash_flops_are_counted_over_its_grid_and_devices():
     # forward's, 4 x rows x heads x length^2 x head_dim.
     q, k, v, segment_ids = four_rows()
     sharded = placed(
-        lambda q, k, v, s: attention.sharded_splash_attention(q, k, v, s, SCALE, 0, interpret=True),
+        lambda q, k, v, s: splash.sharded_splash_attention(q, k, v, s, SCALE, 0, interpret=True),
         split_mesh(),
     )
     jaxpr = jax.make_jaxpr(sharded)(q, k, v, segment_ids).jaxpr
@@ -231,14 +229,15 @@ def test_splash_flops_are_counted_over_its_grid_and_devices():
 
 
 @pytest.mark.parametrize(
-    "length, kernel", [(1, "dot_product_attention"), (256, "splash_attention")]
+    "length, module, kernel",
+    [(1, attention, "dot_product_attention"), (256, splash, "splash_attention")],
 )
-def test_splash_takes_rows_it_tiles_and_xla_the_others(length, kernel, monkeypatch):
+def test_splash_takes_rows_it_tiles_and_xla_the_others(length, module, kernel, monkeypatch):
     # On a TPU mesh; model init traces one-token rows, which splash cannot tile.
     model = config.default_config().model
     model.update(attention="splash", dtype="bfloat16")
     called = []
-    monkeypatch.setattr(attention, kernel, lambda q, *a, **k: called.append(kernel) or q)
+    monkeypatch.setattr(module, kernel, lambda q, *a, **k: called.append(kernel) or q)
     q = jax.ShapeDtypeStruct((4, length, HEADS, HEAD_DIM), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((4, length, HEADS, HEAD_DIM), jnp.bfloat16)
     segments = jax.ShapeDtypeStruct((4, length), jnp.int32)
@@ -266,7 +265,7 @@ def test_splash_in_shard_map_compiles_for_a_tpu_slice(window):
     segments = jax.ShapeDtypeStruct((4, length), jnp.int32)
 
     def loss(q, k, v, s):
-        out = attention.sharded_splash_attention(q, k, v, s, head_dim**-0.5, window)
+        out = splash.sharded_splash_attention(q, k, v, s, head_dim**-0.5, window)
         return jnp.sum(out.astype(jnp.float32))
 
     fn = placed(jax.grad(loss, argnums=(0, 1, 2)), mesh)

@@ -29,6 +29,8 @@ OVERRIDES = {
 }
 
 
+# 24-48 s on CI's 2 cores: kept out of the 15-minute default suite (make test-all runs it).
+@pytest.mark.slow
 def test_tiny_small_trains_from_the_cli_on_ids_its_tokenizer_produces(tmp_path):
     workdir = str(tmp_path / "run")
     result = run_module(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from configs import phi3_small
 from phi3_jax import config as config_lib
@@ -59,6 +60,8 @@ def run(mesh_shape, devices=None):
     return history, jax.device_get(state.params)
 
 
+# 24-48 s on CI's 2 cores: kept out of the 15-minute default suite (make test-all runs it).
+@pytest.mark.slow
 def test_same_losses_on_2x2x2_mesh_as_one_device():
     one_history, one_params = run((1, 1, 1), jax.devices()[:1])
     mesh_history, mesh_params = run((2, 2, 2))
@@ -73,6 +76,8 @@ def test_same_losses_on_2x2x2_mesh_as_one_device():
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+# 24-48 s on CI's 2 cores: kept out of the 15-minute default suite (make test-all runs it).
+@pytest.mark.slow
 def test_dropout_acts_in_the_train_step_keyed_by_the_step():
     """The configured 0.1 dropout changes the train loss (against the deterministic loss of the
     same params, which eval computes), the same state and step draw the same masks, the next

@@ -187,6 +187,8 @@ def test_small_with_dropout_resumes_bitwise_exact_after_sigkill(straight_small, 
     )
 
 
+# 24-48 s on CI's 2 cores: kept out of the 15-minute default suite (make test-all runs it).
+@pytest.mark.slow
 def test_kill_during_async_save_leaves_the_previous_checkpoint(straight, tmp_path):
     workdir = tmp_path / "killed"
     checkpoints = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
@@ -252,6 +254,8 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     assert "not a writable directory" in result.stderr.strip().splitlines()[-1]
 
 
+# 24-48 s on CI's 2 cores: kept out of the 15-minute default suite (make test-all runs it).
+@pytest.mark.slow
 def test_sigterm_saves_a_last_checkpoint_and_exits_cleanly(straight, tmp_path):
     workdir = tmp_path / "preempted"
     process = start(workdir, **{"checkpoint.every_steps": 100})
