@@ -8,10 +8,8 @@ may name either.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -44,22 +42,11 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return config_lib.from_json(file.read_text())
 
 
-@contextlib.contextmanager
-def _readable(path: str) -> Iterator[str]:
-    """`path` where orbax reads it: itself (local or gs://), or an s3:// checkpoint's temporary
-    local copy (read as it was written, whole, from local disk; a run's checkpoints are read on
-    s3:// in place, through `checkpoint.s3`)."""
-    if paths.resolve(path).startswith("s3://"):
-        with paths.local_directory(path) as local:
-            yield local
-    else:
-        yield orbax_path(path)
-
-
 def restore_params(path: str, abstract_params=None):
     """Params from a checkpoint; `abstract_params` (ShapeDtypeStructs, shardings) place them."""
-    with _readable(path) as readable, ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(paths.join(readable, PARAMS_DIR), abstract_params)
+    with ocp.StandardCheckpointer() as checkpointer:
+        # orbax reads in place: local, gs://, and s3:// through `checkpoint.s3` (orbax_path).
+        return checkpointer.restore(paths.join(orbax_path(path), PARAMS_DIR), abstract_params)
 
 
 def load_params_checkpoint(path: str) -> tuple[ml_collections.ConfigDict, dict]:
