@@ -11,9 +11,10 @@ Requests are tokenized once, sorted by length and cut into batches of a few padd
 so a task compiles a handful of times. Only each row's last positions, as many as the call's
 longest continuation (rounded up to a power of two), go through the lm_head, and a
 log-probability is the target's logit minus the logsumexp: the context's positions are never
-projected onto the vocabulary and no normalised copy of the scores is made. The params stay where they are (a run's mesh or one device). Given the mesh, each
-batch is a global array split by rows over its batch axes and the scores come back replicated,
-so several processes that build the same batches (`multihost`) score them together.
+projected onto the vocabulary and no normalised copy of the scores is made. The params stay
+where they are (a run's mesh or one device). Given the mesh, each batch is a global array split
+by rows over its batch axes and the scores come back replicated, so several processes that build
+the same batches (`multihost`) score them together.
 """
 
 from __future__ import annotations
