@@ -1,22 +1,28 @@
 """Training throughput on this CPU: a 134M-parameter Phi-3-shaped model (hidden 768, 12 layers,
 12 heads, mlp 2048, vocab 32064, batch 8 x 512 tokens, fp32, AdamW) in phi3_jax against the same
-model in transformers (`Phi3ForCausalLM`, sdpa attention) with `torch.optim.AdamW`, in one
-process, run alternately (`train_rounds` rounds of `train_steps` steps each side), so load on a
-shared machine falls on both alike. The ratio is the median of the per-round ratios; the load
-average is recorded at the start and the end.
+model in transformers (`Phi3ForCausalLM`, sdpa attention) with `torch.optim.AdamW`. Each side runs
+in a worker process of its own, so the two share no thread pool or allocator, and they step
+alternately (`train_rounds` rounds of `train_steps` timed steps each side, after
+`train_warm_steps` untimed ones), so load on a shared machine falls on both alike. The ratio is
+the median of the per-round ratios; the load average is recorded at the start and the end. Both
+workers get the same environment: by default glibc's `malloc.hugetlb=1` tunable (transparent
+huge pages for large allocations, as `make` sets it), `--notrain_hugetlb` without it.
 
 Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) over the matmul
-peak that a JAX matmul probe measures in the same process. Both sides use all cores.
+peak that a JAX matmul probe measures in phi3_jax's worker. Both sides use all cores.
 
     python -m bench.cpu_train [--train_rounds=5] [--train_steps=1] [--train_attention=einsum]
-        [--train_layers=12]
+        [--train_layers=12] [--notrain_hugetlb]
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -30,13 +36,29 @@ from phi3_jax import metrics, model, sharding, train
 
 _ROUNDS = flags.DEFINE_integer("train_rounds", 5, "alternating rounds (ours, then torch)")
 _STEPS = flags.DEFINE_integer("train_steps", 1, "timed steps of each side per round")
+# A side's first step after the other side's refaults the memory its allocator gave back while
+# it waited (slower by up to half on this VM), which a training loop stepping back to back never
+# does: each round's timed steps follow untimed ones.
+_WARM = flags.DEFINE_integer("train_warm_steps", 1, "untimed steps of each side before its timed")
 _ATTENTION = flags.DEFINE_enum(
     "train_attention", "einsum", config_lib.ATTENTION_IMPLEMENTATIONS, "phi3_jax's kernel"
 )
 _LOSS_CHUNK = flags.DEFINE_integer("train_loss_chunk", 0, "phi3_jax's train.loss_chunk")
 _REMAT = flags.DEFINE_enum("train_remat", "none", config_lib.REMAT_POLICIES, "model.remat")
+_DOT_FUSION = flags.DEFINE_enum(
+    "train_cpu_dot_fusion", "dots_only", config_lib.CPU_DOT_FUSIONS, "train.cpu_dot_fusion"
+)
 # Fewer layers keep a run short on a loaded machine (the figures then say so).
 _LAYERS = flags.DEFINE_integer("train_layers", 12, "layers of the 134M model's shape")
+_HUGETLB = flags.DEFINE_bool(
+    "train_hugetlb", True, "both workers with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (else without)"
+)
+_WORKER = flags.DEFINE_enum("train_worker", None, ["ours", "torch"], "internal: serve one side")
+
+# glibc's tunable that madvises its large (mmap'd) allocations for transparent huge pages.
+HUGETLB = "glibc.malloc.hugetlb=1"
+# Prefix of a worker's replies on its stdout (libraries may print there too).
+_REPLY = "@cpu_train "
 
 BATCH, SEQ_LEN = 8, 512
 MODEL = dict(
@@ -155,32 +177,110 @@ def seconds_per_step(trainer, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def worker_env(hugetlb: bool) -> dict[str, str]:
+    """This process's environment for a worker, with glibc's `malloc.hugetlb` tunable set to 1
+    (large allocations madvised for transparent huge pages) or left out."""
+    tunables = [
+        t
+        for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+        if t and "malloc.hugetlb" not in t
+    ]
+    if hugetlb:
+        tunables.append(HUGETLB)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    return env | ({"GLIBC_TUNABLES": ":".join(tunables)} if tunables else {})
+
+
+class Worker:
+    """One side's trainer in a process of its own (`--train_worker=SIDE`), driven over a pipe:
+    `steps(n)` returns its seconds per step. Idle, it blocks on its stdin, so it takes no CPU
+    while the other side steps, and the two sides share no allocator or thread pool."""
+
+    def __init__(self, side: str, hugetlb: bool):
+        argv = [f"--train_worker={side}"] + [
+            f"--{flag.name}={flag.value}"
+            for flag in (_LAYERS, _ATTENTION, _LOSS_CHUNK, _REMAT, _DOT_FUSION)
+        ]
+        self.side = side
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.cpu_train", *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=worker_env(hugetlb),
+            text=True,
+        )
+        self.reply()  # built, compiled, one step taken
+
+    def reply(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY) :])
+        raise RuntimeError(f"cpu_train: the {self.side} worker exited ({self.process.wait()})")
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.reply()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(side: str) -> None:
+    """The worker's loop: build `side`'s trainer, take one step (compile, allocator, thread
+    pools), then answer `steps TIMED WARM` (seconds per step of TIMED steps after WARM untimed
+    ones) and `probe` lines on stdin until it closes."""
+    config = bench_config()
+    trainer = (JaxTrainer if side == "ours" else TorchTrainer)(config)
+    trainer.steps(1)
+    print(_REPLY + json.dumps({"ready": side}), flush=True)
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command == "steps":
+            timed, warm = map(int, args)
+            trainer.steps(warm)
+            answer = {"seconds": seconds_per_step(trainer, timed)}
+        else:  # probe
+            answer = {"flops": metrics.cpu_matmul_flops()}
+        print(_REPLY + json.dumps(answer), flush=True)
+
+
+def bench_config() -> ml_collections.ConfigDict:
+    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value, num_layers=_LAYERS.value)
+    config.train.update(loss_chunk=_LOSS_CHUNK.value, cpu_dot_fusion=_DOT_FUSION.value)
+    return config_lib.validate(config)
+
+
 # run() returns results.json sections, not one module's figures.
 SECTIONED = True
 
 
 def run() -> dict[str, dict] | None:
-    """Measure both sides alternately, print the figures; returns the cpu_train and cpu_mfu
-    sections. None (skipped) without torch, as in the Python 3.12 stack."""
+    """Measure both sides alternately, each in its own worker process, print the figures;
+    returns the cpu_train and cpu_mfu sections. None (skipped) without torch, as in the Python
+    3.12 stack."""
     if importlib.util.find_spec("torch") is None:
         print("cpu_train: skipped (no torch)")
         return None
-    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value, num_layers=_LAYERS.value)
-    config.train.loss_chunk = _LOSS_CHUNK.value
-    config_lib.validate(config)
+    config = bench_config()
     load_start = os.getloadavg()[0]
-    ours, theirs = JaxTrainer(config), TorchTrainer(config)
-    ours.steps(1)  # compile
-    theirs.steps(1)  # allocator and thread pools
-    times = {"ours": [], "torch": []}
-    for _ in range(_ROUNDS.value):
-        times["ours"].append(seconds_per_step(ours, _STEPS.value))
-        times["torch"].append(seconds_per_step(theirs, _STEPS.value))
+    workers = {}
+    try:
+        for side in ("ours", "torch"):
+            workers[side] = Worker(side, _HUGETLB.value)
+        times = {"ours": [], "torch": []}
+        for _ in range(_ROUNDS.value):
+            for side, worker in workers.items():
+                times[side].append(worker.ask(f"steps {_STEPS.value} {_WARM.value}")["seconds"])
+        peak = workers["ours"].ask("probe")["flops"]
+    finally:
+        for worker in workers.values():
+            worker.close()
     tokens = BATCH * SEQ_LEN
     ours_rate = tokens / statistics.median(times["ours"])
     torch_rate = tokens / statistics.median(times["torch"])
     round_ratios = [t / o for o, t in zip(times["ours"], times["torch"], strict=True)]
-    peak = metrics.cpu_matmul_flops()
     model_flops = metrics.flops_per_token(config)["model"] * ours_rate
     train_figures = {
         "ours_tokens_per_s": ours_rate,
@@ -192,6 +292,8 @@ def run() -> dict[str, dict] | None:
         "attention": _ATTENTION.value,
         "loss_chunk": _LOSS_CHUNK.value,
         "remat": _REMAT.value,
+        "cpu_dot_fusion": _DOT_FUSION.value,
+        "glibc_tunables": worker_env(_HUGETLB.value).get("GLIBC_TUNABLES", ""),
         "step_seconds_ours": times["ours"],
         "step_seconds_torch": times["torch"],
         "load_average": [load_start, os.getloadavg()[0]],
@@ -204,7 +306,8 @@ def run() -> dict[str, dict] | None:
     figures = train_figures | mfu_figures
     print(
         f"cpu_train: {figures['params'] / 1e6:.1f}M params, batch {BATCH} x {SEQ_LEN}, fp32,"
-        f" {os.cpu_count()} CPUs, load average {load_start:.1f} -> {os.getloadavg()[0]:.1f}\n"
+        f" {os.cpu_count()} CPUs, load average {load_start:.1f} -> {os.getloadavg()[0]:.1f},"
+        f" GLIBC_TUNABLES={figures['glibc_tunables']!r}\n"
         f"  phi3_jax ({_ATTENTION.value} attention): {ours_rate:8.1f} tokens/s\n"
         f"  transformers + torch AdamW (sdpa):     {torch_rate:8.1f} tokens/s\n"
         f"  ratio ours / torch: {figures['ratio']:.2f} (median of {len(round_ratios)} rounds)\n"
@@ -217,7 +320,10 @@ def run() -> dict[str, dict] | None:
 
 def main(argv: list[str]) -> None:
     del argv
-    run()
+    if _WORKER.value:
+        serve(_WORKER.value)
+    else:
+        run()
 
 
 if __name__ == "__main__":

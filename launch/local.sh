@@ -3,6 +3,7 @@
 # coordinator on 127.0.0.1 (phi3_jax.distributed reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES
 # and JAX_PROCESS_ID). Process 0 prints to the terminal; every process logs to LOG_DIR.
 # Stopping the launcher (Ctrl-C, SIGTERM) stops every process; any process failing stops the rest.
+# Unless GLIBC_TUNABLES is set, glibc backs large allocations with huge pages (README, Performance).
 set -euo pipefail
 
 usage() {
@@ -62,6 +63,7 @@ fi
 # The command of process $1 (env, then the interpreter), into the array `command`.
 process_command() {
   command=(env "JAX_PLATFORMS=cpu" "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+    "GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}"
     "JAX_COORDINATOR_ADDRESS=127.0.0.1:$port" "JAX_NUM_PROCESSES=$num_processes"
     "JAX_PROCESS_ID=$1" "$python" -m phi3_jax.train "${train_args[@]}")
 }

@@ -64,6 +64,7 @@ from phi3_jax.config.schema import (
     validate,
 )
 from phi3_jax.config.train import (
+    CPU_DOT_FUSIONS,
     OBJECTIVES,
     ON_NAN,
     SCHEDULES,
@@ -77,6 +78,7 @@ from phi3_jax.config.train import (
 __all__ = [
     "ARCHITECTURES",
     "ATTENTION_IMPLEMENTATIONS",
+    "CPU_DOT_FUSIONS",
     "DATA_FORMATS",
     "DPO_LOSSES",
     "MESH_AXES",

@@ -27,10 +27,11 @@ PLAIN_MESH = (2, 2, 1, 2)
 
 def fast_config(mesh=PLAIN_MESH, **model_overrides):
     """The train tests' tiny model with GQA, a sliding window shorter than the rows, and rows of
-    32 tokens; `train.loss_chunk` rides along in model_overrides as loss_chunk."""
+    32 tokens; `train.loss_chunk` and `train.cpu_dot_fusion` ride along in model_overrides."""
     config = small_config(mesh[:2] + mesh[3:], seq_len=32)
     config.mesh.sequence = mesh[2]
     config.train.loss_chunk = model_overrides.pop("loss_chunk", 0)
+    config.train.cpu_dot_fusion = model_overrides.pop("cpu_dot_fusion", "dots_only")
     config.model.update(num_kv_heads=2, sliding_window=6, attention_chunk=8, **model_overrides)
     return config_lib.validate(config)
 
@@ -65,12 +66,41 @@ def assert_same_run(actual, reference) -> None:
         # Falls back to xla on CPU.
         dict(attention="cudnn"),
         dict(loss_chunk=8),
+        # The default compiles each dot alone for YNNPACK; XLA's own fusions are the plain path.
+        dict(cpu_dot_fusion="xla"),
         pytest.param(dict(attention="chunked", loss_chunk=4), marks=pytest.mark.slow),
     ],
-    ids=["chunked", "xla", "cudnn-falls-back", "loss_chunk", "chunked+loss_chunk"],
+    ids=[
+        "chunked",
+        "xla",
+        "cudnn-falls-back",
+        "loss_chunk",
+        "cpu-dot-fusion-xla",
+        "chunked+loss_chunk",
+    ],
 )
 def test_fast_path_trains_like_the_plain_path(overrides):
     assert_same_run(run(**overrides), run())
+
+
+def test_cpu_dot_fusion_reaches_the_cpu_compile():
+    config = fast_config((1, 1, 1, 1))
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    shapes = [
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+        for tree in (initial_state(), packed_batch(config))
+    ]
+    compiled = {}
+    for fusion in config_lib.CPU_DOT_FUSIONS:
+        config.train.cpu_dot_fusion = fusion
+        step = train.make_train_step(config, mesh)
+        compiled[fusion] = step.lower(*shapes).compile().as_text()
+    config.train.cpu_dot_fusion = "xla"
+    assert train.step.compiler_options(config, mesh) == {}
+    config.train.cpu_dot_fusion = "dots_only"
+    option = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    assert train.step.compiler_options(config, mesh) == option
+    assert compiled["dots_only"] != compiled["xla"]
 
 
 @pytest.mark.parametrize(
@@ -143,6 +173,7 @@ def test_hidden_states_then_lm_head_equal_logits():
             "is read by the einsum kernel only, not model.attention='chunked'",
         ),
         ("model.attention_score_dtype", "float16", "must be one of float32, bfloat16"),
+        ("train.cpu_dot_fusion", "ynn", "must be one of \\('xla', 'dots_only'\\)"),
     ],
 )
 def test_bad_fast_path_settings_are_one_line_errors(key, value, message):

@@ -73,9 +73,11 @@ def test_local_dry_run_prints_each_process():
     out = lines(
         run("launch/local.sh", "2", "--port=23456", "--python=python3", "--dry_run", *TRAIN)
     )
+    # The caller's glibc tunables, else huge pages for large allocations.
+    tunables = os.environ.get("GLIBC_TUNABLES") or "glibc.malloc.hugetlb=1"
     env = (
         "env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 "
-        "JAX_COORDINATOR_ADDRESS=127.0.0.1:23456 JAX_NUM_PROCESSES=2"
+        f"GLIBC_TUNABLES={tunables} JAX_COORDINATOR_ADDRESS=127.0.0.1:23456 JAX_NUM_PROCESSES=2"
     )
     command = "python3 -m phi3_jax.train --config=configs/phi3_mini.py:tpu=v5p-128 "
     assert out == [

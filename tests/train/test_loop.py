@@ -52,17 +52,21 @@ def command(workdir, **overrides) -> list[str]:
     ]
 
 
-def environment() -> dict[str, str]:
-    # One CPU device (the test process's 8 emulated ones are not inherited), unbuffered lines.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return env | {"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+def environment(hugetlb: bool = True) -> dict[str, str]:
+    # One CPU device (the test process's 8 emulated ones are not inherited), unbuffered lines;
+    # glibc's large allocations on huge pages (as make sets it) or not.
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
+    env |= {"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    return env | ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"} if hugetlb else {})
 
 
-def run(workdir, check: bool = True, **overrides) -> subprocess.CompletedProcess:
+def run(
+    workdir, check: bool = True, hugetlb: bool = True, **overrides
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         command(workdir, **overrides),
         cwd=REPO,
-        env=environment(),
+        env=environment(hugetlb),
         capture_output=True,
         text=True,
         timeout=300,
@@ -120,7 +124,9 @@ SMALL_OVERRIDES = {
 
 
 def straight_run(tmp_path_factory, worker_id, name: str, **overrides):
-    """An uninterrupted run, made once and shared by the xdist workers."""
+    """An uninterrupted run, made once and shared by the xdist workers. It allocates without
+    huge pages and the runs compared with it with them, so the bitwise checks also show that
+    the allocator setting (`make`'s GLIBC_TUNABLES) changes no result."""
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         root = root.parent
@@ -128,7 +134,7 @@ def straight_run(tmp_path_factory, worker_id, name: str, **overrides):
     with fasteners.InterProcessLock(str(root / f"{name}.lock")):
         if not (workdir / "complete").exists():
             shutil.rmtree(workdir, ignore_errors=True)
-            result = run(workdir, **overrides)
+            result = run(workdir, hugetlb=False, **overrides)
             assert "starting from a random init" in result.stdout
             (workdir / "complete").write_text("")
     return workdir
