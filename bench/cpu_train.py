@@ -6,7 +6,7 @@ alternately (`train_rounds` rounds of `train_steps` timed steps each side, after
 `train_warm_steps` untimed ones), so load on a shared machine falls on both alike. The ratio is
 the median of the per-round ratios; the load average is recorded at the start and the end. Both
 workers get the same environment: by default glibc's `malloc.hugetlb=1` tunable (transparent
-huge pages for large allocations, as `make` sets it), `--notrain_hugetlb` without it.
+huge pages for large allocations, as `make bench` sets it), `--notrain_hugetlb` without it.
 
 Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) over the matmul
 peak that a JAX matmul probe measures in phi3_jax's worker. Both sides use all cores.

@@ -54,7 +54,7 @@ def command(workdir, **overrides) -> list[str]:
 
 def environment(hugetlb: bool = True) -> dict[str, str]:
     # One CPU device (the test process's 8 emulated ones are not inherited), unbuffered lines;
-    # glibc's large allocations on huge pages (as make sets it) or not.
+    # glibc's large allocations on huge pages (as make train sets it) or not.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
     env |= {"JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     return env | ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"} if hugetlb else {})
@@ -126,7 +126,7 @@ SMALL_OVERRIDES = {
 def straight_run(tmp_path_factory, worker_id, name: str, **overrides):
     """An uninterrupted run, made once and shared by the xdist workers. It allocates without
     huge pages and the runs compared with it with them, so the bitwise checks also show that
-    the allocator setting (`make`'s GLIBC_TUNABLES) changes no result."""
+    the allocator setting (`make train`'s GLIBC_TUNABLES) changes no result."""
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         root = root.parent
