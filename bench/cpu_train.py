@@ -193,8 +193,8 @@ def worker_env(hugetlb: bool) -> dict[str, str]:
 
 class Worker:
     """One side's trainer in a process of its own (`--train_worker=SIDE`), driven over a pipe:
-    `steps(n)` returns its seconds per step. Idle, it blocks on its stdin, so it takes no CPU
-    while the other side steps, and the two sides share no allocator or thread pool."""
+    `ask("steps TIMED WARM")` returns its seconds per timed step. Idle, it blocks on its stdin,
+    so it takes no CPU while the other side steps; the two share no allocator or thread pool."""
 
     def __init__(self, side: str, hugetlb: bool):
         argv = [f"--train_worker={side}"] + [
