@@ -196,10 +196,9 @@ class Worker:
     `ask("steps TIMED WARM")` returns its seconds per timed step. Idle, it blocks on its stdin,
     so it takes no CPU while the other side steps; the two share no allocator or thread pool."""
 
-    def __init__(self, side: str, hugetlb: bool):
-        argv = [f"--train_worker={side}"] + [
-            f"--{flag.name}={flag.value}"
-            for flag in (_LAYERS, _ATTENTION, _LOSS_CHUNK, _REMAT, _DOT_FUSION)
+    def __init__(self, side: str, hugetlb: bool, layers: int):
+        argv = [f"--train_worker={side}", f"--train_layers={layers}"] + [
+            f"--{flag.name}={flag.value}" for flag in (_ATTENTION, _LOSS_CHUNK, _REMAT, _DOT_FUSION)
         ]
         self.side = side
         self.process = subprocess.Popen(
@@ -268,7 +267,7 @@ def run() -> dict[str, dict] | None:
     workers = {}
     try:
         for side in ("ours", "torch"):
-            workers[side] = Worker(side, _HUGETLB.value)
+            workers[side] = Worker(side, _HUGETLB.value, _LAYERS.value)
         times = {"ours": [], "torch": []}
         for _ in range(_ROUNDS.value):
             for side, worker in workers.items():

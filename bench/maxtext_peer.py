@@ -6,10 +6,13 @@ from PyPI (a few minutes). Two comparisons:
 - CPU training of the bench's 134M Phi-3-shaped model (`bench.cpu_train`: width 768, 12 layers,
   12 heads of 64, MLP 2048, vocabulary 32064, batch 8 x 512, fp32, AdamW, synthetic tokens) as a
   MaxText llama2 decoder. One MaxText process trains; it is stopped (SIGSTOP) while phi3_jax
-  steps in this process and resumed (SIGCONT) for its own steps, round after round, so load on
-  the shared machine falls on both sides alike. A MaxText step is the time between two of its
-  "completed step" log lines within one resumed window (its printed step time lags two steps on
-  CPU). Each side runs its least-recompute setting: phi3_jax remat none; MaxText has no "none" (it
+  steps in its worker process (`bench.cpu_train.Worker`) and resumed (SIGCONT) for its own
+  steps, round after round, so load on the shared machine falls on both sides alike. A MaxText
+  step is the time between two of its "completed step" log lines within one resumed window (its
+  printed step time lags two steps on CPU). Each round times steps after `--peer_warm_steps`
+  untimed ones of that side (a side's first step after waiting refaults the memory it gave back;
+  `bench.cpu_train`), and both processes get the same glibc tunables (`--nopeer_hugetlb`: without
+  huge pages). Each side runs its least-recompute setting: phi3_jax remat none; MaxText has no "none" (it
   always wraps the layer in jax.checkpoint; "none" means full remat), so `minimal_with_context`,
   which saves every projection and the attention context.
 - TPU ahead-of-time compiles of Phi-3-mini's shape on v5e-256 and v5p-128 with MaxText's own
@@ -28,7 +31,8 @@ masks, so both count the same FLOPs (an exact windowed kernel would save ~25% of
 4K). HF's fused qkv_proj and gate_up_proj are split into separate projections in phi3_jax (the
 checkpoint converter splits them), as MaxText's defaults are (`fused_qkv`, `fused_mlp` false).
 
-    python -m bench.maxtext_peer [--peer_rounds=5] [--peer_steps=2] [--peer_aot=v5e-256,v5p-128]
+    python -m bench.maxtext_peer [--peer_rounds=5] [--peer_steps=2] [--peer_warm_steps=1]
+        [--nopeer_hugetlb] [--peer_aot=v5e-256,v5p-128]
         [--peer_aot_kernels=dense,fused] [--peer_aot_microbatches=N] [--peer_aot_loss_chunk=N]
         [--peer_aot_fp32_scores] [--peer_skip_cpu]
 """
@@ -64,6 +68,12 @@ COMPILE_DRIVER = REPO / "bench" / "peers" / "maxtext_compile.py"
 
 _ROUNDS = flags.DEFINE_integer("peer_rounds", 5, "alternating rounds (phi3_jax, then MaxText)")
 _STEPS = flags.DEFINE_integer("peer_steps", 2, "timed steps of each side per round")
+_WARM = flags.DEFINE_integer("peer_warm_steps", 1, "untimed steps of each side before its timed")
+_HUGETLB = flags.DEFINE_bool(
+    "peer_hugetlb",
+    True,
+    f"both CPU trainers with GLIBC_TUNABLES={cpu_train.HUGETLB} (else without)",
+)
 _AOT = flags.DEFINE_list("peer_aot", ["v5e-256", "v5p-128"], "TPU slices to compile ([]: none)")
 # Kernel classes: MaxText's attention and phi3_jax's model overrides for the same kind of kernel.
 # dense: every score in HBM, in bf16 on both sides (MaxText's default numerics; phi3_jax's own
@@ -181,10 +191,11 @@ def ensure_venv(log=print) -> pathlib.Path:
     return python
 
 
-def maxtext_env(scratch: pathlib.Path) -> dict[str, str]:
+def maxtext_env(scratch: pathlib.Path, hugetlb: bool = False) -> dict[str, str]:
     """MaxText's environment: CPU jax, Mosaic kernels its libtpu accepts, libtpu's logs in the
-    scratch dir (not the system temp dir), the repository importable (for the compile driver)."""
-    return os.environ | {
+    scratch dir (not the system temp dir), the repository importable (for the compile driver),
+    glibc's huge-page tunable set as `bench.cpu_train.worker_env` sets it."""
+    return cpu_train.worker_env(hugetlb) | {
         "JAX_PLATFORMS": "cpu",
         # MaxText 0.2.5's jax (0.12.0.1) writes a Mosaic `debug_locations` field that the
         # libtpu it installs with (0.0.52) rejects ("no such field"): its splash kernel then
@@ -239,14 +250,15 @@ class MaxTextTrainer:
         self._next_line()
         self.process.send_signal(signal.SIGSTOP)
 
-    def steps(self, n: int) -> list[float]:
-        """Resume for n + 1 step lines, stop; the n step times between them. Lines printed
-        just before the last stop are dropped: the time since spans the stop."""
+    def steps(self, n: int, warm: int = 0) -> list[float]:
+        """Resume for warm + n + 1 step lines, stop; the n step times between the last n + 1
+        of them. Lines printed just before the last stop are dropped: the time since spans the
+        stop."""
         while not self.lines.empty():
             if self.lines.get() is None:
                 raise RuntimeError("MaxText stopped early:\n" + "".join(self.tail))
         self.process.send_signal(signal.SIGCONT)
-        seen = [self._next_line() for _ in range(n + 1)]
+        seen = [self._next_line() for _ in range(warm + n + 1)][warm:]
         self.process.send_signal(signal.SIGSTOP)
         return [b - a for a, b in zip(seen, seen[1:], strict=False)]
 
@@ -256,49 +268,47 @@ class MaxTextTrainer:
         self.process.wait()
 
 
-def start_maxtext(python: pathlib.Path, scratch: pathlib.Path, steps: int) -> MaxTextTrainer:
+def start_maxtext(
+    python: pathlib.Path, scratch: pathlib.Path, steps: int, hugetlb: bool
+) -> MaxTextTrainer:
     """MaxText's CPU training of the 134M model for `steps` steps, writing into `scratch`."""
     command = [python, "-m", "maxtext.trainers.pre_train.train"]
     command += scratch_args(scratch, "cpu_peer") + CPU_ARGS
     command += [f"base_num_decoder_layers={_LAYERS.value}", f"steps={steps}"]
-    return MaxTextTrainer(command, maxtext_env(scratch))
-
-
-def ours_steps(trainer: cpu_train.JaxTrainer, n: int) -> list[float]:
-    """phi3_jax's step times, one by one (each waits for its loss)."""
-    return [cpu_train.seconds_per_step(trainer, 1) for _ in range(n)]
+    return MaxTextTrainer(command, maxtext_env(scratch, hugetlb))
 
 
 def cpu_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
     """Alternating rounds of phi3_jax and MaxText CPU training; tokens/s and their ratio."""
-    rounds, steps = _ROUNDS.value, _STEPS.value
+    rounds, steps, warm, hugetlb = _ROUNDS.value, _STEPS.value, _WARM.value, _HUGETLB.value
     load_start = os.getloadavg()[0]
-    # MaxText compiles while phi3_jax does (both before any timing): the first round waits.
-    peer = start_maxtext(python, scratch, steps=1 + rounds * (steps + 1) + 3)
+    # MaxText compiles while phi3_jax's worker does (both before any timing).
+    peer = start_maxtext(python, scratch, 1 + rounds * (warm + steps + 1) + 3, hugetlb)
+    ours = None
     try:
-        config = cpu_train.config_134m(remat="none", num_layers=_LAYERS.value)
-        ours = cpu_train.JaxTrainer(config)
-        ours.steps(1)  # compile
+        # bench.cpu_train's flags (remat none, einsum, train.cpu_dot_fusion) set the rest.
+        ours = cpu_train.Worker("ours", hugetlb, _LAYERS.value)
         peer.first_step()
         times = {"ours": [], "maxtext": []}
         for _ in range(rounds):
-            times["ours"].append(ours_steps(ours, steps))
-            times["maxtext"].append(peer.steps(steps))
+            times["ours"].append(ours.ask(f"steps {steps} {warm}")["seconds"])
+            times["maxtext"].append(statistics.mean(peer.steps(steps, warm)))
     finally:
         peer.close()
+        if ours is not None:
+            ours.close()
     tokens = cpu_train.BATCH * cpu_train.SEQ_LEN
-    ratios = [
-        statistics.median(m) / statistics.median(o)
-        for o, m in zip(times["ours"], times["maxtext"], strict=True)
-    ]
+    ratios = [m / o for o, m in zip(times["ours"], times["maxtext"], strict=True)]
     return {
-        "ours_tokens_per_s": tokens / statistics.median(sum(times["ours"], [])),
-        "maxtext_tokens_per_s": tokens / statistics.median(sum(times["maxtext"], [])),
+        "ours_tokens_per_s": tokens / statistics.median(times["ours"]),
+        "maxtext_tokens_per_s": tokens / statistics.median(times["maxtext"]),
         "ratio": statistics.median(ratios),
         "round_ratios": ratios,
         "step_seconds_ours": times["ours"],
         "step_seconds_maxtext": times["maxtext"],
         "layers": _LAYERS.value,
+        "warm_steps": warm,
+        "glibc_tunables": cpu_train.worker_env(hugetlb).get("GLIBC_TUNABLES", ""),
         "ours_remat": "none",
         "maxtext_remat": "minimal_with_context",
         "load_average": [load_start, os.getloadavg()[0]],

@@ -52,13 +52,18 @@ def test_cpu_args_are_the_bench_model():
     assert args["dtype"] == args["weight_dtype"] == model["dtype"]
 
 
-# Prints a MaxText-style step line every PERIOD seconds of its own running time.
+# Prints a MaxText-style step line every PERIOD seconds of its own running time; the step after
+# a stop takes 4 periods (as a real trainer's first step after waiting refaults its memory).
 PERIOD = 0.3
 _FAKE = f"""
 import time
+slow = False
 for step in range(1000):
     print(f"completed step: {{step}}, seconds: 0.0", flush=True)
-    time.sleep({PERIOD})
+    planned = {PERIOD} * (4 if slow else 1)
+    start = time.perf_counter()
+    time.sleep(planned)
+    slow = time.perf_counter() - start > planned + 1.0  # stopped during the sleep
 """
 
 
@@ -68,14 +73,26 @@ def test_stopped_process_is_timed_only_while_resumed():
         peer.first_step()
         time.sleep(1.5)  # phi3_jax's turn: the stand-in must not advance
         assert peer.lines.qsize() <= 1, "lines arrived while the process was stopped"
-        times = peer.steps(3)
+        times = peer.steps(3, warm=1)
         time.sleep(1.5)
-        times += peer.steps(2)
+        times += peer.steps(2, warm=1)
     finally:
         peer.close()
     assert len(times) == 5
-    # Each interval is one period of running time, never the 1.5 s stops around it.
-    assert all(0.5 * PERIOD < t < 1.0 for t in times), times
+    # Each interval is one period of running time, never the 1.5 s stops around it, nor the
+    # slow step after each stop (the warm one).
+    assert all(0.5 * PERIOD < t < 2.5 * PERIOD for t in times), times
+
+
+def test_without_a_warm_step_the_first_step_after_a_stop_is_timed():
+    peer = maxtext_peer.MaxTextTrainer([sys.executable, "-c", _FAKE])
+    try:
+        peer.first_step()
+        time.sleep(1.5)
+        times = peer.steps(2)
+    finally:
+        peer.close()
+    assert times[0] > 3 * PERIOD and times[1] < 2.5 * PERIOD, times
 
 
 def test_a_failing_compile_is_its_rows_error(capsys):
