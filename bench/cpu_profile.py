@@ -15,7 +15,7 @@ step's wall time (its share of all thunk time x wall). The matmul rate is the ja
 (`phi3_jax.flops`) over the matmuls' share of the wall, against the JAX matmul probe
 (`metrics.cpu_matmul_flops`) of the same process.
 
-    python -m bench.cpu_profile [--profile_attention=einsum] [--profile_layers=12]
+    python -m bench.cpu_profile [--profile_attention=einsum] [--profile_layers=12] [--noprofile_flat_projections]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _ATTENTION = flags.DEFINE_enum(
     "profile_attention", "einsum", config_lib.ATTENTION_IMPLEMENTATIONS, "model.attention"
 )
 _LAYERS = flags.DEFINE_integer("profile_layers", 12, "layers of the profiled model")
+_FLAT = flags.DEFINE_bool("profile_flat_projections", True, "model.flat_projections")
 
 # op_name path components of the model's submodules (flax names), by category.
 _DENSE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
@@ -157,10 +158,12 @@ def account(config, step, state, batch) -> dict:
 
 def run() -> dict:
     """Profile the 134M step; print and return the account."""
-    config = cpu_train.config_134m(attention=_ATTENTION.value, num_layers=_LAYERS.value)
+    config = cpu_train.config_134m(
+        attention=_ATTENTION.value, num_layers=_LAYERS.value, flat_projections=_FLAT.value
+    )
     trainer = cpu_train.JaxTrainer(config)
     figures = account(config, trainer.step, trainer.state, trainer.batch)
-    figures |= {"attention": _ATTENTION.value, "layers": _LAYERS.value}
+    figures |= {"attention": _ATTENTION.value, "layers": _LAYERS.value, "flat": _FLAT.value}
     lines = [f"cpu_profile ({_ATTENTION.value}): step {figures['step_seconds']:.1f} s wall"]
     lines += [f"  {name:18s} {100 * s:5.1f}%" for name, s in figures["share"].items()]
     lines.append(

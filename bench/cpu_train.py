@@ -12,7 +12,7 @@ Also reports MFU: phi3_jax's model FLOP/s (6N + attention, `phi3_jax.metrics`) o
 peak that a JAX matmul probe measures in phi3_jax's worker. Both sides use all cores.
 
     python -m bench.cpu_train [--train_rounds=5] [--train_steps=1] [--train_attention=einsum]
-        [--train_layers=12] [--notrain_hugetlb]
+        [--train_layers=12] [--notrain_hugetlb] [--notrain_flat_projections]
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ _LOSS_CHUNK = flags.DEFINE_integer("train_loss_chunk", 0, "phi3_jax's train.loss
 _REMAT = flags.DEFINE_enum("train_remat", "none", config_lib.REMAT_POLICIES, "model.remat")
 _DOT_FUSION = flags.DEFINE_enum(
     "train_cpu_dot_fusion", "dots_only", config_lib.CPU_DOT_FUSIONS, "train.cpu_dot_fusion"
+)
+_FLAT = flags.DEFINE_bool(
+    "train_flat_projections", True, "model.flat_projections (projections over one token axis)"
 )
 # Fewer layers keep a run short on a loaded machine (the figures then say so).
 _LAYERS = flags.DEFINE_integer("train_layers", 12, "layers of the 134M model's shape")
@@ -198,7 +201,8 @@ class Worker:
 
     def __init__(self, side: str, hugetlb: bool, layers: int):
         argv = [f"--train_worker={side}", f"--train_layers={layers}"] + [
-            f"--{flag.name}={flag.value}" for flag in (_ATTENTION, _LOSS_CHUNK, _REMAT, _DOT_FUSION)
+            f"--{flag.name}={flag.value}"
+            for flag in (_ATTENTION, _LOSS_CHUNK, _REMAT, _DOT_FUSION, _FLAT)
         ]
         self.side = side
         self.process = subprocess.Popen(
@@ -246,7 +250,12 @@ def serve(side: str) -> None:
 
 
 def bench_config() -> ml_collections.ConfigDict:
-    config = config_134m(attention=_ATTENTION.value, remat=_REMAT.value, num_layers=_LAYERS.value)
+    config = config_134m(
+        attention=_ATTENTION.value,
+        remat=_REMAT.value,
+        num_layers=_LAYERS.value,
+        flat_projections=_FLAT.value,
+    )
     config.train.update(loss_chunk=_LOSS_CHUNK.value, cpu_dot_fusion=_DOT_FUSION.value)
     return config_lib.validate(config)
 
@@ -292,6 +301,7 @@ def run() -> dict[str, dict] | None:
         "loss_chunk": _LOSS_CHUNK.value,
         "remat": _REMAT.value,
         "cpu_dot_fusion": _DOT_FUSION.value,
+        "flat_projections": _FLAT.value,
         "glibc_tunables": worker_env(_HUGETLB.value).get("GLIBC_TUNABLES", ""),
         "step_seconds_ours": times["ours"],
         "step_seconds_torch": times["torch"],

@@ -7,6 +7,8 @@ from phi3_jax import config as config_lib
 # phase-1 web text before phase 2 mixes in the stricter web subset and the synthetic textbooks),
 # a learning rate high enough for a 9M model to learn visibly in that budget.
 DEMO = dict(
+    # Projections over one token axis: the CPU step's weight gradients without layout copies.
+    model=dict(flat_projections=True),
     train=dict(steps=150, global_batch_size=16, seq_len=128),
     optim=dict(lr=3e-3, warmup_steps=15),
     data=dict(phase2_start_step=100, num_workers=1, eval_batches=2),

@@ -106,7 +106,12 @@ def hidden_states(
 def lm_head_logits(config: ml_collections.ConfigDict, params, hidden: Array) -> Array:
     """float32 logits of (a slice of) `hidden_states`."""
     head = _split(config, "lm_head_logits").lm_head(config.model)
-    return head.apply({"params": params["lm_head"]}, hidden).astype(jnp.float32)
+    logits = head.apply(
+        {"params": params["lm_head"]},
+        hidden,
+        method=lambda module, x: layers.project(module, x, config.model),
+    )
+    return logits.astype(jnp.float32)
 
 
 def _split(config: ml_collections.ConfigDict, entry_point: str) -> architectures.Architecture:

@@ -76,6 +76,24 @@ class RMSNorm(nn.Module):
         return scale.astype(x.dtype) * normed.astype(x.dtype)
 
 
+def project(
+    module: nn.Module, x: Array, model: ml_collections.ConfigDict, features: int = 1
+) -> Array:
+    """`module(x)` for a projection over x's last `features` axes; with `model.flat_projections`
+    x's leading axes are first flattened into one token axis and the output's restored. The same
+    dot either way: only the gradient dots' shapes change (one contracting axis, not two)."""
+    if not model.flat_projections:
+        return module(x)
+    y = module(x.reshape(-1, *x.shape[x.ndim - features :]))
+    return y.reshape(*x.shape[: x.ndim - features], *y.shape[1:])
+
+
+def projection_equation(model: ml_collections.ConfigDict, einsum_str: str) -> str:
+    """An `nn.Einsum` projection's equation over [batch, length, ...] inputs ("b" the batch),
+    without the batch letter when `project` flattens the tokens."""
+    return einsum_str.replace("b", "") if model.flat_projections else einsum_str
+
+
 def write_cache(cache: Array, new: Array, index: Array) -> Array:
     """`new` [batch, n, ...] written into `cache` [batch, length, ...] at slot `index` [batch]."""
 
@@ -106,7 +124,7 @@ class Attention(nn.Module):
         # whose logical constraint fails once a mesh is active (flax issue #3676).
         return nn.Einsum(
             shape=shape,
-            einsum_str=einsum_str,
+            einsum_str=projection_equation(self.model, einsum_str),
             use_bias=False,
             dtype=dtype_of(self.model.dtype),
             param_dtype=dtype_of(self.model.param_dtype),
@@ -126,9 +144,13 @@ class Attention(nn.Module):
         q_shape = (m.hidden_size, m.num_heads, head_dim)
         kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
         kv_axes = ("embed", "kv_heads", "head_dim")
-        q = self.projection(q_shape, ("embed", "heads", "head_dim"), "bld,dhk->blhk", "q_proj")(x)
-        k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
-        v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
+        q = project(
+            self.projection(q_shape, ("embed", "heads", "head_dim"), "bld,dhk->blhk", "q_proj"),
+            x,
+            m,
+        )
+        k = project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj"), x, m)
+        v = project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj"), x, m)
         q = nn.with_logical_constraint(
             rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
@@ -144,12 +166,13 @@ class Attention(nn.Module):
             attention.attend(m, q, k, v, mask, decoding=kv is not None),
             ("batch", "length", "heads", None),
         )
-        out = self.projection(
+        o_proj = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
-        )(out)
+        )
+        out = project(o_proj, out, m, features=2)
         return out, kv
 
 
@@ -171,7 +194,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         m = self.model
-        gate = self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
-        up = self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+        gate = project(self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj"), x, m)
+        up = project(self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj"), x, m)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return self.projection(m.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+        return project(self.projection(m.hidden_size, ("mlp", "embed"), "down_proj"), hidden, m)

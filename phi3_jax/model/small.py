@@ -83,7 +83,7 @@ class Attention(nn.Module):
     def projection(self, shape, axes, einsum_str, name) -> nn.Einsum:
         return nn.Einsum(
             shape=shape,
-            einsum_str=einsum_str,
+            einsum_str=layers.projection_equation(self.model, einsum_str),
             dtype=layers.dtype_of(self.model.dtype),
             param_dtype=layers.dtype_of(self.model.param_dtype),
             kernel_init=layers.normal_init(self.model, axes),
@@ -110,14 +110,15 @@ class Attention(nn.Module):
         head_dim = config_lib.head_dim(m)
         kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
         kv_axes = ("embed", "kv_heads", "head_dim")
-        q = self.projection(
+        q_proj = self.projection(
             (m.hidden_size, m.num_heads, head_dim),
             ("embed", "heads", "head_dim"),
             "bld,dhk->blhk",
             "q_proj",
-        )(x)
-        k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
-        v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
+        )
+        q = layers.project(q_proj, x, m)
+        k = layers.project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj"), x, m)
+        v = layers.project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj"), x, m)
         q = nn.with_logical_constraint(
             rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
@@ -136,12 +137,13 @@ class Attention(nn.Module):
             spec = blocksparse.BlocksparseSpec.from_model(m)
             out = blocksparse.blocksparse_attention(q, k, v, sparse, spec, scale)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        out = self.projection(
+        o_proj = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
-        )(out)
+        )
+        out = layers.project(o_proj, out, m, features=2)
         return out, kv
 
 
@@ -165,14 +167,20 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         m = self.model
         std = m.initializer_range
-        gate = self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj", std)(x)
-        up = self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj", std)(x)
+        gate = layers.project(
+            self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj", std), x, m
+        )
+        up = layers.project(
+            self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj", std), x, m
+        )
         hidden = nn.with_logical_constraint(
             gegelu(gate, up, m.gegelu_limit), ("batch", "length", "mlp")
         )
         # HF's _init_weights draws down_proj with std / sqrt(2 * layers) (two residual adds each).
         down_std = std / np.sqrt(2 * m.num_layers)
-        out = self.projection(m.hidden_size, ("mlp", "embed"), "down_proj", down_std)(hidden)
+        out = layers.project(
+            self.projection(m.hidden_size, ("mlp", "embed"), "down_proj", down_std), hidden, m
+        )
         return nn.Dropout(m.ffn_dropout)(out, deterministic=self.deterministic)
 
 

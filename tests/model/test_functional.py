@@ -40,14 +40,16 @@ def test_abstract_params_axes_and_count_agree_with_the_params(tiny):
         assert len(spec) == array.ndim
 
 
-def test_lm_head_of_the_hidden_states_is_the_logits(tiny):
-    config, params = tiny
+@pytest.mark.parametrize("flat_projections", [False, True])
+def test_lm_head_of_the_hidden_states_is_the_logits(tiny, flat_projections):
+    plain, params = tiny
+    config = config_lib.replace(plain, model={"flat_projections": flat_projections})
     tokens = jnp.asarray([[1, 5, 9, 2], [7, 3, 3, 8]])
     hidden = jax.jit(functools.partial(functional.hidden_states, config))(params, tokens)
     assert hidden.shape == (2, 4, config.model.hidden_size)
     np.testing.assert_allclose(
         jax.jit(functools.partial(functional.lm_head_logits, config))(params, hidden),
-        jax.jit(functools.partial(functional.logits, config))(params, tokens),
+        jax.jit(functools.partial(functional.logits, plain))(params, tokens),
         rtol=1e-6,
     )
     small = config_lib.freeze(phi3_small.get_config("tiny"))

@@ -136,8 +136,9 @@ def logits_fn(config):
 TOKENS = np.random.default_rng(0).integers(0, 496, (2, 50))
 
 
-def test_logits_equal_numpy_reference():
-    config = tiny_config()
+@pytest.mark.parametrize("flat_projections", [False, True])
+def test_logits_equal_numpy_reference(flat_projections):
+    config = tiny_config(flat_projections=flat_projections)
     params = random_params(config)
     ours = np.asarray(logits_fn(config)(params, TOKENS))
     want = np_logits(config.model, hf_small.params_to_hf(params, config.model), TOKENS)

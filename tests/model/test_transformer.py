@@ -1,7 +1,10 @@
-"""The model on its own: parameter counts, packed segments, scan/unroll and remat equivalence,
-the compute dtype, and cached decoding."""
+"""The model on its own: parameter counts, packed segments, scan/unroll, remat and flat
+projections equivalence, the compute dtype, and cached decoding."""
 
 from __future__ import annotations
+
+import collections
+import re
 
 import jax
 import jax.numpy as jnp
@@ -59,18 +62,18 @@ def loss_and_grads(config, params, tokens):
 
 
 @pytest.mark.parametrize(
-    "scan_layers, remat",
-    [(False, "none")]
-    + [(True, policy) for policy in config_lib.REMAT_POLICIES if policy != "none"],
+    "overrides",
+    [dict(scan_layers=False), dict(flat_projections=True)]
+    + [dict(remat=policy) for policy in config_lib.REMAT_POLICIES if policy != "none"],
 )
-def test_scan_unroll_and_remat_policies_agree(scan_layers, remat):
+def test_scan_unroll_remat_and_flat_projections_agree(overrides):
     reference = small_config()
     params = phi3.init_params(reference, jax.random.key(1))
     tokens = np.random.default_rng(1).integers(0, 96, (2, 10))
     want_logits = np.asarray(phi3.logits(reference, params, tokens))
     want_loss, want_grads = loss_and_grads(reference, params, tokens)
 
-    config = small_config(scan_layers=scan_layers, remat=remat)
+    config = small_config(**overrides)
     assert jax.tree.structure(phi3.abstract_params(config)) == jax.tree.structure(params)
     got_logits = np.asarray(phi3.logits(config, params, tokens))
     got_loss, got_grads = loss_and_grads(config, params, tokens)
@@ -78,6 +81,34 @@ def test_scan_unroll_and_remat_policies_agree(scan_layers, remat):
     np.testing.assert_allclose(got_loss, want_loss, rtol=0, atol=1e-6)
     for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def unbatched_contractions(config) -> collections.Counter:
+    """The loss gradient's lowered dots without batch axes, counted by the axes they contract
+    ("0, 1 x 0, 1": both operands' first two)."""
+    tokens = jnp.zeros((2, 8), jnp.int32)
+
+    def loss(p):
+        return -jnp.mean(jax.nn.log_softmax(phi3.logits(config, p, tokens))[..., 0])
+
+    text = jax.jit(jax.grad(loss)).lower(phi3.abstract_params(config)).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    return collections.Counter(
+        " x ".join(re.search(r"contracting_dims = \[([^\]]*)\] x \[([^\]]*)\]", line).groups())
+        for line in dots
+        if "batching_dims" not in line
+    )
+
+
+def test_flat_projections_weight_gradients_contract_one_token_axis():
+    """The switch's point: a projection's weight gradient contracts its activations' batch and
+    length, two axes (which XLA:CPU runs behind a transposed copy), unless the projections see
+    the tokens flattened into one."""
+    plain = unbatched_contractions(small_config(num_layers=1))
+    flat = unbatched_contractions(small_config(num_layers=1, flat_projections=True))
+    # q, k, v, o, gate, up, down and lm_head.
+    assert plain["0, 1 x 0, 1"] == flat["0 x 0"] == 8
+    assert flat["0, 1 x 0, 1"] == 0
 
 
 def test_unrolled_has_no_layer_loop():

@@ -1,6 +1,6 @@
 """The fast paths in the sharded train step: two steps with each attention kernel, chunked
-cross-entropy and sequence parallelism on the 8-device emulated mesh give the plain path's losses,
-gradient norms and parameters (fp32, 1e-5)."""
+cross-entropy, projections over flat tokens and sequence parallelism on the 8-device emulated
+mesh give the plain path's losses, gradient norms and parameters (fp32, 1e-5)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ def assert_same_run(actual, reference) -> None:
         dict(loss_chunk=8),
         # The default compiles each dot alone for YNNPACK; XLA's own fusions are the plain path.
         dict(cpu_dot_fusion="xla"),
+        # Batch and length flattened into one token axis around each projection.
+        dict(flat_projections=True),
         pytest.param(dict(attention="chunked", loss_chunk=4), marks=pytest.mark.slow),
     ],
     ids=[
@@ -76,6 +78,7 @@ def assert_same_run(actual, reference) -> None:
         "cudnn-falls-back",
         "loss_chunk",
         "cpu-dot-fusion-xla",
+        "flat-projections",
         "chunked+loss_chunk",
     ],
 )
@@ -109,8 +112,10 @@ def test_cpu_dot_fusion_reaches_the_cpu_compile():
         ((1, 2, 4, 1), dict(attention="chunked", loss_chunk=8)),
         pytest.param((1, 1, 8, 1), dict(attention="chunked"), marks=pytest.mark.slow),
         ((2, 1, 2, 2), dict()),
+        # The flattened token axis split over data and sequence at once.
+        ((2, 1, 2, 2), dict(flat_projections=True)),
     ],
-    ids=["fsdp2-seq4-chunked", "seq8-chunked", "data2-seq2-tensor2-einsum"],
+    ids=["fsdp2-seq4-chunked", "seq8-chunked", "data2-seq2-tensor2-einsum", "data2-seq2-flat"],
 )
 def test_sequence_parallel_trains_like_the_plain_path(mesh, overrides):
     assert_same_run(run(mesh, **overrides), run())
