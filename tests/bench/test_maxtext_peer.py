@@ -55,15 +55,19 @@ def test_cpu_args_are_the_bench_model():
 # Prints a MaxText-style step line every PERIOD seconds of its own running time; the step after
 # a stop takes 4 periods (as a real trainer's first step after waiting refaults its memory).
 PERIOD = 0.3
+# A stop is seen from the whole step, print included: a SIGSTOP that lands between the print and
+# the sleep's start (a loaded machine) must count too.
 _FAKE = f"""
 import time
 slow = False
+start = time.perf_counter()
 for step in range(1000):
     print(f"completed step: {{step}}, seconds: 0.0", flush=True)
     planned = {PERIOD} * (4 if slow else 1)
-    start = time.perf_counter()
     time.sleep(planned)
-    slow = time.perf_counter() - start > planned + 1.0  # stopped during the sleep
+    end = time.perf_counter()
+    slow = end - start > planned + 1.0  # stopped during this step
+    start = end
 """
 
 
