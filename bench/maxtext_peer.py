@@ -290,9 +290,14 @@ def cpu_comparison(python: pathlib.Path, scratch: pathlib.Path) -> dict:
         ours = cpu_train.Worker("ours", hugetlb, _LAYERS.value)
         peer.first_step()
         times = {"ours": [], "maxtext": []}
-        for _ in range(rounds):
+        for round_index in range(rounds):
             times["ours"].append(ours.ask(f"steps {steps} {warm}")["seconds"])
             times["maxtext"].append(statistics.mean(peer.steps(steps, warm)))
+            print(
+                f"maxtext_peer: round {round_index + 1}/{rounds}: a step takes"
+                f" {times['ours'][-1]:.1f} s (phi3_jax), {times['maxtext'][-1]:.1f} s (MaxText)",
+                flush=True,
+            )
     finally:
         peer.close()
         if ours is not None:
