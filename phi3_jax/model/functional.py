@@ -109,7 +109,7 @@ def lm_head_logits(config: ml_collections.ConfigDict, params, hidden: Array) -> 
     logits = head.apply(
         {"params": params["lm_head"]},
         hidden,
-        method=lambda module, x: layers.project(module, x, config.model),
+        method=lambda module, x: layers.project(module, config.model)(x),
     )
     return logits.astype(jnp.float32)
 

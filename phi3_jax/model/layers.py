@@ -7,6 +7,8 @@ Numerics follow Hugging Face's `modeling_phi3.py`: norms, softmax and rotary tab
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -77,21 +79,30 @@ class RMSNorm(nn.Module):
 
 
 def project(
-    module: nn.Module, x: Array, model: ml_collections.ConfigDict, features: int = 1
-) -> Array:
-    """`module(x)` for a projection over x's last `features` axes; with `model.flat_projections`
-    x's leading axes are first flattened into one token axis and the output's restored. The same
-    dot either way: only the gradient dots' shapes change (one contracting axis, not two)."""
+    module: nn.Module, model: ml_collections.ConfigDict, features: int = 1
+) -> Callable[[Array], Array]:
+    """`module`, a projection over its input's last `features` axes, as a function of
+    [batch, length, *features] inputs; with `model.flat_projections` the leading axes are first
+    flattened into one token axis and the output's restored. The same dot either way: only the
+    gradient dots' shapes change (one contracting axis, not two)."""
     if not model.flat_projections:
-        return module(x)
-    y = module(x.reshape(-1, *x.shape[x.ndim - features :]))
-    return y.reshape(*x.shape[: x.ndim - features], *y.shape[1:])
+        return module
+
+    def over_flat_tokens(x: Array) -> Array:
+        y = module(x.reshape(-1, *x.shape[x.ndim - features :]))
+        return y.reshape(*x.shape[: x.ndim - features], *y.shape[1:])
+
+    return over_flat_tokens
 
 
-def projection_equation(model: ml_collections.ConfigDict, einsum_str: str) -> str:
-    """An `nn.Einsum` projection's equation over [batch, length, ...] inputs ("b" the batch),
-    without the batch letter when `project` flattens the tokens."""
-    return einsum_str.replace("b", "") if model.flat_projections else einsum_str
+def einsum_projection(
+    model: ml_collections.ConfigDict, einsum_str: str, **einsum_args
+) -> Callable[[Array], Array]:
+    """An `nn.Einsum` projection of [batch, length, ...] inputs (`einsum_str` names the batch
+    "b" and the length "l"), through `project`: with flat tokens its equation drops the batch."""
+    equation = einsum_str.replace("b", "") if model.flat_projections else einsum_str
+    features = len(einsum_str.split(",")[0]) - 2  # the input's axes after batch and length
+    return project(nn.Einsum(einsum_str=equation, **einsum_args), model, features)
 
 
 def write_cache(cache: Array, new: Array, index: Array) -> Array:
@@ -119,12 +130,13 @@ class Attention(nn.Module):
 
     model: ml_collections.ConfigDict
 
-    def projection(self, shape, axes, einsum_str, name) -> nn.Einsum:
+    def projection(self, shape, axes, einsum_str, name) -> Callable[[Array], Array]:
         # nn.Einsum creates its kernel at full rank; DenseGeneral initialises a flat 2-D kernel
         # whose logical constraint fails once a mesh is active (flax issue #3676).
-        return nn.Einsum(
+        return einsum_projection(
+            self.model,
+            einsum_str,
             shape=shape,
-            einsum_str=projection_equation(self.model, einsum_str),
             use_bias=False,
             dtype=dtype_of(self.model.dtype),
             param_dtype=dtype_of(self.model.param_dtype),
@@ -144,13 +156,9 @@ class Attention(nn.Module):
         q_shape = (m.hidden_size, m.num_heads, head_dim)
         kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
         kv_axes = ("embed", "kv_heads", "head_dim")
-        q = project(
-            self.projection(q_shape, ("embed", "heads", "head_dim"), "bld,dhk->blhk", "q_proj"),
-            x,
-            m,
-        )
-        k = project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj"), x, m)
-        v = project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj"), x, m)
+        q = self.projection(q_shape, ("embed", "heads", "head_dim"), "bld,dhk->blhk", "q_proj")(x)
+        k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
+        v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
         q = nn.with_logical_constraint(
             rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
@@ -166,13 +174,12 @@ class Attention(nn.Module):
             attention.attend(m, q, k, v, mask, decoding=kv is not None),
             ("batch", "length", "heads", None),
         )
-        o_proj = self.projection(
+        out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
-        )
-        out = project(o_proj, out, m, features=2)
+        )(out)
         return out, kv
 
 
@@ -181,8 +188,8 @@ class MLP(nn.Module):
 
     model: ml_collections.ConfigDict
 
-    def projection(self, features, axes, name) -> nn.Dense:
-        return nn.Dense(
+    def projection(self, features, axes, name) -> Callable[[Array], Array]:
+        dense = nn.Dense(
             features,
             use_bias=False,
             dtype=dtype_of(self.model.dtype),
@@ -190,11 +197,12 @@ class MLP(nn.Module):
             kernel_init=normal_init(self.model, axes),
             name=name,
         )
+        return project(dense, self.model)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         m = self.model
-        gate = project(self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj"), x, m)
-        up = project(self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj"), x, m)
+        gate = self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+        up = self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj")(x)
         hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return project(self.projection(m.hidden_size, ("mlp", "embed"), "down_proj"), hidden, m)
+        return self.projection(m.hidden_size, ("mlp", "embed"), "down_proj")(hidden)

@@ -21,6 +21,8 @@ every step equals a full forward pass over the sequence so far.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -80,10 +82,11 @@ class Attention(nn.Module):
     model: ml_collections.ConfigDict
     dense: bool
 
-    def projection(self, shape, axes, einsum_str, name) -> nn.Einsum:
-        return nn.Einsum(
+    def projection(self, shape, axes, einsum_str, name) -> Callable[[Array], Array]:
+        return layers.einsum_projection(
+            self.model,
+            einsum_str,
             shape=shape,
-            einsum_str=layers.projection_equation(self.model, einsum_str),
             dtype=layers.dtype_of(self.model.dtype),
             param_dtype=layers.dtype_of(self.model.param_dtype),
             kernel_init=layers.normal_init(self.model, axes),
@@ -110,15 +113,14 @@ class Attention(nn.Module):
         head_dim = config_lib.head_dim(m)
         kv_shape = (m.hidden_size, m.num_kv_heads, head_dim)
         kv_axes = ("embed", "kv_heads", "head_dim")
-        q_proj = self.projection(
+        q = self.projection(
             (m.hidden_size, m.num_heads, head_dim),
             ("embed", "heads", "head_dim"),
             "bld,dhk->blhk",
             "q_proj",
-        )
-        q = layers.project(q_proj, x, m)
-        k = layers.project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj"), x, m)
-        v = layers.project(self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj"), x, m)
+        )(x)
+        k = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "k_proj")(x)
+        v = self.projection(kv_shape, kv_axes, "bld,dhk->blhk", "v_proj")(x)
         q = nn.with_logical_constraint(
             rope.apply_rotary(q, cos, sin), ("batch", "length", "heads", None)
         )
@@ -137,13 +139,12 @@ class Attention(nn.Module):
             spec = blocksparse.BlocksparseSpec.from_model(m)
             out = blocksparse.blocksparse_attention(q, k, v, sparse, spec, scale)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        o_proj = self.projection(
+        out = self.projection(
             (m.num_heads, head_dim, m.hidden_size),
             ("heads", "head_dim", "embed"),
             "blhk,hkd->bld",
             "o_proj",
-        )
-        out = layers.project(o_proj, out, m, features=2)
+        )(out)
         return out, kv
 
 
@@ -153,8 +154,8 @@ class MLP(nn.Module):
     model: ml_collections.ConfigDict
     deterministic: bool
 
-    def projection(self, features, axes, name, stddev) -> nn.Dense:
-        return nn.Dense(
+    def projection(self, features, axes, name, stddev) -> Callable[[Array], Array]:
+        dense = nn.Dense(
             features,
             dtype=layers.dtype_of(self.model.dtype),
             param_dtype=layers.dtype_of(self.model.param_dtype),
@@ -162,25 +163,20 @@ class MLP(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
             name=name,
         )
+        return layers.project(dense, self.model)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         m = self.model
         std = m.initializer_range
-        gate = layers.project(
-            self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj", std), x, m
-        )
-        up = layers.project(
-            self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj", std), x, m
-        )
+        gate = self.projection(m.intermediate_size, ("embed", "mlp"), "gate_proj", std)(x)
+        up = self.projection(m.intermediate_size, ("embed", "mlp"), "up_proj", std)(x)
         hidden = nn.with_logical_constraint(
             gegelu(gate, up, m.gegelu_limit), ("batch", "length", "mlp")
         )
         # HF's _init_weights draws down_proj with std / sqrt(2 * layers) (two residual adds each).
         down_std = std / np.sqrt(2 * m.num_layers)
-        out = layers.project(
-            self.projection(m.hidden_size, ("mlp", "embed"), "down_proj", down_std), hidden, m
-        )
+        out = self.projection(m.hidden_size, ("mlp", "embed"), "down_proj", down_std)(hidden)
         return nn.Dropout(m.ffn_dropout)(out, deterministic=self.deterministic)
 
 

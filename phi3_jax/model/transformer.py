@@ -92,7 +92,7 @@ class Phi3(nn.Module):
         if self.hidden_only:
             return nn.with_logical_constraint(x, ("batch", "length", "embed")), kv
         out = nn.with_logical_constraint(
-            layers.project(lm_head(m, name="lm_head"), x, m).astype(jnp.float32),
+            layers.project(lm_head(m, name="lm_head"), m)(x).astype(jnp.float32),
             ("batch", "length", "vocab"),
         )
         return out, kv
