@@ -64,7 +64,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.scan_layers = True
     # True: every projection (and lm_head) sees its input's [batch, length] as one token axis,
     # so each gradient dot contracts one axis; XLA:CPU transposes an activation to run a dot
-    # that contracts two, a layout copy the bench model's CPU step spent about a tenth on.
+    # that contracts two, layout copies that cost the bench model's CPU step 12-20% of its time
+    # (README, Performance).
     m.flat_projections = False
     # Rematerialisation of each block: none, full, dots (save all matmul outputs),
     # dots_no_batch (save matmuls without batch dimensions, i.e. the projections).
